@@ -1,0 +1,74 @@
+/*
+ * Backends: how a disk's point-in-time content is captured.
+ *
+ * A backend turns a domain into one point-in-time file per selected disk
+ * (capture), which the job's extract step converts into an image, and then
+ * puts the domain back as it found it (release). The job calls release on
+ * every path out once capture was called, failure and cancel included.
+ */
+#ifndef HS_BACKEND_H
+#define HS_BACKEND_H
+
+#include <uv.h>
+#include <libvirt/libvirt.h>
+
+#include "hotsnap.h"
+#include "domain.h"
+#include "err.h"
+#include "journal.h"
+#include "virt.h"
+
+struct hs_capture;
+typedef void (*hs_capture_cb)(struct hs_capture *cap, int status);
+
+struct hs_capture_disk {
+    const struct hs_disk *disk; /* borrowed from cap->info */
+    char *pit_path;             /* the point-in-time file to convert (owned) */
+    char *pit_format;           /* its format (owned) */
+};
+
+/* One per job; the job owns it and everything it points to but priv. */
+struct hs_capture {
+    uv_loop_t *loop;
+    struct hs_virt *virt;
+    virDomainPtr dom;
+    const char *job_id;
+    const struct hs_domain_info *info;
+    int dom_state;            /* VIR_DOMAIN_* when the job began */
+    struct hs_capture_disk *disks;
+    size_t ndisks;
+    const char *scratch;      /* the job's scratch directory */
+    struct hs_journal *journal;
+    struct hs_err *err;       /* the job's error record */
+    int domain_gone;          /* the domain was destroyed or crashed by someone else */
+    void *priv;               /* backend state */
+};
+
+struct hs_backend_ops {
+    const char *name;
+    /* Make every disk's point-in-time file readable; @cb when done or failed.
+     * Returns 0 when @cb will run, or a negative errno with cap->err set. */
+    int (*capture)(struct hs_capture *cap, hs_capture_cb cb);
+    /* Undo what capture changed on the domain; @cb when done. Returns 0 when
+     * @cb will run, 1 when there was nothing to undo (no @cb), or a negative
+     * errno with cap->err set (no @cb). */
+    int (*release)(struct hs_capture *cap, hs_capture_cb cb);
+    /* A lifecycle event of the domain while the job owns it. */
+    void (*lifecycle)(struct hs_capture *cap, int event, int detail);
+    /* Free priv; NULL-safe on a capture never started. */
+    void (*destroy)(struct hs_capture *cap);
+};
+
+extern const struct hs_backend_ops hs_backend_offline;
+extern const struct hs_backend_ops hs_backend_cold;
+
+/*
+ * Mode selection. @state is the domain's VIR_DOMAIN_* state; @managed_save
+ * whether it has a managed-save image. Returns the backend, with the reason
+ * in @why; or NULL with the error in @err.
+ */
+const struct hs_backend_ops *hs__backend_select(enum hs_mode mode, const char *domain, int state,
+                                                int managed_save, char *why, size_t whylen,
+                                                struct hs_err *err);
+
+#endif

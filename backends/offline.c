@@ -1,0 +1,98 @@
+/*
+ * offline: the domain is shut off (or suspended to a managed-save image), so
+ * its disks are at rest and are converted where they are. qemu-img holds a
+ * shared lock on them while it reads, so a start of the domain during the
+ * copy fails in QEMU rather than changing the disk under the copy.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "util.h"
+
+struct offline {
+    struct hs_virt_call call;
+    struct hs_capture *cap;
+    hs_capture_cb cb;
+};
+
+/* Worker: the domain is still off and every disk file is readable. */
+static int offline_check(struct hs_virt_call *call, virConnectPtr conn)
+{
+    struct offline *o = call->data;
+    struct hs_capture *cap = o->cap;
+    int state, reason;
+    size_t i;
+
+    if (virDomainGetState(cap->dom, &state, &reason, 0) < 0)
+        return hs_err_virt(&call->err, -EIO, "cannot read the state of domain '%s'",
+                           cap->info->name);
+    if (state != VIR_DOMAIN_SHUTOFF)
+        return hs_err_set(&call->err, -EBUSY, HS_ERR_INPUT, state,
+                          "domain '%s' was started before its offline snapshot began",
+                          cap->info->name);
+    for (i = 0; i < cap->ndisks; i++) {
+        const char *path = cap->disks[i].disk->source;
+
+        if (access(path, R_OK) < 0)
+            return hs_err_set(&call->err, -errno, HS_ERR_SYS, errno,
+                              "disk '%s' of domain '%s': cannot read '%s': %s",
+                              cap->disks[i].disk->target, cap->info->name, path,
+                              strerror(errno));
+    }
+    return 0;
+}
+
+static void offline_checked(struct hs_virt_call *call, int status)
+{
+    struct offline *o = call->data;
+    struct hs_capture *cap = o->cap;
+    size_t i;
+
+    if (status < 0)
+        hs_err_set(cap->err, call->err.code ? call->err.code : status, call->err.kind,
+                   call->err.detail, "%s", call->err.msg);
+    for (i = 0; status == 0 && i < cap->ndisks; i++) {
+        cap->disks[i].pit_path = hs__strdup(cap->disks[i].disk->source);
+        cap->disks[i].pit_format = hs__strdup(cap->disks[i].disk->format);
+    }
+    o->cb(cap, status);
+}
+
+static int offline_capture(struct hs_capture *cap, hs_capture_cb cb)
+{
+    struct offline *o = hs__calloc(1, sizeof(*o));
+    int rc;
+
+    o->cap = cap;
+    o->cb = cb;
+    o->call.data = o;
+    cap->priv = o;
+    rc = hs__virt_queue(cap->virt, &o->call, offline_check, offline_checked);
+    if (rc < 0)
+        return hs_err_set(cap->err, rc, HS_ERR_LIBVIRT, 0,
+                          "libvirt connection lost before the snapshot of '%s' began",
+                          cap->info->name);
+    return 0;
+}
+
+static int offline_release(struct hs_capture *cap, hs_capture_cb cb)
+{
+    return 1; /* nothing was changed */
+}
+
+static void offline_destroy(struct hs_capture *cap)
+{
+    free(cap->priv);
+    cap->priv = NULL;
+}
+
+const struct hs_backend_ops hs_backend_offline = {
+    .name = "offline",
+    .capture = offline_capture,
+    .release = offline_release,
+    .lifecycle = NULL,
+    .destroy = offline_destroy,
+};

@@ -1,0 +1,560 @@
+/*
+ * hotsnap: the command. A thin client of libhotsnap: it parses argv, runs the
+ * engine on its own loop, prints events and a summary, and exits with 0 only
+ * when every snapshot succeeded (1 when one failed, 2 for bad input).
+ */
+#include <errno.h>
+#include <fnmatch.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hotsnap.h"
+#include "progress.h"
+
+#define EXIT_FAILED 1
+#define EXIT_USAGE 2
+
+struct cli {
+    uv_loop_t loop;
+    struct hs_engine *eng;
+    struct hs_engine_opts eopts;
+    struct hs_snapshot_opts sopts;
+    struct hs_cli_out out;
+    const char *command;
+    char **domains;
+    int ndomains;
+    int all;
+    int include_shutoff;
+    int verbose;
+    uv_signal_t sigint, sigterm;
+    int signals;
+    uint64_t last_sigint;
+    struct result {
+        struct hs_job *job;
+        char *domain;
+        int status;
+    } *results;
+    int nresults;
+    int running;
+    int exit_code;
+};
+
+static void usage(FILE *f)
+{
+    fputs("usage: hotsnap [options] snapshot DOMAIN... | snapshot --all\n"
+          "       hotsnap [options] list\n"
+          "       hotsnap [options] recover\n"
+          "\n"
+          "  -c, --connect URI      libvirt URI (default " HS_DEFAULT_URI ")\n"
+          "      --state-dir DIR    journal, scratch and default store (default " HS_DEFAULT_STATE_DIR
+          ")\n"
+          "      --json             print events and results as JSON lines\n"
+          "  -v, --verbose          log to stderr and report the worst loop stall\n"
+          "  -q, --quiet            print only errors and the summary\n"
+          "\n"
+          "snapshot options:\n"
+          "      --all              every running and paused domain\n"
+          "      --include-shutoff  with --all: shut-off domains too\n"
+          "      --name TEMPLATE    image name: {domain} {uuid} {date} {time} {disk}\n"
+          "                         (default {domain}-{date}-{time})\n"
+          "      --mode MODE        auto, cold or offline (default auto)\n"
+          "      --format FORMAT    qcow2 or raw (default qcow2)\n"
+          "      --compress         compress qcow2 images\n"
+          "      --all-disks        every disk, one image each (default: the root disk)\n"
+          "      --to dir:PATH      where images go (default dir:<state-dir>/images)\n"
+          "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n",
+          f);
+}
+
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die_usage(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("hotsnap: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(EXIT_USAGE);
+}
+
+static void on_log(void *data, enum hs_log_level level, const char *line)
+{
+    struct cli *cli = data;
+    static const char *const names[] = {"error", "warning", "info", "debug"};
+
+    hs_cli_out_line(&cli->out, stderr, "hotsnap: %s: %s\n", names[level], line);
+}
+
+static void on_event(void *data, const cJSON *ev)
+{
+    struct cli *cli = data;
+
+    hs_cli_out_event(&cli->out, ev);
+}
+
+static void parse_args(struct cli *cli, int argc, char **argv)
+{
+    enum {
+        OPT_STATE = 256,
+        OPT_JSON,
+        OPT_ALL,
+        OPT_SHUTOFF,
+        OPT_NAME,
+        OPT_MODE,
+        OPT_FORMAT,
+        OPT_COMPRESS,
+        OPT_ALL_DISKS,
+        OPT_TO,
+        OPT_SCRATCH,
+    };
+    static const struct option longopts[] = {
+        {"connect", required_argument, NULL, 'c'},
+        {"state-dir", required_argument, NULL, OPT_STATE},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"all", no_argument, NULL, OPT_ALL},
+        {"include-shutoff", no_argument, NULL, OPT_SHUTOFF},
+        {"name", required_argument, NULL, OPT_NAME},
+        {"mode", required_argument, NULL, OPT_MODE},
+        {"format", required_argument, NULL, OPT_FORMAT},
+        {"compress", no_argument, NULL, OPT_COMPRESS},
+        {"all-disks", no_argument, NULL, OPT_ALL_DISKS},
+        {"to", required_argument, NULL, OPT_TO},
+        {"scratch-dir", required_argument, NULL, OPT_SCRATCH},
+        {NULL, 0, NULL, 0},
+    };
+    char err[512];
+    int c, json = 0, quiet = 0;
+
+    while ((c = getopt_long(argc, argv, "c:vqh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            cli->eopts.uri = optarg;
+            break;
+        case OPT_STATE:
+            cli->eopts.state_dir = optarg;
+            break;
+        case OPT_JSON:
+            json = 1;
+            break;
+        case 'v':
+            cli->verbose = 1;
+            break;
+        case 'q':
+            quiet = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        case OPT_ALL:
+            cli->all = 1;
+            break;
+        case OPT_SHUTOFF:
+            cli->include_shutoff = 1;
+            break;
+        case OPT_NAME:
+            if (hs_name_template_check(optarg, err, sizeof(err)) < 0)
+                die_usage("%s", err);
+            cli->sopts.name = optarg;
+            break;
+        case OPT_MODE:
+            if (hs_mode_parse(optarg, &cli->sopts.mode) < 0)
+                die_usage("unknown mode '%s' (expected auto, cold or offline)", optarg);
+            break;
+        case OPT_FORMAT:
+            if (hs_format_parse(optarg, &cli->sopts.format) < 0)
+                die_usage("unknown format '%s' (expected qcow2 or raw)", optarg);
+            break;
+        case OPT_COMPRESS:
+            cli->sopts.compress = 1;
+            break;
+        case OPT_ALL_DISKS:
+            cli->sopts.all_disks = 1;
+            break;
+        case OPT_TO:
+            if (strncmp(optarg, "dir:", 4) || !optarg[4])
+                die_usage("target '%s' is not of the form dir:PATH", optarg);
+            cli->sopts.target = optarg;
+            break;
+        case OPT_SCRATCH:
+            cli->sopts.scratch_dir = optarg;
+            break;
+        default:
+            usage(stderr);
+            exit(EXIT_USAGE);
+        }
+    }
+    if (optind >= argc)
+        die_usage("no command given (snapshot, list or recover); see --help");
+    cli->command = argv[optind++];
+    cli->domains = argv + optind;
+    cli->ndomains = argc - optind;
+    if (!strcmp(cli->command, "snapshot")) {
+        if (cli->ndomains == 0 && !cli->all)
+            die_usage("snapshot needs a domain name or --all");
+        if (cli->ndomains > 0 && cli->all)
+            die_usage("give domain names or --all, not both");
+        if (cli->sopts.compress && cli->sopts.format == HS_FORMAT_RAW)
+            die_usage("--compress needs --format qcow2");
+    } else if (!strcmp(cli->command, "list") || !strcmp(cli->command, "recover")) {
+        if (cli->ndomains > 0)
+            die_usage("'%s' takes no arguments", cli->command);
+    } else {
+        die_usage("unknown command '%s' (expected snapshot, list or recover)", cli->command);
+    }
+    if (cli->include_shutoff && !cli->all)
+        die_usage("--include-shutoff goes with --all");
+    hs_cli_out_init(&cli->out, json, quiet);
+}
+
+/* ---- results ---- */
+
+static void print_summary(struct cli *cli)
+{
+    char size[32];
+    int i, failed = 0;
+    size_t k;
+
+    if (cli->out.json) {
+        cJSON *sum = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(sum, "results");
+        char *s;
+
+        cJSON_AddStringToObject(sum, "event", "summary");
+        for (i = 0; i < cli->nresults; i++) {
+            struct hs_job *job = cli->results[i].job;
+            cJSON *r = cJSON_CreateObject(), *imgs = cJSON_CreateArray();
+
+            cJSON_AddStringToObject(r, "domain", cli->results[i].domain);
+            cJSON_AddStringToObject(r, "mode", hs_job_mode(job) ? hs_job_mode(job) : "");
+            cJSON_AddNumberToObject(r, "seconds", hs_job_seconds(job));
+            cJSON_AddStringToObject(r, "result", cli->results[i].status ? "failed" : "ok");
+            if (hs_job_error(job))
+                cJSON_AddStringToObject(r, "error", hs_job_error(job));
+            for (k = 0; k < hs_job_image_count(job); k++) {
+                const struct hs_image *img = hs_job_image(job, k);
+                cJSON *o;
+
+                if (!img->id)
+                    continue;
+                o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "disk", img->disk);
+                cJSON_AddStringToObject(o, "id", img->id);
+                cJSON_AddStringToObject(o, "name", img->name);
+                cJSON_AddStringToObject(o, "location", img->location);
+                cJSON_AddNumberToObject(o, "size", (double)img->size);
+                cJSON_AddItemToArray(imgs, o);
+            }
+            cJSON_AddItemToObject(r, "images", imgs);
+            cJSON_AddItemToArray(arr, r);
+            failed += cli->results[i].status != 0;
+        }
+        cJSON_AddNumberToObject(sum, "failed", failed);
+        if (cli->verbose)
+            cJSON_AddNumberToObject(sum, "max_loop_stall_ms", hs_engine_max_stall_ms(cli->eng));
+        s = cJSON_PrintUnformatted(sum);
+        printf("%s\n", s);
+        free(s);
+        cJSON_Delete(sum);
+    } else {
+        hs_cli_out_line(&cli->out, stdout, "\n%-20s %-8s %-36s %-5s %10s %8s  %s\n", "DOMAIN",
+                        "MODE", "IMAGE", "DISK", "SIZE", "TIME", "RESULT");
+        for (i = 0; i < cli->nresults; i++) {
+            struct hs_job *job = cli->results[i].job;
+            const char *err = hs_job_error(job);
+            size_t n = hs_job_image_count(job);
+
+            failed += cli->results[i].status != 0;
+            for (k = 0; k < (n ? n : 1); k++) {
+                const struct hs_image *img = n ? hs_job_image(job, k) : NULL;
+
+                size[0] = '\0';
+                if (img && img->id)
+                    snprintf(size, sizeof(size), "%.1f MiB",
+                             (double)img->size / (1024.0 * 1024.0));
+                printf("%-20s %-8s %-36s %-5s %10s %7.1fs  %s\n", cli->results[i].domain,
+                       hs_job_mode(job) ? hs_job_mode(job) : "-",
+                       img && img->id ? img->id : "-", img ? img->disk : "-", size,
+                       hs_job_seconds(job), err ? err : "ok");
+            }
+        }
+        for (i = 0; i < cli->nresults; i++) {
+            struct hs_job *job = cli->results[i].job;
+
+            for (k = 0; k < hs_job_image_count(job); k++)
+                if (hs_job_image(job, k)->location)
+                    printf("  %s\n", hs_job_image(job, k)->location);
+        }
+        printf("%d of %d snapshots succeeded\n", cli->nresults - failed, cli->nresults);
+        if (cli->verbose)
+            printf("worst loop stall: %.1f ms\n", hs_engine_max_stall_ms(cli->eng));
+    }
+    fflush(stdout);
+    if (failed)
+        cli->exit_code = EXIT_FAILED;
+}
+
+static void engine_closed(struct hs_engine *eng, void *data)
+{
+}
+
+static void finish(struct cli *cli)
+{
+    int i;
+
+    if (cli->signals) {
+        uv_close((uv_handle_t *)&cli->sigint, NULL);
+        uv_close((uv_handle_t *)&cli->sigterm, NULL);
+        cli->signals = 0;
+    }
+    for (i = 0; i < cli->nresults; i++)
+        hs_job_free(cli->results[i].job);
+    hs_engine_close(cli->eng, engine_closed, cli);
+}
+
+static void job_done(struct hs_job *job, int status, void *data)
+{
+    struct cli *cli = data;
+    int i;
+
+    for (i = 0; i < cli->nresults; i++)
+        if (cli->results[i].job == job)
+            cli->results[i].status = status;
+    if (--cli->running > 0)
+        return;
+    print_summary(cli);
+    finish(cli);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct cli *cli = h->data;
+    uint64_t now = uv_now(&cli->loop);
+
+    if (signum == SIGINT && cli->last_sigint && now - cli->last_sigint < 5000)
+        hs_cli_out_line(&cli->out, stderr,
+                        "hotsnap: still cleaning up %d snapshot(s): restoring domains and "
+                        "removing scratch files, please wait\n",
+                        cli->running);
+    else
+        hs_cli_out_line(&cli->out, stderr, "hotsnap: %s: canceling %d snapshot(s)\n",
+                        signum == SIGINT ? "interrupted" : "terminated", cli->running);
+    if (signum == SIGINT)
+        cli->last_sigint = now;
+    hs_engine_cancel_all(cli->eng);
+}
+
+/* ---- commands ---- */
+
+static int state_is(const cJSON *d, int running_or_paused, int shutoff)
+{
+    int st = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(d, "state"));
+
+    if (st == 1 || st == 2 || st == 3) /* running, blocked, paused */
+        return running_or_paused;
+    return st == 5 && shutoff;
+}
+
+static int start_snapshots(struct cli *cli)
+{
+    char err[768];
+    cJSON *list = hs_engine_list(cli->eng, err, sizeof(err)), *d;
+    const char **names;
+    int i, j, n = 0;
+
+    if (!list) {
+        fprintf(stderr, "hotsnap: %s\n", err);
+        return EXIT_FAILED;
+    }
+    names = calloc((size_t)cJSON_GetArraySize(list) + (size_t)cli->ndomains + 1, sizeof(char *));
+    if (cli->all) {
+        cJSON_ArrayForEach(d, list)
+        {
+            if (state_is(d, 1, cli->include_shutoff))
+                names[n++] = cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"));
+        }
+    }
+    for (i = 0; i < cli->ndomains; i++) {
+        const char *want = cli->domains[i], *found = NULL;
+
+        cJSON_ArrayForEach(d, list)
+        {
+            if (!strcmp(want, cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"))) ||
+                !strcmp(want, cJSON_GetStringValue(cJSON_GetObjectItem(d, "uuid")) ?: ""))
+                found = cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"));
+        }
+        if (!found) {
+            fprintf(stderr, "hotsnap: domain '%s' not found\n", want);
+            free(names);
+            cJSON_Delete(list);
+            return EXIT_USAGE;
+        }
+        for (j = 0; j < n; j++)
+            if (!strcmp(names[j], found)) {
+                fprintf(stderr, "hotsnap: domain '%s' given twice\n", want);
+                free(names);
+                cJSON_Delete(list);
+                return EXIT_USAGE;
+            }
+        names[n++] = found;
+    }
+    if (n == 0) {
+        fprintf(stderr, "hotsnap: no domain to snapshot\n");
+        free(names);
+        cJSON_Delete(list);
+        return cli->all ? 0 : EXIT_USAGE;
+    }
+    cli->results = calloc((size_t)n, sizeof(*cli->results));
+    for (i = 0; i < n; i++) {
+        struct hs_job *job;
+
+        cli->sopts.domain = names[i];
+        if (hs_snapshot_start(cli->eng, &cli->sopts, job_done, cli, &job, err, sizeof(err)) < 0) {
+            fprintf(stderr, "hotsnap: %s\n", err);
+            hs_engine_cancel_all(cli->eng);
+            cli->exit_code = EXIT_USAGE;
+            break;
+        }
+        cli->results[cli->nresults].job = job;
+        cli->results[cli->nresults].domain = strdup(names[i]);
+        cli->nresults++;
+        cli->running++;
+    }
+    free(names);
+    cJSON_Delete(list);
+    if (cli->running == 0)
+        return cli->exit_code;
+    uv_signal_init(&cli->loop, &cli->sigint);
+    uv_signal_init(&cli->loop, &cli->sigterm);
+    cli->sigint.data = cli->sigterm.data = cli;
+    uv_signal_start(&cli->sigint, on_signal, SIGINT);
+    uv_signal_start(&cli->sigterm, on_signal, SIGTERM);
+    cli->signals = 1;
+    return -1; /* running */
+}
+
+static int do_list(struct cli *cli)
+{
+    char err[768], *s;
+    cJSON *list = hs_engine_list(cli->eng, err, sizeof(err)), *d, *disk;
+
+    if (!list) {
+        fprintf(stderr, "hotsnap: %s\n", err);
+        return EXIT_FAILED;
+    }
+    if (cli->out.json) {
+        s = cJSON_PrintUnformatted(list);
+        printf("%s\n", s);
+        free(s);
+        cJSON_Delete(list);
+        return 0;
+    }
+    printf("%-24s %-8s %s\n", "DOMAIN", "MODE", "WHY / DISKS");
+    cJSON_ArrayForEach(d, list)
+    {
+        printf("%-24s %-8s %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(d, "name")),
+               cJSON_GetStringValue(cJSON_GetObjectItem(d, "mode")) ?: "-",
+               cJSON_GetStringValue(cJSON_GetObjectItem(d, "reason")) ?: "");
+        cJSON_ArrayForEach(disk, cJSON_GetObjectItem(d, "disks"))
+        {
+            const char *bad = cJSON_GetStringValue(cJSON_GetObjectItem(disk, "unsupported"));
+
+            printf("%-24s %-8s   %s%s %s %s%s%s\n", "", "",
+                   cJSON_GetStringValue(cJSON_GetObjectItem(disk, "target")),
+                   cJSON_IsTrue(cJSON_GetObjectItem(disk, "root")) ? " (root)" : "",
+                   cJSON_GetStringValue(cJSON_GetObjectItem(disk, "format")),
+                   cJSON_GetStringValue(cJSON_GetObjectItem(disk, "source")),
+                   bad ? "  unsupported: " : "", bad ? bad : "");
+        }
+    }
+    cJSON_Delete(list);
+    return 0;
+}
+
+static void recovered(struct hs_engine *eng, int status, const cJSON *report, void *data)
+{
+    struct cli *cli = data;
+    const cJSON *e;
+    int rc;
+
+    cJSON_ArrayForEach(e, report)
+    {
+        const char *dom = cJSON_GetStringValue(cJSON_GetObjectItem(e, "domain"));
+        const char *action = cJSON_GetStringValue(cJSON_GetObjectItem(e, "action"));
+        const char *error = cJSON_GetStringValue(cJSON_GetObjectItem(e, "error"));
+
+        if (cli->out.json) {
+            cJSON *ev = cJSON_Duplicate(e, 1);
+            char *s;
+
+            cJSON_AddStringToObject(ev, "event", "recovered");
+            s = cJSON_PrintUnformatted(ev);
+            printf("%s\n", s);
+            free(s);
+            cJSON_Delete(ev);
+        } else {
+            fprintf(stderr, "hotsnap: recovered a killed run's job on '%s': %s%s%s\n",
+                    dom ? dom : "?", action ? action : "", error ? "error: " : "",
+                    error ? error : "");
+        }
+    }
+    if (status < 0)
+        fprintf(stderr, "hotsnap: recovery failed: %s\n", uv_strerror(status));
+    if (!strcmp(cli->command, "snapshot")) {
+        rc = start_snapshots(cli);
+        if (rc < 0)
+            return; /* jobs running; job_done finishes */
+    } else if (!strcmp(cli->command, "list")) {
+        rc = do_list(cli);
+    } else {
+        rc = status < 0 ? EXIT_FAILED : 0;
+    }
+    cli->exit_code = rc;
+    finish(cli);
+}
+
+int main(int argc, char **argv)
+{
+    static struct cli cli;
+    char err[768];
+    int rc, i;
+
+    signal(SIGPIPE, SIG_IGN);
+    parse_args(&cli, argc, argv);
+    cli.eopts.on_event = on_event;
+    cli.eopts.event_data = &cli;
+    if (cli.verbose) {
+        cli.eopts.on_log = on_log;
+        cli.eopts.log_data = &cli;
+        cli.eopts.log_level = HS_LOG_DEBUG;
+    }
+    uv_loop_init(&cli.loop);
+    rc = hs_engine_open(&cli.loop, &cli.eopts, &cli.eng, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "hotsnap: %s\n", err);
+        uv_loop_close(&cli.loop);
+        return EXIT_USAGE;
+    }
+    rc = hs_engine_recover(cli.eng, recovered, &cli);
+    if (rc < 0) {
+        fprintf(stderr, "hotsnap: cannot start recovery: %s\n", uv_strerror(rc));
+        cli.exit_code = EXIT_FAILED;
+        finish(&cli);
+    }
+    uv_run(&cli.loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(&cli.loop);
+    if (rc != 0)
+        fprintf(stderr, "hotsnap: warning: loop closed with handles open\n");
+    for (i = 0; i < cli.nresults; i++)
+        free(cli.results[i].domain);
+    free(cli.results);
+    hs_cli_out_free(&cli.out);
+    return cli.exit_code;
+}

@@ -1,0 +1,238 @@
+/* The engine: a libvirt connection, the running jobs, the loop-stall meter. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+#include "backend.h"
+#include "domain.h"
+#include "util.h"
+#define HS_LOG_TAG "engine"
+#include "log.h"
+
+#define HS_STALL_TICK_MS 20
+
+static void engine_stall_cb(uv_timer_t *t)
+{
+    struct hs_engine *eng = t->data;
+    uint64_t now = uv_hrtime();
+    double late = (double)(now - eng->stall_last) / 1e6 - HS_STALL_TICK_MS;
+
+    if (late > eng->max_stall_ms)
+        eng->max_stall_ms = late;
+    if (late > 100)
+        hs_log(HS_LOG_WARN, "loop stalled for %.0f ms", late);
+    eng->stall_last = now;
+}
+
+int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs_engine **out,
+                   char *errbuf, size_t errlen)
+{
+    struct hs_engine *eng;
+    struct hs_err err = {0};
+    int rc;
+
+    hs__log_set(opts->on_log, opts->log_data, opts->log_level);
+    eng = hs__calloc(1, sizeof(*eng));
+    eng->loop = loop;
+    eng->state_dir = hs__strdup(opts->state_dir ? opts->state_dir : HS_DEFAULT_STATE_DIR);
+    eng->on_event = opts->on_event;
+    eng->event_data = opts->event_data;
+    rc = hs__virt_open(loop, opts->uri ? opts->uri : HS_DEFAULT_URI, &eng->virt, &err);
+    if (rc < 0) {
+        hs_err_copy(&err, errbuf, errlen);
+        free(eng->state_dir);
+        free(eng);
+        return rc;
+    }
+    uv_timer_init(loop, &eng->stall_timer);
+    eng->stall_timer.data = eng;
+    eng->stall_last = uv_hrtime();
+    uv_timer_start(&eng->stall_timer, engine_stall_cb, HS_STALL_TICK_MS, HS_STALL_TICK_MS);
+    uv_unref((uv_handle_t *)&eng->stall_timer);
+    *out = eng;
+    return 0;
+}
+
+double hs_engine_max_stall_ms(const struct hs_engine *eng)
+{
+    return eng->max_stall_ms;
+}
+
+void hs__engine_emit(struct hs_engine *eng, cJSON *ev)
+{
+    if (eng->on_event)
+        eng->on_event(eng->event_data, ev);
+    cJSON_Delete(ev);
+}
+
+void hs__engine_job_done(struct hs_engine *eng, struct hs_job *job)
+{
+    struct hs_job *prev = NULL, *it;
+
+    for (it = eng->jobs; it; prev = it, it = hs__job_next(it)) {
+        if (it != job)
+            continue;
+        if (prev)
+            hs__job_set_next(prev, hs__job_next(job));
+        else
+            eng->jobs = hs__job_next(job);
+        hs__job_set_next(job, NULL);
+        return;
+    }
+}
+
+void hs_engine_cancel_all(struct hs_engine *eng)
+{
+    struct hs_job *job;
+
+    for (job = eng->jobs; job; job = hs__job_next(job))
+        hs_job_cancel(job);
+}
+
+static void engine_virt_closed(void *data)
+{
+    struct hs_engine *eng = data;
+    hs_close_cb cb = eng->close_cb;
+    void *cb_data = eng->close_data;
+
+    free(eng->state_dir);
+    free(eng);
+    if (cb)
+        cb(NULL, cb_data);
+}
+
+static void engine_timer_closed(uv_handle_t *h)
+{
+    struct hs_engine *eng = h->data;
+
+    hs__virt_close(eng->virt, engine_virt_closed, eng);
+}
+
+void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data)
+{
+    eng->close_cb = cb;
+    eng->close_data = data;
+    uv_close((uv_handle_t *)&eng->stall_timer, engine_timer_closed);
+}
+
+/* ---- list ---- */
+
+static cJSON *engine_list_domain(virDomainPtr dom)
+{
+    struct hs_domain_info info;
+    struct hs_err err = {0};
+    cJSON *o = cJSON_CreateObject(), *disks, *d;
+    char *xml = virDomainGetXMLDesc(dom, 0);
+    char why[256] = "";
+    int state = 0, reason, managed_save, root;
+    const struct hs_backend_ops *be;
+    size_t i;
+
+    cJSON_AddStringToObject(o, "name", virDomainGetName(dom));
+    if (!xml || virDomainGetState(dom, &state, &reason, 0) < 0 ||
+        hs__domain_parse(xml, &info, &err) < 0) {
+        free(xml);
+        cJSON_AddStringToObject(o, "error", err.msg[0] ? err.msg : "cannot read domain");
+        return o;
+    }
+    free(xml);
+    managed_save = virDomainHasManagedSaveImage(dom, 0) == 1;
+    cJSON_AddStringToObject(o, "uuid", info.uuid);
+    cJSON_AddNumberToObject(o, "state", state);
+    cJSON_AddBoolToObject(o, "managed_save", managed_save);
+    be = hs__backend_select(HS_MODE_AUTO, info.name, state, managed_save, why, sizeof(why), &err);
+    cJSON_AddStringToObject(o, "mode", be ? be->name : "none");
+    cJSON_AddStringToObject(o, "reason", be ? why : err.msg);
+    root = hs__domain_root_disk(&info);
+    disks = cJSON_AddArrayToObject(o, "disks");
+    for (i = 0; i < info.ndisks; i++) {
+        d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "target", info.disks[i].target);
+        cJSON_AddStringToObject(d, "type", info.disks[i].type);
+        cJSON_AddStringToObject(d, "format", info.disks[i].format ? info.disks[i].format : "");
+        cJSON_AddStringToObject(d, "source", info.disks[i].source ? info.disks[i].source : "");
+        cJSON_AddBoolToObject(d, "root", (int)i == root);
+        if (info.disks[i].unsupported)
+            cJSON_AddStringToObject(d, "unsupported", info.disks[i].unsupported);
+        cJSON_AddItemToArray(disks, d);
+    }
+    hs__domain_info_clear(&info);
+    return o;
+}
+
+cJSON *hs_engine_list(struct hs_engine *eng, char *errbuf, size_t errlen)
+{
+    virConnectPtr conn = hs__virt_conn(eng->virt);
+    virDomainPtr *doms = NULL;
+    cJSON *arr;
+    int n, i;
+    uint64_t t0 = hs__virt_quick_begin();
+
+    if (!conn || (n = virConnectListAllDomains(conn, &doms, 0)) < 0) {
+        struct hs_err err = {0};
+
+        hs_err_virt(&err, -EIO, "cannot list the domains of '%s'", hs__virt_uri(eng->virt));
+        hs_err_copy(&err, errbuf, errlen);
+        return NULL;
+    }
+    arr = cJSON_CreateArray();
+    for (i = 0; i < n; i++) {
+        cJSON_AddItemToArray(arr, engine_list_domain(doms[i]));
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+    hs__virt_quick_end(t0, "domain list");
+    return arr;
+}
+
+/* ---- option parsing shared with front ends ---- */
+
+int hs_mode_parse(const char *s, enum hs_mode *out)
+{
+    static const enum hs_mode modes[] = {HS_MODE_AUTO, HS_MODE_COLD, HS_MODE_OFFLINE};
+    size_t i;
+
+    for (i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        if (!strcmp(s, hs_mode_name(modes[i]))) {
+            *out = modes[i];
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+const char *hs_mode_name(enum hs_mode mode)
+{
+    switch (mode) {
+    case HS_MODE_AUTO:
+        return "auto";
+    case HS_MODE_COLD:
+        return "cold";
+    case HS_MODE_OFFLINE:
+        return "offline";
+    }
+    return "?";
+}
+
+int hs_format_parse(const char *s, enum hs_format *out)
+{
+    if (!strcmp(s, "qcow2"))
+        *out = HS_FORMAT_QCOW2;
+    else if (!strcmp(s, "raw"))
+        *out = HS_FORMAT_RAW;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+const char *hs_format_name(enum hs_format fmt)
+{
+    switch (fmt) {
+    case HS_FORMAT_QCOW2:
+        return "qcow2";
+    case HS_FORMAT_RAW:
+        return "raw";
+    }
+    return "?";
+}

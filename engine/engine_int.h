@@ -1,0 +1,35 @@
+/* The engine's internals, shared by engine.c, job.c and recover.c. */
+#ifndef HS_ENGINE_INT_H
+#define HS_ENGINE_INT_H
+
+#include <uv.h>
+
+#include "hotsnap.h"
+#include "virt.h"
+
+struct hs_engine {
+    uv_loop_t *loop;
+    struct hs_virt *virt;
+    char *state_dir;
+    hs_event_cb on_event;
+    void *event_data;
+    struct hs_job *jobs; /* running jobs */
+    uv_timer_t stall_timer;
+    uint64_t stall_last; /* hrtime of the last tick */
+    double max_stall_ms;
+    struct hs_virt_call recover_call;
+    hs_recover_cb recover_cb;
+    void *recover_data;
+    cJSON *recover_report;
+    hs_close_cb close_cb;
+    void *close_data;
+};
+
+struct hs_job *hs__job_next(struct hs_job *job);
+void hs__job_set_next(struct hs_job *job, struct hs_job *next);
+
+/* Publish one event (takes ownership of @ev). */
+void hs__engine_emit(struct hs_engine *eng, cJSON *ev);
+void hs__engine_job_done(struct hs_engine *eng, struct hs_job *job);
+
+#endif

@@ -1,0 +1,1010 @@
+/*
+ * The snapshot job: one state machine per snapshot.
+ *
+ *   queued -> inspect -> prepare -> capture -> extract -> release -> upload -> cleanup -> done
+ *
+ * On an error the job leaves by the same road: whatever capture changed is
+ * released, the scratch directory is cleaned, and the job ends failed. The
+ * visible task states are Nova's: image_snapshot_pending (up to capture),
+ * image_pending_upload (extract, release), image_uploading, then done or
+ * failed. Every transition is published as one JSON event.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "hotsnap.h"
+#include "engine_int.h"
+#include "backend.h"
+#include "domain.h"
+#include "journal.h"
+#include "proc.h"
+#include "template.h"
+#include "uploader.h"
+#include "util.h"
+#define HS_LOG_TAG "job"
+#include "log.h"
+
+#define HS_CONN_WAIT_MS 120000
+#define HS_PROGRESS_MIN_S 0.5
+
+enum hs_job_state {
+    HS_JOB_QUEUED,
+    HS_JOB_INSPECT,
+    HS_JOB_PREPARE,
+    HS_JOB_CAPTURE,
+    HS_JOB_EXTRACT,
+    HS_JOB_RELEASE,
+    HS_JOB_UPLOAD,
+    HS_JOB_CLEANUP,
+    HS_JOB_DONE,
+    HS_JOB_FAILED,
+};
+
+struct hs_job_disk {
+    struct hs_image img; /* the public view; its strings point at the fields below */
+    int idx;             /* index in info.disks */
+    char *name;
+    char *out_path;
+    char *location;
+    char image_id[64];
+};
+
+struct hs_job {
+    struct hs_engine *eng;
+    struct hs_job *next; /* engine's list of running jobs */
+    char id[HS_UUID_LEN];
+    enum hs_job_state state;
+    double t_start, t_end;
+    /* options */
+    char *domain_arg;
+    char *tmpl;
+    char *scratch_root;
+    enum hs_mode mode;
+    enum hs_format format;
+    int compress;
+    int all_disks;
+    struct hs_uploader *up;
+    /* the domain */
+    virDomainPtr dom;
+    struct hs_domain_info info;
+    const struct hs_backend_ops *backend;
+    char why[256];
+    struct hs_capture cap;
+    struct hs_journal *journal;
+    char *scratch;
+    struct hs_virt_watch watch;
+    int watching;
+    /* the images */
+    struct hs_job_disk *disks;
+    size_t ndisks;
+    size_t cur;
+    struct hs_proc *proc;
+    struct hs_upload_req req;
+    int uploading;
+    double progress_t;
+    double progress_pct;
+    /* plumbing */
+    uv_work_t work;
+    int work_rc;
+    uv_timer_t kick;
+    int wait_conn;
+    int captured;
+    int released;
+    int canceled;
+    struct hs_err err;
+    hs_job_cb cb;
+    void *data;
+};
+
+static void job_step(struct hs_job *job);
+static void job_advance(struct hs_job *job);
+
+static const char *job_state_name(enum hs_job_state s)
+{
+    switch (s) {
+    case HS_JOB_QUEUED:
+        return "queued";
+    case HS_JOB_INSPECT:
+        return "inspect";
+    case HS_JOB_PREPARE:
+        return "prepare";
+    case HS_JOB_CAPTURE:
+        return "capture";
+    case HS_JOB_EXTRACT:
+        return "extract";
+    case HS_JOB_RELEASE:
+        return "release";
+    case HS_JOB_UPLOAD:
+        return "upload";
+    case HS_JOB_CLEANUP:
+        return "cleanup";
+    case HS_JOB_DONE:
+        return "done";
+    case HS_JOB_FAILED:
+        return "failed";
+    }
+    return "?";
+}
+
+/* Nova's task_state for each of ours */
+static const char *job_task_state(const struct hs_job *job)
+{
+    switch (job->state) {
+    case HS_JOB_QUEUED:
+    case HS_JOB_INSPECT:
+    case HS_JOB_PREPARE:
+    case HS_JOB_CAPTURE:
+        return "image_snapshot_pending";
+    case HS_JOB_EXTRACT:
+    case HS_JOB_RELEASE:
+        return "image_pending_upload";
+    case HS_JOB_UPLOAD:
+        return "image_uploading";
+    case HS_JOB_CLEANUP:
+        return job->err.code ? "failed" : "image_uploading";
+    case HS_JOB_DONE:
+        return "done";
+    case HS_JOB_FAILED:
+        return "failed";
+    }
+    return "?";
+}
+
+/* The one place that decides where a job goes next. */
+static enum hs_job_state job_next(const struct hs_job *job)
+{
+    int failed = job->err.code != 0;
+
+    switch (job->state) {
+    case HS_JOB_QUEUED:
+        return failed ? HS_JOB_FAILED : HS_JOB_INSPECT;
+    case HS_JOB_INSPECT:
+        return failed ? HS_JOB_FAILED : HS_JOB_PREPARE;
+    case HS_JOB_PREPARE:
+        return failed ? HS_JOB_CLEANUP : HS_JOB_CAPTURE;
+    case HS_JOB_CAPTURE:
+        return failed ? HS_JOB_RELEASE : HS_JOB_EXTRACT;
+    case HS_JOB_EXTRACT:
+        return HS_JOB_RELEASE;
+    case HS_JOB_RELEASE:
+        return failed ? HS_JOB_CLEANUP : HS_JOB_UPLOAD;
+    case HS_JOB_UPLOAD:
+        return HS_JOB_CLEANUP;
+    case HS_JOB_CLEANUP:
+        return failed ? HS_JOB_FAILED : HS_JOB_DONE;
+    case HS_JOB_DONE:
+    case HS_JOB_FAILED:
+        break;
+    }
+    return job->state;
+}
+
+static cJSON *job_event(struct hs_job *job, const char *type)
+{
+    cJSON *ev = cJSON_CreateObject();
+    char ts[40];
+    double now = hs__now();
+
+    hs__iso8601(now, ts, sizeof(ts));
+    cJSON_AddStringToObject(ev, "event", type);
+    cJSON_AddStringToObject(ev, "time", ts);
+    cJSON_AddStringToObject(ev, "job", job->id);
+    cJSON_AddStringToObject(ev, "domain", job->info.name ? job->info.name : job->domain_arg);
+    cJSON_AddNumberToObject(ev, "elapsed", round((now - job->t_start) * 1000.0) / 1000.0);
+    return ev;
+}
+
+static cJSON *job_images_json(const struct hs_job *job)
+{
+    cJSON *arr = cJSON_CreateArray(), *o;
+    size_t i;
+
+    for (i = 0; i < job->ndisks; i++) {
+        const struct hs_image *img = &job->disks[i].img;
+
+        if (!img->id)
+            continue;
+        o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "disk", img->disk);
+        cJSON_AddStringToObject(o, "id", img->id);
+        cJSON_AddStringToObject(o, "name", img->name);
+        cJSON_AddStringToObject(o, "format", img->format);
+        cJSON_AddStringToObject(o, "location", img->location);
+        cJSON_AddNumberToObject(o, "size", (double)img->size);
+        cJSON_AddNumberToObject(o, "virtual_size", (double)img->virtual_size);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+static void job_set_state(struct hs_job *job, enum hs_job_state s)
+{
+    cJSON *ev;
+
+    job->state = s;
+    ev = job_event(job, "state");
+    cJSON_AddStringToObject(ev, "state", job_state_name(s));
+    cJSON_AddStringToObject(ev, "task_state", job_task_state(job));
+    if (job->backend)
+        cJSON_AddStringToObject(ev, "mode", job->backend->name);
+    if (s == HS_JOB_PREPARE)
+        cJSON_AddStringToObject(ev, "reason", job->why);
+    if (job->err.code)
+        cJSON_AddStringToObject(ev, "error", job->err.msg);
+    if (s == HS_JOB_DONE || s == HS_JOB_FAILED)
+        cJSON_AddItemToObject(ev, "images", job_images_json(job));
+    hs_log(HS_LOG_DEBUG, "job %s: %s", job->id, job_state_name(s));
+    hs__engine_emit(job->eng, ev);
+}
+
+static void job_progress(struct hs_job *job, const char *phase, double pct, uint64_t bytes,
+                         uint64_t total)
+{
+    double now = hs__now();
+    cJSON *ev;
+
+    if (pct < 100.0 && now - job->progress_t < HS_PROGRESS_MIN_S && pct - job->progress_pct < 5)
+        return;
+    job->progress_t = now;
+    job->progress_pct = pct;
+    ev = job_event(job, "progress");
+    cJSON_AddStringToObject(ev, "phase", phase);
+    cJSON_AddStringToObject(ev, "disk", job->disks[job->cur].img.disk);
+    cJSON_AddNumberToObject(ev, "percent", round(pct * 10.0) / 10.0);
+    if (total) {
+        cJSON_AddNumberToObject(ev, "bytes", (double)bytes);
+        cJSON_AddNumberToObject(ev, "total", (double)total);
+    }
+    hs__engine_emit(job->eng, ev);
+}
+
+/* ---- inspect: everything that can be refused is refused here, before any change ---- */
+
+static int job_lookup(struct hs_job *job)
+{
+    virConnectPtr conn = hs__virt_conn(job->eng->virt);
+    uint64_t t0;
+
+    if (!conn)
+        return hs_err_set(&job->err, -ENOTCONN, HS_ERR_LIBVIRT, 0,
+                          "not connected to libvirt at '%s'", hs__virt_uri(job->eng->virt));
+    t0 = hs__virt_quick_begin();
+    job->dom = virDomainLookupByName(conn, job->domain_arg);
+    if (!job->dom)
+        job->dom = virDomainLookupByUUIDString(conn, job->domain_arg);
+    hs__virt_quick_end(t0, "virDomainLookupByName");
+    if (!job->dom)
+        return hs_err_set(&job->err, -ENOENT, HS_ERR_INPUT, 0, "domain '%s' not found",
+                          job->domain_arg);
+    return 0;
+}
+
+static cJSON *job_props(struct hs_job *job, struct hs_job_disk *d)
+{
+    cJSON *p = cJSON_CreateObject();
+    const struct hs_domain_info *info = &job->info;
+    double gib = (double)d->img.virtual_size / (1024.0 * 1024.0 * 1024.0);
+
+    cJSON_AddStringToObject(p, "image_type", "snapshot");
+    cJSON_AddStringToObject(p, "instance_uuid", info->uuid);
+    if (info->base_image_ref)
+        cJSON_AddStringToObject(p, "base_image_ref", info->base_image_ref);
+    if (info->owner_id)
+        cJSON_AddStringToObject(p, "owner_id", info->owner_id);
+    if (info->user_id)
+        cJSON_AddStringToObject(p, "user_id", info->user_id);
+    cJSON_AddStringToObject(p, "image_location", "snapshot");
+    cJSON_AddStringToObject(p, "image_state", "available");
+    cJSON_AddNumberToObject(p, "min_disk", ceil(gib));
+    cJSON_AddNumberToObject(p, "min_ram", (double)(info->memory_kib / 1024));
+    cJSON_AddStringToObject(p, "hotsnap_disk", d->img.disk);
+    cJSON_AddStringToObject(p, "hotsnap_mode", job->backend->name);
+    cJSON_AddStringToObject(p, "hotsnap_job", job->id);
+    return p;
+}
+
+static int job_name_disks(struct hs_job *job, const int *idx, int n)
+{
+    struct hs_template_vars vars = {
+        .domain = job->info.name, .uuid = job->info.uuid, .time = job->t_start};
+    const char *fmt = hs_format_name(job->format);
+    char name[HS_NAME_MAX + 1];
+    char *tmpl;
+    int i, rc = 0;
+
+    /* several images of one domain need names of their own */
+    if (n > 1 && !hs__template_has_disk(job->tmpl))
+        tmpl = hs__asprintf("%s-{disk}", job->tmpl);
+    else
+        tmpl = hs__strdup(job->tmpl);
+    job->disks = hs__calloc((size_t)n, sizeof(*job->disks));
+    job->ndisks = (size_t)n;
+    for (i = 0; i < n; i++) {
+        struct hs_job_disk *d = &job->disks[i];
+
+        d->idx = idx[i];
+        vars.disk = job->info.disks[idx[i]].target;
+        rc = hs__template_expand(i == 0 && n > 1 && !hs__template_has_disk(job->tmpl)
+                                     ? job->tmpl
+                                     : tmpl,
+                                 &vars, name, &job->err);
+        if (rc < 0)
+            break;
+        d->name = hs__strdup(name);
+        d->img.disk = job->info.disks[idx[i]].target;
+        d->img.name = d->name;
+        d->img.format = fmt;
+    }
+    free(tmpl);
+    return rc;
+}
+
+static void job_watch_lifecycle(struct hs_virt_watch *w, int event, int detail);
+static void job_watch_conn(struct hs_virt_watch *w, int up);
+
+static int job_inspect(struct hs_job *job)
+{
+    int state, reason, managed_save, n, rc;
+    char *xml;
+    int *idx;
+    uint64_t t0;
+
+    rc = job_lookup(job);
+    if (rc < 0)
+        return rc;
+    t0 = hs__virt_quick_begin();
+    xml = virDomainGetXMLDesc(job->dom, 0);
+    if (!xml || virDomainGetState(job->dom, &state, &reason, 0) < 0) {
+        free(xml);
+        return hs_err_virt(&job->err, -EIO, "cannot read domain '%s'", job->domain_arg);
+    }
+    managed_save = virDomainHasManagedSaveImage(job->dom, 0) == 1;
+    hs__virt_quick_end(t0, "domain inspection");
+    rc = hs__domain_parse(xml, &job->info, &job->err);
+    free(xml);
+    if (rc < 0)
+        return rc;
+    job->backend = hs__backend_select(job->mode, job->info.name, state, managed_save, job->why,
+                                      sizeof(job->why), &job->err);
+    if (!job->backend)
+        return job->err.code;
+    job->cap.dom_state = state;
+    idx = hs__calloc(job->info.ndisks, sizeof(int));
+    n = hs__domain_select(&job->info, job->all_disks, idx, &job->err);
+    if (n > 0)
+        n = job_name_disks(job, idx, n) < 0 ? -EINVAL : n;
+    free(idx);
+    if (n < 0)
+        return job->err.code;
+    rc = job->up->ops->check(job->up, &job->err);
+    if (rc < 0)
+        return rc;
+    virDomainGetUUID(job->dom, job->watch.uuid);
+    job->watch.lifecycle = job_watch_lifecycle;
+    job->watch.conn = job_watch_conn;
+    hs__virt_watch(job->eng->virt, &job->watch);
+    job->watching = 1;
+    return 0;
+}
+
+/* ---- prepare: the journal, then the scratch directory it names ---- */
+
+static void job_prepare_work(uv_work_t *w)
+{
+    struct hs_job *job = hs_container_of(w, struct hs_job, work);
+    char *text = hs__journal_render(job->journal);
+    int rc;
+
+    rc = hs__mkdir_p(job->scratch_root, 0711);
+    if (rc == 0 && hs__dir_writable(job->scratch_root, &job->err, "scratch directory") < 0)
+        rc = job->err.code;
+    else if (rc < 0)
+        hs_err_set(&job->err, rc, HS_ERR_INPUT, -rc, "cannot create scratch directory '%s': %s",
+                   job->scratch_root, strerror(-rc));
+    if (rc == 0) {
+        rc = hs__journal_write(job->journal, text);
+        if (rc < 0)
+            hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot write the journal '%s': %s",
+                       job->journal->path, strerror(-rc));
+    }
+    if (rc == 0 && mkdir(job->scratch, 0711) < 0) {
+        rc = -errno;
+        hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot create '%s': %s", job->scratch,
+                   strerror(-rc));
+    }
+    free(text);
+    job->work_rc = rc;
+}
+
+static void job_after_work(uv_work_t *w, int status)
+{
+    struct hs_job *job = hs_container_of(w, struct hs_job, work);
+
+    if (status < 0)
+        hs_err_set(&job->err, status, HS_ERR_SYS, -status, "worker failed: %s",
+                   uv_strerror(status));
+    job_advance(job);
+}
+
+static int job_queue(struct hs_job *job, uv_work_cb fn)
+{
+    int rc = uv_queue_work(job->eng->loop, &job->work, fn, job_after_work);
+
+    if (rc < 0)
+        hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot queue work: %s", uv_strerror(rc));
+    return rc;
+}
+
+static int job_prepare(struct hs_job *job)
+{
+    int rc = hs__journal_open(job->eng->state_dir, job->id, &job->journal, &job->err);
+
+    if (rc < 0)
+        return rc;
+    job->scratch = hs__asprintf("%s/%s", job->scratch_root, job->id);
+    cJSON_AddStringToObject(job->journal->doc, "domain", job->info.name);
+    cJSON_AddStringToObject(job->journal->doc, "uuid", job->info.uuid);
+    cJSON_AddStringToObject(job->journal->doc, "scratch", job->scratch);
+    cJSON_AddNumberToObject(job->journal->doc, "started", job->t_start);
+    return job_queue(job, job_prepare_work);
+}
+
+/* ---- capture ---- */
+
+static void job_captured(struct hs_capture *cap, int status)
+{
+    struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
+
+    if (status < 0)
+        hs_err_set(&job->err, status, HS_ERR_SYS, -status, "capture of domain '%s' failed",
+                   job->info.name);
+    job_advance(job);
+}
+
+static int job_capture(struct hs_job *job)
+{
+    struct hs_capture *cap = &job->cap;
+    size_t i;
+
+    cap->loop = job->eng->loop;
+    cap->virt = job->eng->virt;
+    cap->dom = job->dom;
+    cap->job_id = job->id;
+    cap->info = &job->info;
+    cap->scratch = job->scratch;
+    cap->journal = job->journal;
+    cap->err = &job->err;
+    cap->ndisks = job->ndisks;
+    cap->disks = hs__calloc(job->ndisks, sizeof(*cap->disks));
+    for (i = 0; i < job->ndisks; i++)
+        cap->disks[i].disk = &job->info.disks[job->disks[i].idx];
+    job->captured = 1;
+    return job->backend->capture(cap, job_captured);
+}
+
+/* ---- extract: qemu-img convert of each point-in-time file, then qemu-img info ---- */
+
+static int job_extract_next(struct hs_job *job);
+
+static void job_convert_progress(struct hs_proc *p, double pct)
+{
+    job_progress(p->data, "extract", pct, 0, 0);
+}
+
+static void job_info_exit(struct hs_proc *p, int status)
+{
+    struct hs_job *job = p->data;
+    struct hs_job_disk *d = &job->disks[job->cur];
+    cJSON *info, *vs;
+    struct stat st;
+
+    job->proc = NULL;
+    if (status == 0) {
+        info = cJSON_Parse(p->capture);
+        vs = cJSON_GetObjectItemCaseSensitive(info, "virtual-size");
+        if (cJSON_IsNumber(vs))
+            d->img.virtual_size = (uint64_t)vs->valuedouble;
+        else
+            status = hs_err_set(&job->err, -EIO, HS_ERR_QEMU_IMG, 0,
+                                "qemu-img info of '%s' gave no virtual size", d->out_path);
+        cJSON_Delete(info);
+    } else {
+        hs_err_set(&job->err, status, HS_ERR_QEMU_IMG, p->exit_status,
+                   "qemu-img info of '%s' failed: %s", d->out_path, hs__proc_stderr(p));
+    }
+    if (status == 0 && stat(d->out_path, &st) == 0)
+        d->img.size = (uint64_t)st.st_size;
+    if (status < 0 || job->err.code) {
+        job_advance(job);
+        return;
+    }
+    job->cur++;
+    if (job_extract_next(job) < 0)
+        job_advance(job);
+}
+
+static void job_convert_exit(struct hs_proc *p, int status)
+{
+    struct hs_job *job = p->data;
+    struct hs_job_disk *d = &job->disks[job->cur];
+    char *argv[] = {"qemu-img", "info", "--output=json", d->out_path, NULL};
+    int rc;
+
+    job->proc = NULL;
+    if (status == -ECANCELED) {
+        hs_err_set(&job->err, status, HS_ERR_CANCELED, 0, "snapshot of domain '%s' canceled",
+                   job->info.name);
+    } else if (status < 0) {
+        hs_err_set(&job->err, status, HS_ERR_QEMU_IMG,
+                   p->term_signal ? -p->term_signal : p->exit_status,
+                   "qemu-img convert of disk '%s' of domain '%s' failed (%s %d): %s",
+                   d->img.disk, job->info.name, p->term_signal ? "signal" : "exit status",
+                   p->term_signal ? p->term_signal : (int)p->exit_status, hs__proc_stderr(p));
+    }
+    if (job->err.code) {
+        job_advance(job);
+        return;
+    }
+    job_progress(job, "extract", 100.0, 0, 0);
+    rc = hs__proc_spawn(job->eng->loop, argv, 1 << 20, NULL, job_info_exit, job, &job->proc);
+    if (rc < 0) {
+        hs_err_set(&job->err, rc, HS_ERR_QEMU_IMG, 0, "cannot run qemu-img: %s",
+                   uv_strerror(rc));
+        job_advance(job);
+    }
+}
+
+/* Start the next disk's convert, or advance when all are done. 0, or a
+ * negative errno (recorded) when nothing runs and the caller must advance. */
+static int job_extract_next(struct hs_job *job)
+{
+    struct hs_job_disk *d;
+    struct hs_capture_disk *cd;
+    const char *fmt = hs_format_name(job->format);
+    char *argv[16];
+    int n = 0, rc;
+
+    if (job->cur >= job->ndisks) {
+        job_advance(job);
+        return 0;
+    }
+    d = &job->disks[job->cur];
+    cd = &job->cap.disks[job->cur];
+    d->out_path = hs__asprintf("%s/%s.%s", job->scratch, d->img.disk, fmt);
+    job->progress_t = 0;
+    job->progress_pct = -100;
+    argv[n++] = "qemu-img";
+    argv[n++] = "convert";
+    argv[n++] = "-p";
+    argv[n++] = "-f";
+    argv[n++] = cd->pit_format;
+    argv[n++] = "-O";
+    argv[n++] = (char *)fmt;
+    if (job->compress && job->format == HS_FORMAT_QCOW2)
+        argv[n++] = "-c";
+    else
+        argv[n++] = "-W"; /* out-of-order writes: faster, and the file is not read until done */
+    argv[n++] = cd->pit_path;
+    argv[n++] = d->out_path;
+    argv[n] = NULL;
+    rc = hs__proc_spawn(job->eng->loop, argv, 0, job_convert_progress, job_convert_exit, job,
+                        &job->proc);
+    if (rc < 0)
+        return hs_err_set(&job->err, rc, HS_ERR_QEMU_IMG, 0, "cannot run qemu-img: %s",
+                          uv_strerror(rc));
+    return 0;
+}
+
+/* ---- release ---- */
+
+static void job_released(struct hs_capture *cap, int status)
+{
+    struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
+
+    job->released = status == 0;
+    job_advance(job);
+}
+
+static void job_conn_timeout(uv_timer_t *t)
+{
+    struct hs_job *job = t->data;
+
+    if (!job->wait_conn)
+        return;
+    job->wait_conn = 0;
+    hs_err_set(&job->err, -ETIMEDOUT, HS_ERR_LIBVIRT, 0,
+               "libvirt did not come back within %d s to restore domain '%s'; the next hotsnap "
+               "run restores it",
+               HS_CONN_WAIT_MS / 1000, job->info.name);
+    job_advance(job);
+}
+
+static int job_release(struct hs_job *job)
+{
+    int rc;
+
+    if (!job->captured) {
+        job->released = 1;
+        job_advance(job);
+        return 0;
+    }
+    rc = job->backend->release(&job->cap, job_released);
+    if (rc == 1) {
+        job->released = 1;
+        job_advance(job);
+        return 0;
+    }
+    if (rc == -ENOTCONN) {
+        hs_log(HS_LOG_WARN, "job %s: waiting for libvirt to restore domain '%s'", job->id,
+               job->info.name);
+        job->wait_conn = 1;
+        uv_timer_start(&job->kick, job_conn_timeout, HS_CONN_WAIT_MS, 0);
+        return 0;
+    }
+    return rc;
+}
+
+/* ---- upload ---- */
+
+static int job_upload_next(struct hs_job *job);
+
+static void job_upload_progress(struct hs_upload_req *req)
+{
+    struct hs_job *job = req->data;
+
+    job_progress(job, "upload", req->size ? 100.0 * (double)req->sent / (double)req->size : 0,
+                 req->sent, req->size);
+}
+
+static void job_uploaded(struct hs_upload_req *req, int status)
+{
+    struct hs_job *job = req->data;
+    struct hs_job_disk *d = &job->disks[job->cur];
+
+    job->uploading = 0;
+    cJSON_Delete((cJSON *)req->props);
+    req->props = NULL;
+    if (status < 0) {
+        hs_err_set(&job->err, req->err.code ? req->err.code : status, req->err.kind,
+                   req->err.detail, "%s", req->err.msg);
+        hs__upload_req_clear(req);
+        job_advance(job);
+        return;
+    }
+    snprintf(d->image_id, sizeof(d->image_id), "%s", req->image_id);
+    d->location = req->location;
+    req->location = NULL;
+    d->img.id = d->image_id;
+    d->img.location = d->location;
+    job->cur++;
+    if (job_upload_next(job) < 0)
+        job_advance(job);
+}
+
+static int job_upload_next(struct hs_job *job)
+{
+    struct hs_upload_req *req = &job->req;
+    struct hs_job_disk *d;
+    int rc;
+
+    if (job->cur >= job->ndisks || job->err.code) {
+        job_advance(job);
+        return 0;
+    }
+    d = &job->disks[job->cur];
+    memset(req, 0, sizeof(*req));
+    req->path = d->out_path;
+    req->name = d->name;
+    req->format = d->img.format;
+    req->size = d->img.size;
+    req->virtual_size = d->img.virtual_size;
+    req->props = job_props(job, d);
+    req->on_progress = job_upload_progress;
+    req->data = job;
+    job->progress_t = 0;
+    job->progress_pct = -100;
+    rc = job->up->ops->begin(job->up, req, job_uploaded);
+    if (rc < 0) {
+        cJSON_Delete((cJSON *)req->props);
+        req->props = NULL;
+        return hs_err_set(&job->err, req->err.code ? req->err.code : rc, req->err.kind,
+                          req->err.detail, "%s", req->err.msg);
+    }
+    job->uploading = 1;
+    return 0;
+}
+
+/* ---- cleanup ---- */
+
+static void job_cleanup_work(uv_work_t *w)
+{
+    struct hs_job *job = hs_container_of(w, struct hs_job, work);
+
+    job->work_rc = job->scratch ? hs__rm_rf(job->scratch) : 0;
+}
+
+static void job_cleanup_done(uv_work_t *w, int status)
+{
+    struct hs_job *job = hs_container_of(w, struct hs_job, work);
+
+    if (job->work_rc < 0)
+        hs_log(HS_LOG_WARN, "job %s: cannot remove scratch '%s': %s", job->id, job->scratch,
+               strerror(-job->work_rc));
+    /* The journal goes once the domain is as it was; else the next run finishes the job. */
+    if (job->released || job->work_rc < 0)
+        hs__journal_remove(job->journal);
+    else
+        hs__journal_abandon(job->journal);
+    job->journal = NULL;
+    job_advance(job);
+}
+
+/* ---- the machine ---- */
+
+static void job_finish(struct hs_job *job)
+{
+    job->t_end = hs__now();
+    if (job->watching) {
+        hs__virt_unwatch(job->eng->virt, &job->watch);
+        job->watching = 0;
+    }
+    hs__engine_job_done(job->eng, job);
+    job->cb(job, job->err.code, job->data);
+}
+
+static void job_step(struct hs_job *job)
+{
+    int rc = 0;
+
+    switch (job->state) {
+    case HS_JOB_QUEUED:
+        job_advance(job);
+        return;
+    case HS_JOB_INSPECT:
+        job_inspect(job);
+        job_advance(job);
+        return;
+    case HS_JOB_PREPARE:
+        rc = job_prepare(job);
+        break;
+    case HS_JOB_CAPTURE:
+        rc = job_capture(job);
+        break;
+    case HS_JOB_EXTRACT:
+        job->cur = 0;
+        rc = job_extract_next(job);
+        break;
+    case HS_JOB_RELEASE:
+        rc = job_release(job);
+        break;
+    case HS_JOB_UPLOAD:
+        job->cur = 0;
+        rc = job_upload_next(job);
+        break;
+    case HS_JOB_CLEANUP:
+        rc = uv_queue_work(job->eng->loop, &job->work, job_cleanup_work, job_cleanup_done);
+        if (rc < 0)
+            hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot queue cleanup: %s",
+                       uv_strerror(rc));
+        break;
+    case HS_JOB_DONE:
+    case HS_JOB_FAILED:
+        job_finish(job);
+        return;
+    }
+    if (rc < 0)
+        job_advance(job);
+}
+
+static void job_advance(struct hs_job *job)
+{
+    enum hs_job_state next = job_next(job);
+
+    if (next == job->state)
+        return;
+    job_set_state(job, next);
+    job_step(job);
+}
+
+static void job_kick_cb(uv_timer_t *t)
+{
+    job_advance(t->data);
+}
+
+/* ---- domain and connection events ---- */
+
+static void job_watch_lifecycle(struct hs_virt_watch *w, int event, int detail)
+{
+    struct hs_job *job = hs_container_of(w, struct hs_job, watch);
+
+    if (job->state < HS_JOB_CAPTURE || job->state > HS_JOB_RELEASE || !job->captured)
+        return;
+    if (event == VIR_DOMAIN_EVENT_UNDEFINED)
+        hs_err_set(&job->err, -ESRCH, HS_ERR_LIBVIRT, detail,
+                   "domain '%s' was undefined during its snapshot", job->info.name);
+    if (job->backend->lifecycle)
+        job->backend->lifecycle(&job->cap, event, detail);
+    if (job->err.code && job->proc)
+        hs__proc_cancel(job->proc);
+}
+
+static void job_watch_conn(struct hs_virt_watch *w, int up)
+{
+    struct hs_job *job = hs_container_of(w, struct hs_job, watch);
+    cJSON *ev = job_event(job, "libvirt");
+
+    cJSON_AddStringToObject(ev, "connection", up ? "up" : "down");
+    hs__engine_emit(job->eng, ev);
+    if (up && job->wait_conn) {
+        job->wait_conn = 0;
+        uv_timer_stop(&job->kick);
+        if (job_release(job) < 0)
+            job_advance(job);
+    }
+}
+
+/* ---- public ---- */
+
+static int job_fail_start(struct hs_job *job, char *errbuf, size_t errlen)
+{
+    int rc = job->err.code;
+
+    hs_err_copy(&job->err, errbuf, errlen);
+    hs__uploader_free(job->up);
+    free(job->domain_arg);
+    free(job->tmpl);
+    free(job->scratch_root);
+    free(job);
+    return rc;
+}
+
+int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts, hs_job_cb cb,
+                      void *data, struct hs_job **out, char *errbuf, size_t errlen)
+{
+    struct hs_job *job = hs__calloc(1, sizeof(*job));
+    char *target = NULL;
+    int rc;
+
+    job->eng = eng;
+    hs__uuid4(job->id);
+    job->t_start = hs__now();
+    job->domain_arg = hs__strdup(opts->domain ? opts->domain : "");
+    job->tmpl = hs__strdup(opts->name ? opts->name : HS_DEFAULT_TEMPLATE);
+    job->scratch_root = opts->scratch_dir ? hs__strdup(opts->scratch_dir)
+                                          : hs__asprintf("%s/scratch", eng->state_dir);
+    job->mode = opts->mode;
+    job->format = opts->format;
+    job->compress = opts->compress;
+    job->all_disks = opts->all_disks;
+    job->cb = cb;
+    job->data = data;
+    if (!*job->domain_arg) {
+        hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0, "no domain given");
+        return job_fail_start(job, errbuf, errlen);
+    }
+    if (hs_name_template_check(job->tmpl, job->err.msg, sizeof(job->err.msg)) < 0) {
+        job->err.code = -EINVAL;
+        return job_fail_start(job, errbuf, errlen);
+    }
+    if (opts->compress && opts->format != HS_FORMAT_QCOW2) {
+        hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0, "compression needs format qcow2");
+        return job_fail_start(job, errbuf, errlen);
+    }
+    if (!opts->target) {
+        /* the default store is ours to create; a named one must exist */
+        target = hs__asprintf("dir:%s/images", eng->state_dir);
+        hs__mkdir_p(target + 4, 0755);
+    }
+    rc = hs__uploader_new(eng->loop, opts->target ? opts->target : target, &job->up, &job->err);
+    free(target);
+    if (rc < 0)
+        return job_fail_start(job, errbuf, errlen);
+
+    uv_timer_init(eng->loop, &job->kick);
+    job->kick.data = job;
+    job->state = HS_JOB_QUEUED;
+    job->next = eng->jobs;
+    eng->jobs = job;
+    /* the first step runs on the next loop iteration, never inside this call */
+    uv_timer_start(&job->kick, job_kick_cb, 0, 0);
+    *out = job;
+    return 0;
+}
+
+void hs_job_cancel(struct hs_job *job)
+{
+    if (job->state == HS_JOB_DONE || job->state == HS_JOB_FAILED || job->canceled)
+        return;
+    job->canceled = 1;
+    hs_err_set(&job->err, -ECANCELED, HS_ERR_CANCELED, 0, "snapshot of domain '%s' canceled",
+               job->info.name ? job->info.name : job->domain_arg);
+    if (job->proc)
+        hs__proc_cancel(job->proc);
+    if (job->uploading && job->up->ops->cancel)
+        job->up->ops->cancel(&job->req);
+    /* capture and release finish on their own: a half-done save is never abandoned */
+}
+
+static void job_kick_closed(uv_handle_t *h)
+{
+    struct hs_job *job = h->data;
+    size_t i;
+
+    for (i = 0; i < job->ndisks; i++) {
+        free(job->disks[i].name);
+        free(job->disks[i].out_path);
+        free(job->disks[i].location);
+    }
+    free(job->disks);
+    for (i = 0; i < job->cap.ndisks; i++) {
+        free(job->cap.disks[i].pit_path);
+        free(job->cap.disks[i].pit_format);
+    }
+    free(job->cap.disks);
+    if (job->backend && job->backend->destroy)
+        job->backend->destroy(&job->cap);
+    hs__domain_info_clear(&job->info);
+    if (job->dom)
+        virDomainFree(job->dom);
+    hs__uploader_free(job->up);
+    free(job->domain_arg);
+    free(job->tmpl);
+    free(job->scratch_root);
+    free(job->scratch);
+    free(job);
+}
+
+void hs_job_free(struct hs_job *job)
+{
+    if (!job)
+        return;
+    uv_close((uv_handle_t *)&job->kick, job_kick_closed);
+}
+
+const char *hs_job_id(const struct hs_job *job)
+{
+    return job->id;
+}
+
+const char *hs_job_domain(const struct hs_job *job)
+{
+    return job->info.name ? job->info.name : job->domain_arg;
+}
+
+const char *hs_job_mode(const struct hs_job *job)
+{
+    return job->backend ? job->backend->name : NULL;
+}
+
+const char *hs_job_error(const struct hs_job *job)
+{
+    return job->err.code ? job->err.msg : NULL;
+}
+
+double hs_job_seconds(const struct hs_job *job)
+{
+    return (job->t_end ? job->t_end : hs__now()) - job->t_start;
+}
+
+size_t hs_job_image_count(const struct hs_job *job)
+{
+    return job->ndisks;
+}
+
+const struct hs_image *hs_job_image(const struct hs_job *job, size_t i)
+{
+    return i < job->ndisks ? &job->disks[i].img : NULL;
+}
+
+struct hs_job *hs__job_next(struct hs_job *job)
+{
+    return job->next;
+}
+
+void hs__job_set_next(struct hs_job *job, struct hs_job *next)
+{
+    job->next = next;
+}

@@ -1,0 +1,172 @@
+/*
+ * Recovery: finish what a dead hotsnap run left. Each journal whose lock can
+ * be taken belongs to a run that is gone; for a cold job that got as far as
+ * the managed save, the domain is started again from its save image in the
+ * state it had, its host devices are attached again, and the scratch
+ * directory is removed. Runs on the worker pool; it may wait for a libvirt
+ * job the dead run started (a save still in progress) to end.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "engine_int.h"
+#include "journal.h"
+#include "util.h"
+#define HS_LOG_TAG "recover"
+#include "log.h"
+
+#define HS_RECOVER_JOB_WAIT_S 120
+
+static const char *jstr(const cJSON *doc, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
+
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Wait (on the worker) while libvirt still runs a job the dead run started. */
+static void recover_wait_job(virDomainPtr dom)
+{
+    virDomainJobInfo ji;
+    int i;
+
+    for (i = 0; i < HS_RECOVER_JOB_WAIT_S * 5; i++) {
+        if (virDomainGetJobInfo(dom, &ji) < 0 || ji.type == VIR_DOMAIN_JOB_NONE)
+            return;
+        usleep(200 * 1000);
+    }
+}
+
+static void recover_cold(virConnectPtr conn, const cJSON *doc, cJSON *entry)
+{
+    const char *uuid = jstr(doc, "uuid"), *resume = jstr(doc, "resume");
+    const cJSON *devs = cJSON_GetObjectItemCaseSensitive(doc, "hostdevs"), *dev;
+    virDomainPtr dom = uuid ? virDomainLookupByUUIDString(conn, uuid) : NULL;
+    int state, reason, paused = resume && !strcmp(resume, "paused");
+    struct hs_err err = {0};
+
+    if (!dom) {
+        cJSON_AddStringToObject(entry, "action", "none: the domain no longer exists");
+        return;
+    }
+    recover_wait_job(dom);
+    if (virDomainGetState(dom, &state, &reason, 0) < 0) {
+        hs_err_virt(&err, -EIO, "cannot read the domain state");
+        cJSON_AddStringToObject(entry, "error", err.msg);
+    } else if (state == VIR_DOMAIN_SHUTOFF && virDomainHasManagedSaveImage(dom, 0) == 1) {
+        if (virDomainCreateWithFlags(dom, paused ? VIR_DOMAIN_START_PAUSED : 0) < 0) {
+            hs_err_virt(&err, -EIO, "cannot restore the domain");
+            cJSON_AddStringToObject(entry, "error", err.msg);
+        } else {
+            cJSON_AddStringToObject(entry, "action", paused ? "restored, paused"
+                                                            : "restored, running");
+            cJSON_ArrayForEach(dev, devs)
+            {
+                if (cJSON_IsString(dev) && virDomainAttachDeviceFlags(
+                                               dom, dev->valuestring, VIR_DOMAIN_AFFECT_LIVE) < 0)
+                    hs_err_virt(&err, -EIO, "cannot attach a host device again");
+            }
+            if (err.code)
+                cJSON_AddStringToObject(entry, "error", err.msg);
+        }
+    } else {
+        cJSON_AddStringToObject(entry, "action", "none: the domain was not left saved");
+    }
+    virDomainFree(dom);
+}
+
+static int recover_one(virConnectPtr conn, const char *dir, const char *file, cJSON *report)
+{
+    char *path = hs__asprintf("%s/%s", dir, file);
+    char *lock = hs__asprintf("%s/%.*s.lock", dir, (int)(strlen(file) - 5), file);
+    char *text = NULL;
+    cJSON *doc = NULL, *entry;
+    const char *backend, *scratch;
+    int fd, done = 0;
+
+    fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+        goto cleanup; /* a live run owns it */
+    text = hs__read_file(path, 1 << 20);
+    doc = text ? cJSON_Parse(text) : NULL;
+    entry = cJSON_CreateObject();
+    cJSON_AddStringToObject(entry, "journal", path);
+    if (!doc) {
+        cJSON_AddStringToObject(entry, "error", "unreadable journal, left in place");
+        cJSON_AddItemToArray(report, entry);
+        goto cleanup;
+    }
+    backend = jstr(doc, "backend");
+    scratch = jstr(doc, "scratch");
+    if (jstr(doc, "domain"))
+        cJSON_AddStringToObject(entry, "domain", jstr(doc, "domain"));
+    if (backend && !strcmp(backend, "cold"))
+        recover_cold(conn, doc, entry);
+    else if (backend)
+        cJSON_AddStringToObject(entry, "action", "none: nothing to undo for this backend");
+    else
+        cJSON_AddStringToObject(entry, "action", "none: the job had not touched the domain");
+    if (scratch && hs__rm_rf(scratch) == 0)
+        cJSON_AddStringToObject(entry, "removed", scratch);
+    if (!cJSON_GetObjectItemCaseSensitive(entry, "error")) {
+        unlink(path);
+        unlink(lock);
+        done = 1;
+    }
+    hs_log(HS_LOG_INFO, "recovered journal '%s'", path);
+    cJSON_AddItemToArray(report, entry);
+cleanup:
+    if (fd >= 0)
+        close(fd);
+    cJSON_Delete(doc);
+    free(text);
+    free(path);
+    free(lock);
+    return done;
+}
+
+static int recover_work(struct hs_virt_call *call, virConnectPtr conn)
+{
+    struct hs_engine *eng = call->data;
+    char *dir = hs__journal_dir(eng->state_dir);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    size_t len;
+
+    eng->recover_report = cJSON_CreateArray();
+    if (!d) {
+        free(dir);
+        return 0;
+    }
+    while ((de = readdir(d)) != NULL) {
+        len = strlen(de->d_name);
+        if (len > 5 && !strcmp(de->d_name + len - 5, ".json"))
+            recover_one(conn, dir, de->d_name, eng->recover_report);
+    }
+    closedir(d);
+    free(dir);
+    return 0;
+}
+
+static void recover_done(struct hs_virt_call *call, int status)
+{
+    struct hs_engine *eng = call->data;
+    cJSON *report = eng->recover_report;
+
+    eng->recover_report = NULL;
+    eng->recover_cb(eng, status, report, eng->recover_data);
+    cJSON_Delete(report);
+}
+
+int hs_engine_recover(struct hs_engine *eng, hs_recover_cb cb, void *data)
+{
+    eng->recover_cb = cb;
+    eng->recover_data = data;
+    eng->recover_call.data = eng;
+    return hs__virt_queue(eng->virt, &eng->recover_call, recover_work, recover_done);
+}

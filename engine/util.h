@@ -1,0 +1,37 @@
+/* Small helpers shared by the engine, backends and uploaders. */
+#ifndef HS_UTIL_H
+#define HS_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#define HS_UUID_LEN 37 /* 36 characters and NUL */
+
+#define hs_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* A random (version 4) UUID, lower case. */
+void hs__uuid4(char out[HS_UUID_LEN]);
+/* Wall clock, seconds since the epoch with ms precision. */
+double hs__now(void);
+/* UTC "YYYY-MM-DDTHH:MM:SS.mmmZ" of @t. */
+void hs__iso8601(double t, char *buf, size_t len);
+/* mkdir -p with @mode for created levels. 0 or negative errno. */
+int hs__mkdir_p(const char *path, unsigned mode);
+/* Remove @path and everything below it; ENOENT is success. 0 or negative errno. */
+int hs__rm_rf(const char *path);
+/* Check that @dir is a directory we can create files in (creates and removes a probe). */
+int hs__dir_writable(const char *dir, struct hs_err *err, const char *what);
+/* Write @len bytes to @path atomically: temp file, fsync, rename, fsync dir. */
+int hs__write_atomic(const char *path, const void *data, size_t len, unsigned mode);
+/* Read a whole small file; caller frees. NULL with errno set on failure. */
+char *hs__read_file(const char *path, size_t max);
+/* strdup that aborts on allocation failure (allocation failure is fatal here). */
+char *hs__strdup(const char *s);
+void *hs__calloc(size_t n, size_t size);
+char *hs__asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Format a byte count as "1.5 GiB". */
+void hs__human_bytes(uint64_t n, char *buf, size_t len);
+
+#endif

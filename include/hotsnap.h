@@ -1,0 +1,146 @@
+/*
+ * hotsnap: snapshots of libvirt/QEMU guests published as images.
+ *
+ * The engine runs on a caller-supplied uv_loop_t and never blocks it: libvirt
+ * events arrive through a libvirt event implementation on that loop, qemu-img
+ * runs as non-blocking children, slow libvirt calls run on libuv's worker pool.
+ *
+ * Ownership: strings passed in are copied; objects handed out (struct hs_job)
+ * are owned by the caller once their completion callback has run and are
+ * released with hs_job_free(). cJSON objects passed to callbacks are borrowed
+ * for the duration of the callback.
+ */
+#ifndef HOTSNAP_H
+#define HOTSNAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <cjson/cJSON.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HS_DEFAULT_URI "qemu:///system"
+#define HS_DEFAULT_STATE_DIR "/var/lib/hotsnap"
+
+enum hs_log_level {
+    HS_LOG_ERROR,
+    HS_LOG_WARN,
+    HS_LOG_INFO,
+    HS_LOG_DEBUG,
+};
+
+/* How a disk's point-in-time content is captured. */
+enum hs_mode {
+    HS_MODE_AUTO,    /* pick per domain state: offline when shut off, cold otherwise */
+    HS_MODE_COLD,    /* managed save, convert, restore (Nova's cold path) */
+    HS_MODE_OFFLINE, /* domain is shut off: convert its disks directly */
+};
+
+enum hs_format {
+    HS_FORMAT_QCOW2,
+    HS_FORMAT_RAW,
+};
+
+struct hs_engine;
+struct hs_job;
+
+/* Every job transition and progress report, as one JSON object (borrowed). */
+typedef void (*hs_event_cb)(void *data, const cJSON *event);
+/* Log lines from the library: level and one preformatted line without newline. */
+typedef void (*hs_log_cb)(void *data, enum hs_log_level level, const char *line);
+
+struct hs_engine_opts {
+    const char *uri;       /* libvirt URI; NULL: HS_DEFAULT_URI */
+    const char *state_dir; /* journal, scratch, default image store; NULL: HS_DEFAULT_STATE_DIR */
+    hs_event_cb on_event;
+    void *event_data;
+    hs_log_cb on_log;      /* NULL: no logging */
+    void *log_data;
+    enum hs_log_level log_level;
+};
+
+/*
+ * Connect to libvirt on @loop (registers hotsnap's libvirt event
+ * implementation, which binds libvirt to this loop for the process lifetime).
+ * Returns 0 or a negative errno with a one-line message in @errbuf.
+ */
+int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs_engine **out,
+                   char *errbuf, size_t errlen);
+
+typedef void (*hs_recover_cb)(struct hs_engine *eng, int status, const cJSON *report, void *data);
+/*
+ * Finish what a dead hotsnap run left behind: restore domains it had saved,
+ * remove its scratch files. @report lists what was done. Every command
+ * should call this before starting jobs.
+ */
+int hs_engine_recover(struct hs_engine *eng, hs_recover_cb cb, void *data);
+
+/* Domains, their disks and the mode each would get. Caller frees (cJSON_Delete). */
+cJSON *hs_engine_list(struct hs_engine *eng, char *errbuf, size_t errlen);
+
+/* Worst time the loop was kept from running, in ms, since open. */
+double hs_engine_max_stall_ms(const struct hs_engine *eng);
+
+/* Cancel every running job (their callbacks still run). */
+void hs_engine_cancel_all(struct hs_engine *eng);
+
+typedef void (*hs_close_cb)(struct hs_engine *eng, void *data);
+/* Close: jobs must have completed. @cb runs once every handle is closed. */
+void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data);
+
+struct hs_snapshot_opts {
+    const char *domain;      /* name or UUID */
+    const char *name;        /* image name template; NULL: "{domain}-{date}-{time}" */
+    enum hs_mode mode;
+    enum hs_format format;
+    int compress;            /* qcow2 compression */
+    int all_disks;           /* every disk, one image each; default: the root disk */
+    const char *target;      /* "dir:PATH"; NULL: dir:<state_dir>/images */
+    const char *scratch_dir; /* NULL: <state_dir>/scratch */
+};
+
+typedef void (*hs_job_cb)(struct hs_job *job, int status, void *data);
+
+/*
+ * Validate @opts and start a snapshot. Bad options fail here, with a one-line
+ * message in @errbuf and nothing started. @cb runs exactly once, never from
+ * inside this call; the caller then frees the job with hs_job_free().
+ */
+int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts, hs_job_cb cb,
+                      void *data, struct hs_job **out, char *errbuf, size_t errlen);
+
+void hs_job_cancel(struct hs_job *job);
+void hs_job_free(struct hs_job *job);
+
+struct hs_image {
+    const char *disk;     /* target device, e.g. "vda" */
+    const char *id;       /* image id */
+    const char *name;     /* image name */
+    const char *location; /* where it was published */
+    const char *format;   /* "qcow2" or "raw" */
+    uint64_t size;        /* bytes published */
+    uint64_t virtual_size;
+};
+
+const char *hs_job_id(const struct hs_job *job);
+const char *hs_job_domain(const struct hs_job *job);
+const char *hs_job_mode(const struct hs_job *job);      /* backend used, once chosen */
+const char *hs_job_error(const struct hs_job *job);     /* NULL unless failed */
+double hs_job_seconds(const struct hs_job *job);
+size_t hs_job_image_count(const struct hs_job *job);
+const struct hs_image *hs_job_image(const struct hs_job *job, size_t i);
+
+/* Validation helpers shared with front ends; 0 or -EINVAL with a message. */
+int hs_name_template_check(const char *tmpl, char *errbuf, size_t errlen);
+int hs_mode_parse(const char *s, enum hs_mode *out);
+int hs_format_parse(const char *s, enum hs_format *out);
+const char *hs_mode_name(enum hs_mode mode);
+const char *hs_format_name(enum hs_format fmt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HOTSNAP_H */

@@ -1,0 +1,65 @@
+/*
+ * Uploaders: where an image goes. One request per image; the caller owns the
+ * request and its strings; completion is cb(req, status), never called from
+ * inside begin().
+ */
+#ifndef HS_UPLOADER_H
+#define HS_UPLOADER_H
+
+#include <stdint.h>
+#include <uv.h>
+#include <cjson/cJSON.h>
+
+#include "err.h"
+
+struct hs_uploader;
+struct hs_upload_req;
+typedef void (*hs_upload_cb)(struct hs_upload_req *req, int status);
+typedef void (*hs_upload_progress_cb)(struct hs_upload_req *req);
+
+struct hs_upload_req {
+    /* in, borrowed */
+    const char *path;   /* the extracted image file */
+    const char *name;   /* image name */
+    const char *format; /* "qcow2" or "raw" */
+    uint64_t size;      /* bytes in path */
+    uint64_t virtual_size;
+    const cJSON *props; /* image properties */
+    hs_upload_progress_cb on_progress; /* optional */
+    void *data;                        /* the caller's */
+    /* out */
+    char image_id[64];
+    char *location; /* owned by the request; free with hs__upload_req_clear */
+    uint64_t sent;
+    struct hs_err err;
+    /* the uploader's */
+    struct hs_uploader *up;
+    hs_upload_cb cb;
+    void *priv;
+};
+
+struct hs_uploader_ops {
+    const char *name;
+    /* Check the destination before any domain is touched. */
+    int (*check)(struct hs_uploader *up, struct hs_err *err);
+    int (*begin)(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb);
+    /* Stop a running upload; its cb still runs, with -ECANCELED. */
+    void (*cancel)(struct hs_upload_req *req);
+    void (*destroy)(struct hs_uploader *up);
+};
+
+struct hs_uploader {
+    const struct hs_uploader_ops *ops;
+    uv_loop_t *loop;
+    void *ctx;
+};
+
+extern const struct hs_uploader_ops hs_uploader_dir;
+
+/* "dir:PATH" -> an uploader. Unknown or malformed specs fail with a message. */
+int hs__uploader_new(uv_loop_t *loop, const char *spec, struct hs_uploader **out,
+                     struct hs_err *err);
+void hs__uploader_free(struct hs_uploader *up);
+void hs__upload_req_clear(struct hs_upload_req *req);
+
+#endif
