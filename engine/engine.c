@@ -36,6 +36,8 @@ int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs
     eng = hs__calloc(1, sizeof(*eng));
     eng->loop = loop;
     eng->state_dir = hs__strdup(opts->state_dir ? opts->state_dir : HS_DEFAULT_STATE_DIR);
+    eng->select_backend = hs__backend_select;
+    eng->new_uploader = hs__uploader_new;
     eng->on_event = opts->on_event;
     eng->event_data = opts->event_data;
     rc = hs__virt_open(loop, opts->uri ? opts->uri : HS_DEFAULT_URI, &eng->virt, &err);
@@ -118,7 +120,7 @@ void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data)
 
 /* ---- list ---- */
 
-static cJSON *engine_list_domain(virDomainPtr dom)
+static cJSON *engine_list_domain(struct hs_engine *eng, virDomainPtr dom)
 {
     struct hs_domain_info info;
     struct hs_err err = {0};
@@ -141,7 +143,7 @@ static cJSON *engine_list_domain(virDomainPtr dom)
     cJSON_AddStringToObject(o, "uuid", info.uuid);
     cJSON_AddNumberToObject(o, "state", state);
     cJSON_AddBoolToObject(o, "managed_save", managed_save);
-    be = hs__backend_select(HS_MODE_AUTO, info.name, state, managed_save, why, sizeof(why), &err);
+    be = eng->select_backend(HS_MODE_AUTO, info.name, state, managed_save, why, sizeof(why), &err);
     cJSON_AddStringToObject(o, "mode", be ? be->name : "none");
     cJSON_AddStringToObject(o, "reason", be ? why : err.msg);
     root = hs__domain_root_disk(&info);
@@ -178,7 +180,7 @@ cJSON *hs_engine_list(struct hs_engine *eng, char *errbuf, size_t errlen)
     }
     arr = cJSON_CreateArray();
     for (i = 0; i < n; i++) {
-        cJSON_AddItemToArray(arr, engine_list_domain(doms[i]));
+        cJSON_AddItemToArray(arr, engine_list_domain(eng, doms[i]));
         virDomainFree(doms[i]);
     }
     free(doms);

@@ -6,6 +6,16 @@
 
 #include "hotsnap.h"
 #include "virt.h"
+#include "backend.h"
+#include "uploader.h"
+
+/* Where the library is put together: the job asks these, never a concrete
+ * backend or uploader, so tests can hand in fakes with the same tables. */
+typedef const struct hs_backend_ops *(*hs_select_fn)(enum hs_mode mode, const char *domain,
+                                                     int state, int managed_save, char *why,
+                                                     size_t whylen, struct hs_err *err);
+typedef int (*hs_uploader_fn)(uv_loop_t *loop, const char *spec, struct hs_uploader **out,
+                              struct hs_err *err);
 
 struct hs_engine {
     uv_loop_t *loop;
@@ -13,6 +23,8 @@ struct hs_engine {
     char *state_dir;
     hs_event_cb on_event;
     void *event_data;
+    hs_select_fn select_backend;
+    hs_uploader_fn new_uploader;
     struct hs_job *jobs; /* running jobs */
     uv_timer_t stall_timer;
     uint64_t stall_last; /* hrtime of the last tick */

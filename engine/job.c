@@ -17,12 +17,10 @@
 
 #include "hotsnap.h"
 #include "engine_int.h"
-#include "backend.h"
 #include "domain.h"
 #include "journal.h"
 #include "proc.h"
 #include "template.h"
-#include "uploader.h"
 #include "util.h"
 #define HS_LOG_TAG "job"
 #include "log.h"
@@ -367,7 +365,7 @@ static int job_inspect(struct hs_job *job)
     free(xml);
     if (rc < 0)
         return rc;
-    job->backend = hs__backend_select(job->mode, job->info.name, state, managed_save, job->why,
+    job->backend = job->eng->select_backend(job->mode, job->info.name, state, managed_save, job->why,
                                       sizeof(job->why), &job->err);
     if (!job->backend)
         return job->err.code;
@@ -567,7 +565,7 @@ static int job_extract_next(struct hs_job *job)
     char *argv[16];
     int n = 0, rc;
 
-    if (job->cur >= job->ndisks) {
+    if (job->cur >= job->ndisks || job->err.code) {
         job_advance(job);
         return 0;
     }
@@ -898,7 +896,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
         target = hs__asprintf("dir:%s/images", eng->state_dir);
         hs__mkdir_p(target + 4, 0755);
     }
-    rc = hs__uploader_new(eng->loop, opts->target ? opts->target : target, &job->up, &job->err);
+    rc = eng->new_uploader(eng->loop, opts->target ? opts->target : target, &job->up, &job->err);
     free(target);
     if (rc < 0)
         return job_fail_start(job, errbuf, errlen);

@@ -182,6 +182,9 @@ int hs__proc_spawn(uv_loop_t *loop, char *const argv[], size_t capture_max,
     opts.stdio = stdio;
     opts.stdio_count = 3;
     opts.exit_cb = proc_exit_cb;
+    /* its own process group: a terminal's Ctrl-C reaches hotsnap, which then
+     * cancels the child, and a cancel reaches the child's children too */
+    opts.flags = UV_PROCESS_DETACHED;
 
     rc = uv_spawn(loop, &p->process, &opts);
     if (rc < 0) {
@@ -204,7 +207,7 @@ static void proc_kill_cb(uv_timer_t *t)
     if (!p->exited) {
         hs_log(HS_LOG_WARN, "%s (pid %d) ignored SIGTERM, sending SIGKILL", p->name,
                p->process.pid);
-        uv_process_kill(&p->process, SIGKILL);
+        kill(-p->process.pid, SIGKILL);
     }
 }
 
@@ -213,7 +216,7 @@ void hs__proc_cancel(struct hs_proc *p)
     if (p->exited || p->canceled)
         return;
     p->canceled = 1;
-    uv_process_kill(&p->process, SIGTERM);
+    kill(-p->process.pid, SIGTERM);
     uv_timer_start(&p->kill_timer, proc_kill_cb, HS_PROC_GRACE_MS, 0);
 }
 
