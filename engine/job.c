@@ -731,11 +731,12 @@ static void job_cleanup_done(uv_work_t *w, int status)
     if (job->work_rc < 0)
         hs_log(HS_LOG_WARN, "job %s: cannot remove scratch '%s': %s", job->id, job->scratch,
                strerror(-job->work_rc));
-    /* The journal goes once the domain is as it was; else the next run finishes the job. */
-    if (job->released || job->work_rc < 0)
-        hs__journal_remove(job->journal);
-    else
+    /* The journal goes once the domain is as it was and the scratch is gone;
+     * else it stays for the next run to finish the job. */
+    if ((job->captured && !job->released) || job->work_rc < 0)
         hs__journal_abandon(job->journal);
+    else
+        hs__journal_remove(job->journal);
     job->journal = NULL;
     job_advance(job);
 }

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -40,6 +41,63 @@ static void recover_wait_job(virDomainPtr dom)
             return;
         usleep(200 * 1000);
     }
+}
+
+/* Does process @pid have an argument under @dir? (a child of the dead run) */
+static int proc_uses(const char *pid, const char *dir)
+{
+    char *path = hs__asprintf("/proc/%s/cmdline", pid);
+    char buf[8192];
+    size_t dlen = strlen(dir), off = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC), hit = 0;
+
+    free(path);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    while (off < (size_t)n && !hit) {
+        hit = !strncmp(buf + off, dir, dlen) && (buf[off + dlen] == '/' || !buf[off + dlen]);
+        off += strlen(buf + off) + 1;
+    }
+    return hit;
+}
+
+/* A killed run's qemu-img children outlive it and keep their locks on the
+ * domain's disks (QEMU then cannot resume): end every process still working
+ * in the dead job's scratch directory. Returns how many were killed. */
+static int recover_kill_children(const char *scratch)
+{
+    DIR *d;
+    struct dirent *de;
+    int pids[64], n = 0, i, tries;
+
+    if (!scratch || !*scratch || !(d = opendir("/proc")))
+        return 0;
+    while ((de = readdir(d)) != NULL && n < 64) {
+        if (de->d_name[0] < '0' || de->d_name[0] > '9' || atoi(de->d_name) == getpid())
+            continue;
+        if (proc_uses(de->d_name, scratch))
+            pids[n++] = atoi(de->d_name);
+    }
+    closedir(d);
+    for (i = 0; i < n; i++)
+        kill(pids[i], SIGKILL);
+    /* wait (on the worker) until they are gone and their locks released */
+    for (tries = 0; tries < 100; tries++) {
+        int alive = 0;
+
+        for (i = 0; i < n; i++)
+            alive += kill(pids[i], 0) == 0;
+        if (!alive)
+            break;
+        usleep(50 * 1000);
+    }
+    return n;
 }
 
 static void recover_cold(virConnectPtr conn, const cJSON *doc, cJSON *entry)
@@ -105,6 +163,8 @@ static int recover_one(virConnectPtr conn, const char *dir, const char *file, cJ
     scratch = jstr(doc, "scratch");
     if (jstr(doc, "domain"))
         cJSON_AddStringToObject(entry, "domain", jstr(doc, "domain"));
+    if (recover_kill_children(scratch) > 0)
+        cJSON_AddStringToObject(entry, "killed", "qemu-img children of the dead run");
     if (backend && !strcmp(backend, "cold"))
         recover_cold(conn, doc, entry);
     else if (backend)

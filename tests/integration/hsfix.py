@@ -1,0 +1,279 @@
+"""Fixtures for integration tests: a real libvirtd and throwaway QEMU guests.
+
+Guests are named with PREFIX and removed (with their disks) even when a test
+fails; each test class also sweeps leftovers of an earlier, killed run.
+Disks are laid out as Nova does: a qcow2 overlay on a shared raw base.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+import libvirt
+
+PREFIX = "hstest-"
+IMAGES = "/var/lib/libvirt/images/hstest"
+URI = "qemu:///system"
+HOTSNAP = os.environ.get("HOTSNAP") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "hotsnap")
+
+libvirt.registerErrorHandler(lambda *a: None, None)
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
+
+
+def domain_type():
+    """KVM only where a real KVM module is loaded; QEMU emulation otherwise."""
+    for mod in ("kvm_intel", "kvm_amd"):
+        if os.path.exists("/sys/module/" + mod):
+            return "kvm"
+    return "qemu"
+
+
+def fix_kvm_node():
+    """A /dev/kvm that root can open but the QEMU user cannot makes libvirt
+    re-probe QEMU on every call (4-36 s each); let group kvm open it."""
+    try:
+        st = os.stat("/dev/kvm")
+    except OSError:
+        return
+    import grp
+    try:
+        gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return
+    if st.st_gid != gid or (st.st_mode & 0o060) != 0o060:
+        os.chown("/dev/kvm", -1, gid)
+        os.chmod("/dev/kvm", (st.st_mode & 0o7777) | 0o060)
+
+
+def stop_at_exit(pidfile):
+    """Stop a daemon this process started, by its PID, when the tests end."""
+    import atexit
+    with open(pidfile) as f:
+        pid = int(f.read().strip())
+    atexit.register(lambda: os.kill(pid, signal.SIGTERM))
+
+
+def ensure_libvirtd():
+    """Start virtlogd and libvirtd when they do not answer (no systemd here)."""
+    fix_kvm_node()
+    if sh("virsh", "-c", URI, "version", check=False).returncode == 0:
+        return
+    if sh("pgrep", "-x", "virtlogd", check=False).returncode != 0:
+        sh("virtlogd", "-d")
+        stop_at_exit("/run/virtlogd.pid")
+    if sh("pgrep", "-x", "libvirtd", check=False).returncode != 0:
+        sh("libvirtd", "-d")
+        stop_at_exit("/run/libvirtd.pid")
+    for _ in range(100):
+        if sh("virsh", "-c", URI, "version", check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("libvirtd did not come up")
+
+
+def conn():
+    return libvirt.open(URI)
+
+
+def sweep(c):
+    """Remove every test domain and disk an earlier run left."""
+    for dom in c.listAllDomains():
+        if dom.name().startswith(PREFIX):
+            remove_domain(dom)
+    shutil.rmtree(IMAGES, ignore_errors=True)
+
+
+def remove_domain(dom):
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError:
+        pass
+    for fn in (lambda: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE),
+               lambda: dom.undefine()):
+        try:
+            fn()
+            break
+        except libvirt.libvirtError:
+            pass
+
+
+def write_pattern(path, fmt, offset, length, byte):
+    sh("qemu-io", "-f", fmt, "-c", "write -P 0x%02x %d %d" % (byte, offset, length), path)
+
+
+class Disk:
+    """A Nova-style disk: qcow2 overlay on a raw base, with distinct data in each."""
+
+    def __init__(self, dirpath, target, size_mb=64, data_mb=4, chain=1, seed=1):
+        base_dir = os.path.join(IMAGES, "_base")
+        os.makedirs(base_dir, exist_ok=True)
+        self.target = target
+        self.base = os.path.join(base_dir, "%s-%s.raw" % (os.path.basename(dirpath), target))
+        sh("qemu-img", "create", "-q", "-f", "raw", self.base, "%dM" % size_mb)
+        write_pattern(self.base, "raw", 0, data_mb << 20, 0x10 + seed)
+        backing, bfmt = self.base, "raw"
+        for i in range(chain):
+            path = os.path.join(dirpath, "%s.%d.qcow2" % (target, i))
+            sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", bfmt, "-b", backing, path)
+            # each layer overwrites part of what is below it
+            write_pattern(path, "qcow2", (1 + i) << 20, data_mb << 19, 0x40 + 16 * i + seed)
+            backing, bfmt = path, "qcow2"
+        self.path = backing
+
+    def xml(self):
+        return ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                "<source file='%s'/><target dev='%s' bus='virtio'/></disk>"
+                % (self.path, self.target))
+
+
+class Guest:
+    """A guest idling in SeaBIOS (no kernel): ~22 MiB, no CPU, enough for cold and offline."""
+
+    def __init__(self, c, name, disks=1, size_mb=64, data_mb=4, chain=1, extra_disk_xml=""):
+        self.c = c
+        self.name = PREFIX + name
+        self.dir = os.path.join(IMAGES, self.name)
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(IMAGES, 0o755)
+        self.disks = [Disk(self.dir, "vd" + chr(ord("a") + i), size_mb, data_mb, chain, seed=i)
+                      for i in range(disks)]
+        xml = """<domain type='%s'>
+  <name>%s</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='network'/></os>
+  <devices>%s%s<memballoon model='none'/></devices>
+</domain>""" % (domain_type(), self.name, "".join(d.xml() for d in self.disks), extra_disk_xml)
+        self.dom = c.defineXML(xml)
+
+    def start(self, paused=False):
+        self.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+        return self
+
+    def state(self):
+        return self.dom.state()[0]
+
+    def remove(self):
+        remove_domain(self.dom)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+STATE_NAMES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
+               libvirt.VIR_DOMAIN_SHUTOFF: "shut off"}
+
+
+class Run:
+    """A hotsnap process with --json; events are read as they come."""
+
+    def __init__(self, state_dir, *args):
+        self.args = [HOTSNAP, "--json", "--state-dir", state_dir] + list(args)
+        self.p = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        self.events = []
+
+    def until(self, pred, timeout=120):
+        """Read events until pred(event) holds; returns that event."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            line = self.p.stdout.readline()
+            if not line:
+                raise AssertionError("hotsnap ended before the awaited event; stderr: %s"
+                                     % self.p.stderr.read())
+            ev = json.loads(line)
+            self.events.append(ev)
+            if pred(ev):
+                return ev
+        raise AssertionError("timed out waiting for an event")
+
+    def finish(self, timeout=300):
+        out, err = self.p.communicate(timeout=timeout)
+        self.p.stdout.close()
+        self.p.stderr.close()
+        for line in out.splitlines():
+            self.events.append(json.loads(line))
+        self.stderr = err
+        self.rc = self.p.returncode
+        return self
+
+    def summary(self):
+        return [e for e in self.events if e.get("event") == "summary"][-1]
+
+    def states(self):
+        return [e["state"] for e in self.events if e.get("event") == "state"]
+
+
+def state_event(name):
+    return lambda ev: ev.get("event") == "state" and ev.get("state") == name
+
+
+def hotsnap(state_dir, *args, timeout=300):
+    return Run(state_dir, *args).finish(timeout)
+
+
+def images_identical(a, b):
+    r = sh("qemu-img", "compare", "-U", a, b, check=False)
+    return r.returncode == 0, r.stdout + r.stderr
+
+
+class GuestTestCase(unittest.TestCase):
+    """Per test: a state dir and a store; guests made with guest() are always removed."""
+
+    @classmethod
+    def setUpClass(cls):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root for qemu:///system")
+        ensure_libvirtd()
+        cls.c = conn()
+        sweep(cls.c)
+
+    @classmethod
+    def tearDownClass(cls):
+        sweep(cls.c)
+        cls.c.close()
+
+    def setUp(self):
+        self.guests = []
+        self.state = tempfile.mkdtemp(prefix="hstest-state-")
+        self.store = os.path.join(self.state, "store")
+        os.makedirs(self.store)
+
+    def tearDown(self):
+        for g in self.guests:
+            g.remove()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+    def guest(self, name, **kw):
+        g = Guest(self.c, name, **kw)
+        self.guests.append(g)
+        return g
+
+    def snapshot(self, *args):
+        return hotsnap(self.state, "snapshot", "--to", "dir:" + self.store, *args)
+
+    def assert_nothing_left(self):
+        for sub in ("journal", "scratch"):
+            d = os.path.join(self.state, sub)
+            left = os.listdir(d) if os.path.isdir(d) else []
+            self.assertEqual(left, [], "%s left in %s" % (left, d))
+        for g in self.guests:
+            if g.state() != libvirt.VIR_DOMAIN_SHUTOFF:
+                self.assertEqual(g.dom.jobInfo()[0], libvirt.VIR_DOMAIN_JOB_NONE)
+        self.assertEqual([f for f in os.listdir(self.store) if f.startswith(".")], [])
+
+    def image_files(self, run):
+        imgs = []
+        for r in run.summary()["results"]:
+            for img in r["images"]:
+                with open(os.path.join(self.store, img["id"] + ".json")) as f:
+                    meta = json.load(f)
+                imgs.append((img, meta))
+        return imgs

@@ -1,0 +1,117 @@
+"""Offline snapshots, several disks, and bad input that must change nothing."""
+import json
+import os
+import unittest
+
+import libvirt
+
+from hsfix import GuestTestCase, hotsnap, images_identical, sh
+
+
+class OfflineTest(GuestTestCase):
+
+    def test_shut_off_guest_with_a_backing_chain_is_flattened(self):
+        g = self.guest("off-chain", chain=3)  # base.raw <- 0.qcow2 <- 1.qcow2 <- 2.qcow2
+        run = self.snapshot(g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        self.assertEqual(run.summary()["results"][0]["mode"], "offline")
+        [(img, meta)] = self.image_files(run)
+        path = os.path.join(self.store, meta["file"])
+        info = json.loads(sh("qemu-img", "info", "--output=json", path).stdout)
+        self.assertNotIn("backing-filename", info)
+        self.assertEqual(info["virtual-size"], meta["virtual_size"])
+        same, out = images_identical(path, g.disks[0].path)
+        self.assertTrue(same, out)
+        # and it differs from the base alone: every layer made it in
+        same, _ = images_identical(path, g.disks[0].base)
+        self.assertFalse(same)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)
+        self.assert_nothing_left()
+
+    def test_managed_saved_guest_stays_suspended(self):
+        g = self.guest("off-saved").start()
+        g.dom.managedSave()
+        run = self.snapshot(g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        self.assertEqual(run.summary()["results"][0]["mode"], "offline")
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)
+        self.assertEqual(g.dom.hasManagedSaveImage(), 1)
+        self.assert_nothing_left()
+
+    def test_all_disks_one_image_each(self):
+        g = self.guest("off-multi", disks=2).start()
+        run = self.snapshot("--all-disks", "--name", "{domain}-{disk}", g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        imgs = self.image_files(run)
+        self.assertEqual(sorted(m["name"] for _, m in imgs),
+                         [g.name + "-vda", g.name + "-vdb"])
+        for img, meta in imgs:
+            disk = [d for d in g.disks if d.target == img["disk"]][0]
+            same, out = images_identical(os.path.join(self.store, meta["file"]), disk.path)
+            self.assertTrue(same, out)
+        # the two disks hold different data, so each image came from its own disk
+        a, b = (os.path.join(self.store, m["file"]) for _, m in imgs)
+        self.assertFalse(images_identical(a, b)[0])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
+
+    def test_qemu_img_failure_carries_its_stderr(self):
+        g = self.guest("off-broken")
+        os.unlink(g.disks[0].base)  # the overlay's backing file is gone
+        run = self.snapshot(g.name)
+        self.assertEqual(run.rc, 1)
+        err = run.summary()["results"][0]["error"]
+        self.assertIn("qemu-img convert of disk 'vda' of domain '%s' failed" % g.name, err)
+        self.assertIn(g.disks[0].base, err)  # qemu-img's own words name the missing file
+        self.assertEqual(os.listdir(self.store), [])
+        self.assert_nothing_left()
+
+    def test_unknown_domain_changes_nothing(self):
+        g = self.guest("off-bystander").start()
+        run = self.snapshot(g.name, "hstest-no-such-domain")
+        self.assertEqual(run.rc, 2)
+        self.assertEqual(run.stderr.strip(), "hotsnap: domain 'hstest-no-such-domain' not found")
+        self.assertEqual(os.listdir(self.store), [])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertEqual(g.dom.hasManagedSaveImage(), 0)
+
+    def test_unsupported_disk_is_named_and_guest_untouched(self):
+        extra = ("<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+                 "<source dev='/dev/null'/><target dev='vdz' bus='virtio'/></disk>")
+        g = self.guest("off-block", extra_disk_xml=extra)
+        run = self.snapshot("--all-disks", g.name)
+        self.assertEqual(run.rc, 1)
+        err = run.summary()["results"][0]["error"]
+        self.assertIn("disk 'vdz' is a block device disk ('/dev/null')", err)
+        self.assertEqual(os.listdir(self.store), [])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)
+        # the root disk alone is fine
+        run = self.snapshot(g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        self.assert_nothing_left()
+
+    def test_bad_targets_and_uri_change_nothing(self):
+        g = self.guest("off-bad-input").start()
+        cases = [
+            (["snapshot", "--to", "dir:/nonexistent/store", g.name],
+             "image store '/nonexistent/store' does not exist"),
+            (["snapshot", "--to", "dir:" + self.store, "--scratch-dir", "/proc/hotsnap",
+              g.name], "cannot create scratch directory '/proc/hotsnap'"),
+            (["snapshot", "--name", "{oops}", g.name], "unknown placeholder '{oops}'"),
+            (["snapshot", "--mode", "offline", "--to", "dir:" + self.store, g.name],
+             "mode 'offline' needs a shut-off domain"),
+            (["-c", "qemu:///nowhere", "list"], "cannot connect to libvirt at 'qemu:///nowhere'"),
+        ]
+        for args, message in cases:
+            run = hotsnap(self.state, *args)
+            self.assertNotEqual(run.rc, 0, args)
+            text = run.stderr + json.dumps(run.events)
+            self.assertIn(message, text, args)
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING, args)
+            self.assertEqual(g.dom.hasManagedSaveImage(), 0, args)
+        self.assertEqual(os.listdir(self.store), [])
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    unittest.main()
