@@ -34,14 +34,14 @@ struct hs_capture {
     virDomainPtr dom;
     const char *job_id;
     const struct hs_domain_info *info;
-    int dom_state;            /* VIR_DOMAIN_* when the job began */
+    int dom_state; /* VIR_DOMAIN_* when the job began */
     struct hs_capture_disk *disks;
     size_t ndisks;
-    const char *scratch;      /* the job's scratch directory */
+    const char *scratch; /* the job's scratch directory */
     struct hs_journal *journal;
-    struct hs_err *err;       /* the job's error record */
-    int domain_gone;          /* the domain was destroyed or crashed by someone else */
-    void *priv;               /* backend state */
+    struct hs_err *err; /* the job's error record */
+    int domain_gone;    /* the domain was destroyed or crashed by someone else */
+    void *priv;         /* backend state */
 };
 
 struct hs_backend_ops {

@@ -21,9 +21,9 @@ struct cold {
     struct hs_capture *cap;
     hs_capture_cb cb;
     char *journal_text;
-    int paused;     /* restore paused */
-    int saved;      /* the managed save succeeded */
-    int uncertain;  /* the save's outcome is unknown (connection lost during it) */
+    int paused;      /* restore paused */
+    int saved;       /* the managed save succeeded */
+    int uncertain;   /* the save's outcome is unknown (connection lost during it) */
     size_t detached; /* host devices detached so far */
 };
 
@@ -52,8 +52,8 @@ static int cold_save(struct hs_virt_call *call, virConnectPtr conn)
 
     rc = hs__journal_write(cap->journal, c->journal_text);
     if (rc < 0)
-        return hs_err_set(&call->err, rc, HS_ERR_SYS, -rc,
-                          "cannot write the journal of job %s: %s", cap->job_id, strerror(-rc));
+        return hs_err_set(&call->err, rc, HS_ERR_SYS, -rc, "cannot write the journal of job %s: %s",
+                          cap->job_id, strerror(-rc));
     for (; c->detached < cap->info->nhostdevs; c->detached++) {
         if (virDomainDetachDeviceFlags(cap->dom, cap->info->hostdevs[c->detached],
                                        VIR_DOMAIN_AFFECT_LIVE) < 0) {
@@ -65,8 +65,7 @@ static int cold_save(struct hs_virt_call *call, virConnectPtr conn)
         }
     }
     if (virDomainManagedSave(cap->dom, flags) < 0) {
-        rc = hs_err_virt(&call->err, -EIO, "managed save of domain '%s' failed",
-                         cap->info->name);
+        rc = hs_err_virt(&call->err, -EIO, "managed save of domain '%s' failed", cap->info->name);
         if (virConnectIsAlive(conn) != 1)
             c->uncertain = 1; /* libvirtd may still finish it: release looks */
         else
@@ -124,8 +123,7 @@ static int cold_capture(struct hs_capture *cap, hs_capture_cb cb)
         free(c->journal_text);
         c->journal_text = NULL;
         return hs_err_set(cap->err, rc, HS_ERR_LIBVIRT, 0,
-                          "libvirt connection lost before domain '%s' was saved",
-                          cap->info->name);
+                          "libvirt connection lost before domain '%s' was saved", cap->info->name);
     }
     return 0;
 }
@@ -222,8 +220,8 @@ static void cold_lifecycle(struct hs_capture *cap, int event, int detail)
     if (c && c->saved)
         return; /* already off by our save */
     cap->domain_gone = 1;
-    hs_err_set(cap->err, -ESRCH, HS_ERR_LIBVIRT, detail,
-               "domain '%s' was %s during its snapshot", cap->info->name,
+    hs_err_set(cap->err, -ESRCH, HS_ERR_LIBVIRT, detail, "domain '%s' was %s during its snapshot",
+               cap->info->name,
                event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : stopped_detail(detail));
 }
 

@@ -39,8 +39,7 @@ static int offline_check(struct hs_virt_call *call, virConnectPtr conn)
         if (access(path, R_OK) < 0)
             return hs_err_set(&call->err, -errno, HS_ERR_SYS, errno,
                               "disk '%s' of domain '%s': cannot read '%s': %s",
-                              cap->disks[i].disk->target, cap->info->name, path,
-                              strerror(errno));
+                              cap->disks[i].disk->target, cap->info->name, path, strerror(errno));
     }
     return 0;
 }

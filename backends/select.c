@@ -32,8 +32,8 @@ const struct hs_backend_ops *hs__backend_select(enum hs_mode mode, const char *d
                                                 int managed_save, char *why, size_t whylen,
                                                 struct hs_err *err)
 {
-    int active = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_BLOCKED ||
-                 state == VIR_DOMAIN_PAUSED;
+    int active =
+        state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_BLOCKED || state == VIR_DOMAIN_PAUSED;
 
     if (state == VIR_DOMAIN_SHUTOFF) {
         if (mode == HS_MODE_COLD) {
@@ -48,14 +48,18 @@ const struct hs_backend_ops *hs__backend_select(enum hs_mode mode, const char *d
         return &hs_backend_offline;
     }
     if (!active) {
-        hs_err_set(err, -EBUSY, HS_ERR_INPUT, state, "domain '%s' is %s; hotsnap takes running, "
-                   "paused or shut-off domains", domain, state_name(state));
+        hs_err_set(err, -EBUSY, HS_ERR_INPUT, state,
+                   "domain '%s' is %s; hotsnap takes running, "
+                   "paused or shut-off domains",
+                   domain, state_name(state));
         return NULL;
     }
     switch (mode) {
     case HS_MODE_OFFLINE:
-        hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "mode 'offline' needs a shut-off domain; '%s' "
-                   "is %s", domain, state_name(state));
+        hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
+                   "mode 'offline' needs a shut-off domain; '%s' "
+                   "is %s",
+                   domain, state_name(state));
         return NULL;
     case HS_MODE_AUTO:
         snprintf(why, whylen, "%s: saved, copied and restored (no live backend yet)",

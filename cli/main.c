@@ -37,7 +37,7 @@ struct cli {
         struct hs_job *job;
         char *domain;
         int status;
-    } *results;
+    } * results;
     int nresults;
     int running;
     int exit_code;
@@ -45,29 +45,30 @@ struct cli {
 
 static void usage(FILE *f)
 {
-    fputs("usage: hotsnap [options] snapshot DOMAIN... | snapshot --all\n"
-          "       hotsnap [options] list\n"
-          "       hotsnap [options] recover\n"
-          "\n"
-          "  -c, --connect URI      libvirt URI (default " HS_DEFAULT_URI ")\n"
-          "      --state-dir DIR    journal, scratch and default store (default " HS_DEFAULT_STATE_DIR
-          ")\n"
-          "      --json             print events and results as JSON lines\n"
-          "  -v, --verbose          log to stderr and report the worst loop stall\n"
-          "  -q, --quiet            print only errors and the summary\n"
-          "\n"
-          "snapshot options:\n"
-          "      --all              every running and paused domain\n"
-          "      --include-shutoff  with --all: shut-off domains too\n"
-          "      --name TEMPLATE    image name: {domain} {uuid} {date} {time} {disk}\n"
-          "                         (default {domain}-{date}-{time})\n"
-          "      --mode MODE        auto, cold or offline (default auto)\n"
-          "      --format FORMAT    qcow2 or raw (default qcow2)\n"
-          "      --compress         compress qcow2 images\n"
-          "      --all-disks        every disk, one image each (default: the root disk)\n"
-          "      --to dir:PATH      where images go (default dir:<state-dir>/images)\n"
-          "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n",
-          f);
+    fputs(
+        "usage: hotsnap [options] snapshot DOMAIN... | snapshot --all\n"
+        "       hotsnap [options] list\n"
+        "       hotsnap [options] recover\n"
+        "\n"
+        "  -c, --connect URI      libvirt URI (default " HS_DEFAULT_URI ")\n"
+        "      --state-dir DIR    journal, scratch and default store (default " HS_DEFAULT_STATE_DIR
+        ")\n"
+        "      --json             print events and results as JSON lines\n"
+        "  -v, --verbose          log to stderr and report the worst loop stall\n"
+        "  -q, --quiet            print only errors and the summary\n"
+        "\n"
+        "snapshot options:\n"
+        "      --all              every running and paused domain\n"
+        "      --include-shutoff  with --all: shut-off domains too\n"
+        "      --name TEMPLATE    image name: {domain} {uuid} {date} {time} {disk}\n"
+        "                         (default {domain}-{date}-{time})\n"
+        "      --mode MODE        auto, cold or offline (default auto)\n"
+        "      --format FORMAT    qcow2 or raw (default qcow2)\n"
+        "      --compress         compress qcow2 images\n"
+        "      --all-disks        every disk, one image each (default: the root disk)\n"
+        "      --to dir:PATH      where images go (default dir:<state-dir>/images)\n"
+        "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n",
+        f);
 }
 
 static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -277,12 +278,10 @@ static void print_summary(struct cli *cli)
 
                 size[0] = '\0';
                 if (img && img->id)
-                    snprintf(size, sizeof(size), "%.1f MiB",
-                             (double)img->size / (1024.0 * 1024.0));
+                    snprintf(size, sizeof(size), "%.1f MiB", (double)img->size / (1024.0 * 1024.0));
                 printf("%-20s %-8s %-36s %-5s %10s %7.1fs  %s\n", cli->results[i].domain,
-                       hs_job_mode(job) ? hs_job_mode(job) : "-",
-                       img && img->id ? img->id : "-", img ? img->disk : "-", size,
-                       hs_job_seconds(job), err ? err : "ok");
+                       hs_job_mode(job) ? hs_job_mode(job) : "-", img && img->id ? img->id : "-",
+                       img ? img->disk : "-", size, hs_job_seconds(job), err ? err : "ok");
             }
         }
         for (i = 0; i < cli->nresults; i++) {
@@ -375,8 +374,7 @@ static int start_snapshots(struct cli *cli)
     }
     names = calloc((size_t)cJSON_GetArraySize(list) + (size_t)cli->ndomains + 1, sizeof(char *));
     if (cli->all) {
-        cJSON_ArrayForEach(d, list)
-        {
+        cJSON_ArrayForEach(d, list) {
             if (state_is(d, 1, cli->include_shutoff))
                 names[n++] = cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"));
         }
@@ -384,8 +382,7 @@ static int start_snapshots(struct cli *cli)
     for (i = 0; i < cli->ndomains; i++) {
         const char *want = cli->domains[i], *found = NULL;
 
-        cJSON_ArrayForEach(d, list)
-        {
+        cJSON_ArrayForEach(d, list) {
             if (!strcmp(want, cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"))) ||
                 !strcmp(want, cJSON_GetStringValue(cJSON_GetObjectItem(d, "uuid")) ?: ""))
                 found = cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"));
@@ -457,13 +454,11 @@ static int do_list(struct cli *cli)
         return 0;
     }
     printf("%-24s %-8s %s\n", "DOMAIN", "MODE", "WHY / DISKS");
-    cJSON_ArrayForEach(d, list)
-    {
+    cJSON_ArrayForEach(d, list) {
         printf("%-24s %-8s %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(d, "name")),
                cJSON_GetStringValue(cJSON_GetObjectItem(d, "mode")) ?: "-",
                cJSON_GetStringValue(cJSON_GetObjectItem(d, "reason")) ?: "");
-        cJSON_ArrayForEach(disk, cJSON_GetObjectItem(d, "disks"))
-        {
+        cJSON_ArrayForEach(disk, cJSON_GetObjectItem(d, "disks")) {
             const char *bad = cJSON_GetStringValue(cJSON_GetObjectItem(disk, "unsupported"));
 
             printf("%-24s %-8s   %s%s %s %s%s%s\n", "", "",
@@ -484,8 +479,7 @@ static void recovered(struct hs_engine *eng, int status, const cJSON *report, vo
     const cJSON *e;
     int rc;
 
-    cJSON_ArrayForEach(e, report)
-    {
+    cJSON_ArrayForEach(e, report) {
         const char *dom = cJSON_GetStringValue(cJSON_GetObjectItem(e, "domain"));
         const char *action = cJSON_GetStringValue(cJSON_GetObjectItem(e, "action"));
         const char *error = cJSON_GetStringValue(cJSON_GetObjectItem(e, "error"));

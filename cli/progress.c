@@ -37,8 +37,7 @@ static void status_draw(struct hs_cli_out *o)
     if (!o->tty || o->quiet)
         return;
     line[0] = '\0';
-    cJSON_ArrayForEach(j, o->active)
-    {
+    cJSON_ArrayForEach(j, o->active) {
         const char *dom = cJSON_GetStringValue(cJSON_GetObjectItem(j, "domain"));
         const char *phase = cJSON_GetStringValue(cJSON_GetObjectItem(j, "phase"));
         double pct = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "percent"));

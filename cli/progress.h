@@ -8,7 +8,7 @@
 struct hs_cli_out {
     int json;
     int quiet;
-    int tty;    /* stdout is a terminal: keep a status line redrawn in place */
+    int tty; /* stdout is a terminal: keep a status line redrawn in place */
     int status_shown;
     cJSON *active; /* job id -> {"domain","phase","percent"} */
 };

@@ -73,17 +73,16 @@ static void disk_check(struct hs_disk *d, xmlNodePtr src)
     }
     if (!strcmp(d->type, "network")) {
         proto = src ? xml_prop(src, "protocol") : NULL;
-        d->unsupported = hs__asprintf("disk '%s' is a network disk (%s '%s'); hotsnap captures "
-                                      "only file-backed disks",
-                                      d->target, proto ? proto : "unknown protocol",
-                                      d->source ? d->source : "");
+        d->unsupported =
+            hs__asprintf("disk '%s' is a network disk (%s '%s'); hotsnap captures "
+                         "only file-backed disks",
+                         d->target, proto ? proto : "unknown protocol", d->source ? d->source : "");
         free(proto);
         return;
     }
     d->unsupported = hs__asprintf("disk '%s' is a %s disk ('%s'); hotsnap captures only "
                                   "file-backed disks",
-                                  d->target,
-                                  !strcmp(d->type, "block") ? "block device" : d->type,
+                                  d->target, !strcmp(d->type, "block") ? "block device" : d->type,
                                   d->source ? d->source : "");
 }
 

@@ -8,12 +8,12 @@
 #include "err.h"
 
 struct hs_disk {
-    char *target;      /* "vda" */
-    char *type;        /* file, block, network, volume, dir */
-    char *device;      /* disk, cdrom, floppy, lun */
-    char *format;      /* driver type: qcow2, raw, ... */
-    char *source;      /* file path, device path or network name; NULL when empty */
-    int boot_order;    /* 0 when none */
+    char *target;   /* "vda" */
+    char *type;     /* file, block, network, volume, dir */
+    char *device;   /* disk, cdrom, floppy, lun */
+    char *format;   /* driver type: qcow2, raw, ... */
+    char *source;   /* file path, device path or network name; NULL when empty */
+    int boot_order; /* 0 when none */
     int readonly;
     char *unsupported; /* why hotsnap cannot capture it; NULL when it can */
 };
@@ -28,7 +28,7 @@ struct hs_domain_info {
     char *user_id;
     struct hs_disk *disks; /* every <disk device='disk'> in document order */
     size_t ndisks;
-    char **hostdevs;       /* XML of devices a managed save cannot keep */
+    char **hostdevs; /* XML of devices a managed save cannot keep */
     size_t nhostdevs;
 };
 

@@ -6,11 +6,11 @@
 
 enum hs_err_kind {
     HS_ERR_NONE,
-    HS_ERR_SYS,     /* detail: errno */
-    HS_ERR_LIBVIRT, /* detail: virErrorNumber */
+    HS_ERR_SYS,      /* detail: errno */
+    HS_ERR_LIBVIRT,  /* detail: virErrorNumber */
     HS_ERR_QEMU_IMG, /* detail: exit status (or -signal) */
-    HS_ERR_HTTP,    /* detail: HTTP status or CURLcode */
-    HS_ERR_INPUT,   /* bad user input */
+    HS_ERR_HTTP,     /* detail: HTTP status or CURLcode */
+    HS_ERR_INPUT,    /* bad user input */
     HS_ERR_CANCELED,
 };
 

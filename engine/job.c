@@ -325,9 +325,8 @@ static int job_name_disks(struct hs_job *job, const int *idx, int n)
 
         d->idx = idx[i];
         vars.disk = job->info.disks[idx[i]].target;
-        rc = hs__template_expand(i == 0 && n > 1 && !hs__template_has_disk(job->tmpl)
-                                     ? job->tmpl
-                                     : tmpl,
+        rc = hs__template_expand(i == 0 && n > 1 && !hs__template_has_disk(job->tmpl) ? job->tmpl
+                                                                                      : tmpl,
                                  &vars, name, &job->err);
         if (rc < 0)
             break;
@@ -365,8 +364,8 @@ static int job_inspect(struct hs_job *job)
     free(xml);
     if (rc < 0)
         return rc;
-    job->backend = job->eng->select_backend(job->mode, job->info.name, state, managed_save, job->why,
-                                      sizeof(job->why), &job->err);
+    job->backend = job->eng->select_backend(job->mode, job->info.name, state, managed_save,
+                                            job->why, sizeof(job->why), &job->err);
     if (!job->backend)
         return job->err.code;
     job->cap.dom_state = state;
@@ -538,8 +537,8 @@ static void job_convert_exit(struct hs_proc *p, int status)
     } else if (status < 0) {
         hs_err_set(&job->err, status, HS_ERR_QEMU_IMG,
                    p->term_signal ? -p->term_signal : p->exit_status,
-                   "qemu-img convert of disk '%s' of domain '%s' failed (%s %d): %s",
-                   d->img.disk, job->info.name, p->term_signal ? "signal" : "exit status",
+                   "qemu-img convert of disk '%s' of domain '%s' failed (%s %d): %s", d->img.disk,
+                   job->info.name, p->term_signal ? "signal" : "exit status",
                    p->term_signal ? p->term_signal : (int)p->exit_status, hs__proc_stderr(p));
     }
     if (job->err.code) {
@@ -549,8 +548,7 @@ static void job_convert_exit(struct hs_proc *p, int status)
     job_progress(job, "extract", 100.0, 0, 0);
     rc = hs__proc_spawn(job->eng->loop, argv, 1 << 20, NULL, job_info_exit, job, &job->proc);
     if (rc < 0) {
-        hs_err_set(&job->err, rc, HS_ERR_QEMU_IMG, 0, "cannot run qemu-img: %s",
-                   uv_strerror(rc));
+        hs_err_set(&job->err, rc, HS_ERR_QEMU_IMG, 0, "cannot run qemu-img: %s", uv_strerror(rc));
         job_advance(job);
     }
 }
@@ -786,8 +784,7 @@ static void job_step(struct hs_job *job)
     case HS_JOB_CLEANUP:
         rc = uv_queue_work(job->eng->loop, &job->work, job_cleanup_work, job_cleanup_done);
         if (rc < 0)
-            hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot queue cleanup: %s",
-                       uv_strerror(rc));
+            hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot queue cleanup: %s", uv_strerror(rc));
         break;
     case HS_JOB_DONE:
     case HS_JOB_FAILED:

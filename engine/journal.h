@@ -19,8 +19,8 @@ struct hs_journal {
     char *path;      /* <dir>/<id>.json */
     char *lock_path; /* <dir>/<id>.lock */
     int lock_fd;
-    int written;     /* the .json exists */
-    cJSON *doc;      /* owned */
+    int written; /* the .json exists */
+    cJSON *doc;  /* owned */
 };
 
 /* Create the journal of job @id (takes its lock). 0 or negative errno. */

@@ -51,8 +51,8 @@ static void proc_exit_cb(uv_process_t *proc, int64_t exit_status, int term_signa
     p->exited = 1;
     p->exit_status = exit_status;
     p->term_signal = term_signal;
-    hs_log(HS_LOG_DEBUG, "%s (pid %d) exited with status %lld signal %d", p->name,
-           proc->pid, (long long)exit_status, term_signal);
+    hs_log(HS_LOG_DEBUG, "%s (pid %d) exited with status %lld signal %d", p->name, proc->pid,
+           (long long)exit_status, term_signal);
     proc_maybe_done(p);
 }
 

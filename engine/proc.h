@@ -31,13 +31,13 @@ struct hs_proc {
     int64_t exit_status;
     int term_signal;
     int canceled;
-    char *name;         /* argv[0] basename, for messages */
+    char *name;                     /* argv[0] basename, for messages */
     char errtail[HS_PROC_ERR_TAIL]; /* last bytes of stderr */
     size_t errlen;
-    char *capture;      /* stdout when capturing (e.g. qemu-img info --output=json) */
+    char *capture; /* stdout when capturing (e.g. qemu-img info --output=json) */
     size_t capture_len;
     size_t capture_max;
-    char line[256];     /* partial progress line */
+    char line[256]; /* partial progress line */
     size_t linelen;
     hs_proc_progress_cb on_progress;
     hs_proc_exit_cb on_exit;

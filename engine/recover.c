@@ -121,12 +121,11 @@ static void recover_cold(virConnectPtr conn, const cJSON *doc, cJSON *entry)
             hs_err_virt(&err, -EIO, "cannot restore the domain");
             cJSON_AddStringToObject(entry, "error", err.msg);
         } else {
-            cJSON_AddStringToObject(entry, "action", paused ? "restored, paused"
-                                                            : "restored, running");
-            cJSON_ArrayForEach(dev, devs)
-            {
-                if (cJSON_IsString(dev) && virDomainAttachDeviceFlags(
-                                               dom, dev->valuestring, VIR_DOMAIN_AFFECT_LIVE) < 0)
+            cJSON_AddStringToObject(entry, "action",
+                                    paused ? "restored, paused" : "restored, running");
+            cJSON_ArrayForEach(dev, devs) {
+                if (cJSON_IsString(dev) &&
+                    virDomainAttachDeviceFlags(dom, dev->valuestring, VIR_DOMAIN_AFFECT_LIVE) < 0)
                     hs_err_virt(&err, -EIO, "cannot attach a host device again");
             }
             if (err.code)

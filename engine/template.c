@@ -107,8 +107,8 @@ int hs__template_expand(const char *tmpl, const struct hs_template_vars *vars, c
                           "name template '%s' expands to a name with leading or trailing space",
                           tmpl);
     if (!valid_utf8((const unsigned char *)out))
-        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
-                          "name template '%s' is not valid UTF-8", tmpl);
+        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "name template '%s' is not valid UTF-8",
+                          tmpl);
     return 0;
 }
 

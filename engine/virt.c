@@ -65,8 +65,8 @@ static void virt_blockjob_cb(virConnectPtr conn, virDomainPtr dom, const char *d
     struct hs_virt *v = opaque;
     struct hs_virt_watch *w = virt_find(v, dom);
 
-    hs_log(HS_LOG_DEBUG, "domain '%s' block job on '%s' type %d status %d",
-           virDomainGetName(dom), disk, type, status);
+    hs_log(HS_LOG_DEBUG, "domain '%s' block job on '%s' type %d status %d", virDomainGetName(dom),
+           disk, type, status);
     if (w && w->block_job)
         w->block_job(w, disk, type, status);
 }
@@ -96,12 +96,12 @@ static int virt_connect(struct hs_virt *v, struct hs_err *err)
     if (virConnectSetKeepAlive(conn, HS_KEEPALIVE_INTERVAL, HS_KEEPALIVE_COUNT) < 0)
         hs_log(HS_LOG_DEBUG, "keepalive not supported on '%s'", v->uri);
     virConnectRegisterCloseCallback(conn, virt_close_cb, v, NULL);
-    v->cb_lifecycle = virConnectDomainEventRegisterAny(
-        conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(virt_lifecycle_cb),
-        v, NULL);
-    v->cb_blockjob = virConnectDomainEventRegisterAny(
-        conn, NULL, VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, VIR_DOMAIN_EVENT_CALLBACK(virt_blockjob_cb),
-        v, NULL);
+    v->cb_lifecycle =
+        virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                         VIR_DOMAIN_EVENT_CALLBACK(virt_lifecycle_cb), v, NULL);
+    v->cb_blockjob =
+        virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2,
+                                         VIR_DOMAIN_EVENT_CALLBACK(virt_blockjob_cb), v, NULL);
     if (v->cb_lifecycle < 0 || v->cb_blockjob < 0) {
         hs_err_virt(err, -EIO, "cannot register for domain events on '%s'", v->uri);
         virConnectUnregisterCloseCallback(conn, virt_close_cb);
@@ -139,8 +139,8 @@ static void virt_retry_cb(uv_timer_t *t)
     if (virt_connect(v, &err) < 0) {
         hs_log(HS_LOG_DEBUG, "reconnect failed, next try in %u ms: %s", v->backoff_ms, err.msg);
         uv_timer_start(&v->retry, virt_retry_cb, v->backoff_ms, 0);
-        v->backoff_ms = v->backoff_ms * 2 > HS_BACKOFF_MAX_MS ? HS_BACKOFF_MAX_MS
-                                                               : v->backoff_ms * 2;
+        v->backoff_ms =
+            v->backoff_ms * 2 > HS_BACKOFF_MAX_MS ? HS_BACKOFF_MAX_MS : v->backoff_ms * 2;
         return;
     }
     hs_log(HS_LOG_INFO, "reconnected to '%s'", v->uri);
@@ -168,8 +168,8 @@ int hs__virt_open(uv_loop_t *loop, const char *uri, struct hs_virt **out, struct
 
     rc = hs__vev_bind(loop);
     if (rc < 0)
-        return hs_err_set(err, rc, HS_ERR_SYS, -rc,
-                          "cannot bind libvirt events to this loop: %s", uv_strerror(rc));
+        return hs_err_set(err, rc, HS_ERR_SYS, -rc, "cannot bind libvirt events to this loop: %s",
+                          uv_strerror(rc));
     virSetErrorFunc(NULL, virt_quiet_error);
     v = hs__calloc(1, sizeof(*v));
     v->loop = loop;

@@ -478,8 +478,7 @@ int hs__vev_bind(uv_loop_t *loop)
     uv_mutex_unlock(&ev.lock);
     if (!ev.registered) {
         virEventRegisterImpl(hs__vev_add_handle, hs__vev_update_handle, hs__vev_remove_handle,
-                             hs__vev_add_timeout, hs__vev_update_timeout,
-                             hs__vev_remove_timeout);
+                             hs__vev_add_timeout, hs__vev_update_timeout, hs__vev_remove_timeout);
         ev.registered = 1;
     }
     return 0;

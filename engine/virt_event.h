@@ -27,8 +27,7 @@ int hs__vev_add_handle(int fd, int events, virEventHandleCallback cb, void *opaq
                        virFreeCallback ff);
 void hs__vev_update_handle(int watch, int events);
 int hs__vev_remove_handle(int watch);
-int hs__vev_add_timeout(int timeout, virEventTimeoutCallback cb, void *opaque,
-                        virFreeCallback ff);
+int hs__vev_add_timeout(int timeout, virEventTimeoutCallback cb, void *opaque, virFreeCallback ff);
 void hs__vev_update_timeout(int timer, int timeout);
 int hs__vev_remove_timeout(int timer);
 

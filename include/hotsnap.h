@@ -57,7 +57,7 @@ struct hs_engine_opts {
     const char *state_dir; /* journal, scratch, default image store; NULL: HS_DEFAULT_STATE_DIR */
     hs_event_cb on_event;
     void *event_data;
-    hs_log_cb on_log;      /* NULL: no logging */
+    hs_log_cb on_log; /* NULL: no logging */
     void *log_data;
     enum hs_log_level log_level;
 };
@@ -92,8 +92,8 @@ typedef void (*hs_close_cb)(struct hs_engine *eng, void *data);
 void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data);
 
 struct hs_snapshot_opts {
-    const char *domain;      /* name or UUID */
-    const char *name;        /* image name template; NULL: "{domain}-{date}-{time}" */
+    const char *domain; /* name or UUID */
+    const char *name;   /* image name template; NULL: "{domain}-{date}-{time}" */
     enum hs_mode mode;
     enum hs_format format;
     int compress;            /* qcow2 compression */
@@ -127,8 +127,8 @@ struct hs_image {
 
 const char *hs_job_id(const struct hs_job *job);
 const char *hs_job_domain(const struct hs_job *job);
-const char *hs_job_mode(const struct hs_job *job);      /* backend used, once chosen */
-const char *hs_job_error(const struct hs_job *job);     /* NULL unless failed */
+const char *hs_job_mode(const struct hs_job *job);  /* backend used, once chosen */
+const char *hs_job_error(const struct hs_job *job); /* NULL unless failed */
 double hs_job_seconds(const struct hs_job *job);
 size_t hs_job_image_count(const struct hs_job *job);
 const struct hs_image *hs_job_image(const struct hs_job *job, size_t i);

@@ -103,8 +103,7 @@ static int dir_write_meta(struct dir_upload *u)
     cJSON_AddStringToObject(m, "created_at", now);
     cJSON_AddStringToObject(m, "file", strrchr(u->final_path, '/') + 1);
     /* the properties a Nova snapshot carries, next to the image's own fields */
-    cJSON_ArrayForEach(it, req->props)
-    {
+    cJSON_ArrayForEach(it, req->props) {
         if (!cJSON_GetObjectItemCaseSensitive(m, it->string))
             cJSON_AddItemToObject(m, it->string, cJSON_Duplicate(it, 1));
     }
@@ -193,8 +192,9 @@ static void dir_after_work_cb(uv_work_t *w, int status)
     struct hs_upload_req *req = u->req;
 
     if (u->rc < 0) {
-        hs_err_set(&req->err, u->rc, HS_ERR_SYS, -u->rc, "storing image '%s' in '%s' failed (%s): %s",
-                   req->name, u->dir, u->err_what, strerror(-u->rc));
+        hs_err_set(&req->err, u->rc, HS_ERR_SYS, -u->rc,
+                   "storing image '%s' in '%s' failed (%s): %s", req->name, u->dir, u->err_what,
+                   strerror(-u->rc));
         dir_finish(u, u->rc);
         return;
     }

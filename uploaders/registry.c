@@ -20,8 +20,8 @@ int hs__uploader_new(uv_loop_t *loop, const char *spec, struct hs_uploader **out
     size_t i, n;
 
     if (!colon || colon == spec || !colon[1])
-        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
-                          "target '%s' is not of the form dir:PATH", spec);
+        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "target '%s' is not of the form dir:PATH",
+                          spec);
     n = (size_t)(colon - spec);
     for (i = 0; i < sizeof(uploaders) / sizeof(uploaders[0]); i++) {
         if (strlen(uploaders[i].scheme) != n || strncmp(spec, uploaders[i].scheme, n))
@@ -33,8 +33,10 @@ int hs__uploader_new(uv_loop_t *loop, const char *spec, struct hs_uploader **out
         *out = up;
         return 0;
     }
-    return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "target '%s' has an unknown kind '%.*s' "
-                      "(known: dir)", spec, (int)n, spec);
+    return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
+                      "target '%s' has an unknown kind '%.*s' "
+                      "(known: dir)",
+                      spec, (int)n, spec);
 }
 
 void hs__uploader_free(struct hs_uploader *up)

@@ -24,7 +24,7 @@ struct hs_upload_req {
     const char *format; /* "qcow2" or "raw" */
     uint64_t size;      /* bytes in path */
     uint64_t virtual_size;
-    const cJSON *props; /* image properties */
+    const cJSON *props;                /* image properties */
     hs_upload_progress_cb on_progress; /* optional */
     void *data;                        /* the caller's */
     /* out */

@@ -77,7 +77,8 @@ static void test_nova_guest(void)
     CHECK(!strcmp(info.disks[0].target, "vda") && !info.disks[0].unsupported);
     CHECK(!strcmp(info.disks[0].format, "qcow2"));
     CHECK(!strcmp(info.disks[0].source, "/var/lib/nova/instances/5b2d/disk"));
-    CHECK(strstr(info.disks[1].unsupported, "disk 'vdb' is a network disk (rbd 'volumes/volume-9')"));
+    CHECK(
+        strstr(info.disks[1].unsupported, "disk 'vdb' is a network disk (rbd 'volumes/volume-9')"));
     CHECK(strstr(info.disks[2].unsupported, "disk 'vdc' is a block device disk ('/dev/vg0/lv1')"));
 
     /* the root disk alone is fine; all disks name the first one it cannot take */

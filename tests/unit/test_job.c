@@ -126,8 +126,7 @@ static int fake_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uplo
     CHECK(t.releases == 1); /* the domain is back before the upload starts */
     CHECK(stat(req->path, &st) == 0 && (uint64_t)st.st_size == req->size);
     CHECK(req->virtual_size == 8 << 20);
-    CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(req->props, "image_type")),
-                  "snapshot"));
+    CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(req->props, "image_type")), "snapshot"));
     req->cb = cb;
     fake_req = req;
     later(upload_done);

@@ -132,9 +132,9 @@ static void test_timers(void)
 
     setup();
     memset(timer_fired, 0, sizeof(timer_fired));
-    t0 = hs__vev_add_timeout(0, timeout_cb, (void *)0, free_cb);   /* every iteration */
-    t1 = hs__vev_add_timeout(-1, timeout_cb, (void *)1, free_cb);  /* disabled */
-    t2 = hs__vev_add_timeout(10, timeout_cb, (void *)2, free_cb);  /* repeating */
+    t0 = hs__vev_add_timeout(0, timeout_cb, (void *)0, free_cb);  /* every iteration */
+    t1 = hs__vev_add_timeout(-1, timeout_cb, (void *)1, free_cb); /* disabled */
+    t2 = hs__vev_add_timeout(10, timeout_cb, (void *)2, free_cb); /* repeating */
     CHECK(t0 > 0 && t1 > 0 && t2 > 0);
     for (i = 0; i < 5; i++)
         uv_run(&loop, UV_RUN_NOWAIT);
