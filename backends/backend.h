@@ -40,8 +40,11 @@ struct hs_capture {
     const char *scratch; /* the job's scratch directory */
     struct hs_journal *journal;
     struct hs_err *err; /* the job's error record */
-    int domain_gone;    /* the domain was destroyed or crashed by someone else */
-    void *priv;         /* backend state */
+    enum hs_quiesce quiesce;
+    char warning[256]; /* for the job's events (e.g. "not quiesced: ..."); set by the backend */
+    double frozen_ms;  /* freeze-to-thaw time; < 0 when not frozen */
+    int domain_gone;   /* the domain was destroyed or crashed by someone else */
+    void *priv;        /* backend state */
 };
 
 struct hs_backend_ops {
@@ -55,20 +58,35 @@ struct hs_backend_ops {
     int (*release)(struct hs_capture *cap, hs_capture_cb cb);
     /* A lifecycle event of the domain while the job owns it. */
     void (*lifecycle)(struct hs_capture *cap, int event, int detail);
+    /* Block job and domain job events of the domain (optional). */
+    void (*block_job)(struct hs_capture *cap, const char *disk, int type, int status);
+    void (*job_completed)(struct hs_capture *cap, int operation, const char *errmsg);
+    /* Cancel a capture in flight (optional); its cb still runs. */
+    void (*cancel)(struct hs_capture *cap);
     /* Free priv; NULL-safe on a capture never started. */
     void (*destroy)(struct hs_capture *cap);
 };
 
 extern const struct hs_backend_ops hs_backend_offline;
 extern const struct hs_backend_ops hs_backend_cold;
+extern const struct hs_backend_ops hs_backend_live;
+extern const struct hs_backend_ops hs_backend_mirror;
 
-/*
- * Mode selection. @state is the domain's VIR_DOMAIN_* state; @managed_save
- * whether it has a managed-save image. Returns the backend, with the reason
- * in @why; or NULL with the error in @err.
- */
-const struct hs_backend_ops *hs__backend_select(enum hs_mode mode, const char *domain, int state,
-                                                int managed_save, char *why, size_t whylen,
-                                                struct hs_err *err);
+/* A lifecycle event that means the domain stopped or crashed under the job:
+ * records it (cap->domain_gone, the job's error) and returns 1; else 0. */
+int hs__backend_domain_gone(struct hs_capture *cap, int event, int detail);
+
+struct hs_select_in {
+    enum hs_mode mode;
+    const char *domain;
+    int state;        /* VIR_DOMAIN_* */
+    int managed_save; /* has a managed-save image */
+    int has_backup;   /* the hypervisor offers the backup API */
+};
+
+/* Mode selection: the backend, with the reason in @why; or NULL with the
+ * error in @err. */
+const struct hs_backend_ops *hs__backend_select(const struct hs_select_in *in, char *why,
+                                                size_t whylen, struct hs_err *err);
 
 #endif

@@ -186,43 +186,15 @@ static int cold_release(struct hs_capture *cap, hs_capture_cb cb)
     return 0;
 }
 
-static const char *stopped_detail(int detail)
-{
-    switch ((virDomainEventStoppedDetailType)detail) {
-    case VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN:
-        return "shut down";
-    case VIR_DOMAIN_EVENT_STOPPED_DESTROYED:
-        return "destroyed";
-    case VIR_DOMAIN_EVENT_STOPPED_CRASHED:
-        return "crashed";
-    case VIR_DOMAIN_EVENT_STOPPED_MIGRATED:
-        return "migrated away";
-    case VIR_DOMAIN_EVENT_STOPPED_SAVED:
-        return "saved";
-    case VIR_DOMAIN_EVENT_STOPPED_FAILED:
-        return "stopped by a host failure";
-    case VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT:
-        return "reverted to a snapshot";
-    case VIR_DOMAIN_EVENT_STOPPED_LAST:
-        break;
-    }
-    return "stopped";
-}
-
 static void cold_lifecycle(struct hs_capture *cap, int event, int detail)
 {
     struct cold *c = cap->priv;
 
     if (event == VIR_DOMAIN_EVENT_STOPPED && detail == VIR_DOMAIN_EVENT_STOPPED_SAVED)
         return; /* ours */
-    if (event != VIR_DOMAIN_EVENT_STOPPED && event != VIR_DOMAIN_EVENT_CRASHED)
-        return;
     if (c && c->saved)
         return; /* already off by our save */
-    cap->domain_gone = 1;
-    hs_err_set(cap->err, -ESRCH, HS_ERR_LIBVIRT, detail, "domain '%s' was %s during its snapshot",
-               cap->info->name,
-               event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : stopped_detail(detail));
+    hs__backend_domain_gone(cap, event, detail);
 }
 
 static void cold_destroy(struct hs_capture *cap)

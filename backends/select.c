@@ -28,47 +28,95 @@ static const char *state_name(int state)
     return "in an unknown state";
 }
 
-const struct hs_backend_ops *hs__backend_select(enum hs_mode mode, const char *domain, int state,
-                                                int managed_save, char *why, size_t whylen,
-                                                struct hs_err *err)
+static const char *stopped_detail(int detail)
 {
-    int active =
-        state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_BLOCKED || state == VIR_DOMAIN_PAUSED;
+    switch ((virDomainEventStoppedDetailType)detail) {
+    case VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN:
+        return "shut down";
+    case VIR_DOMAIN_EVENT_STOPPED_DESTROYED:
+        return "destroyed";
+    case VIR_DOMAIN_EVENT_STOPPED_CRASHED:
+        return "crashed";
+    case VIR_DOMAIN_EVENT_STOPPED_MIGRATED:
+        return "migrated away";
+    case VIR_DOMAIN_EVENT_STOPPED_SAVED:
+        return "saved";
+    case VIR_DOMAIN_EVENT_STOPPED_FAILED:
+        return "stopped by a host failure";
+    case VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT:
+        return "reverted to a snapshot";
+    case VIR_DOMAIN_EVENT_STOPPED_LAST:
+        break;
+    }
+    return "stopped";
+}
 
-    if (state == VIR_DOMAIN_SHUTOFF) {
-        if (mode == HS_MODE_COLD) {
+int hs__backend_domain_gone(struct hs_capture *cap, int event, int detail)
+{
+    if (event != VIR_DOMAIN_EVENT_STOPPED && event != VIR_DOMAIN_EVENT_CRASHED)
+        return 0;
+    cap->domain_gone = 1;
+    hs_err_set(cap->err, -ESRCH, HS_ERR_LIBVIRT, detail, "domain '%s' was %s during its snapshot",
+               cap->info->name,
+               event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : stopped_detail(detail));
+    return 1;
+}
+
+const struct hs_backend_ops *hs__backend_select(const struct hs_select_in *in, char *why,
+                                                size_t whylen, struct hs_err *err)
+{
+    const char *st = state_name(in->state);
+    int active = in->state == VIR_DOMAIN_RUNNING || in->state == VIR_DOMAIN_BLOCKED ||
+                 in->state == VIR_DOMAIN_PAUSED;
+
+    if (in->state == VIR_DOMAIN_SHUTOFF) {
+        if (in->mode != HS_MODE_AUTO && in->mode != HS_MODE_OFFLINE) {
             hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
-                       "mode 'cold' needs a running or paused domain; '%s' is shut off", domain);
+                       "mode '%s' needs a running or paused domain; '%s' is shut off",
+                       hs_mode_name(in->mode), in->domain);
             return NULL;
         }
         snprintf(why, whylen, "%s",
-                 managed_save ? "suspended to a managed-save image: its disks are at rest and "
-                                "it stays suspended"
-                              : "shut off: its disks are at rest");
+                 in->managed_save ? "suspended to a managed-save image: its disks are at rest "
+                                    "and it stays suspended"
+                                  : "shut off: its disks are at rest");
         return &hs_backend_offline;
     }
     if (!active) {
-        hs_err_set(err, -EBUSY, HS_ERR_INPUT, state,
-                   "domain '%s' is %s; hotsnap takes running, "
-                   "paused or shut-off domains",
-                   domain, state_name(state));
+        hs_err_set(err, -EBUSY, HS_ERR_INPUT, in->state,
+                   "domain '%s' is %s; hotsnap takes running, paused or shut-off domains",
+                   in->domain, st);
         return NULL;
     }
-    switch (mode) {
+    switch (in->mode) {
     case HS_MODE_OFFLINE:
         hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
-                   "mode 'offline' needs a shut-off domain; '%s' "
-                   "is %s",
-                   domain, state_name(state));
+                   "mode 'offline' needs a shut-off domain; '%s' is %s", in->domain, st);
         return NULL;
     case HS_MODE_AUTO:
-        snprintf(why, whylen, "%s: saved, copied and restored (no live backend yet)",
-                 state_name(state));
-        return &hs_backend_cold;
+        if (in->has_backup) {
+            snprintf(why, whylen, "%s: backup API, all disks at one instant, no downtime", st);
+            return &hs_backend_live;
+        }
+        snprintf(why, whylen, "%s: no backup API on this hypervisor, so a block copy", st);
+        return &hs_backend_mirror;
+    case HS_MODE_LIVE:
+        if (!in->has_backup) {
+            hs_err_set(err, -ENOTSUP, HS_ERR_INPUT, 0,
+                       "mode 'live' needs libvirt's backup API, which this hypervisor lacks; "
+                       "try --mode mirror");
+            return NULL;
+        }
+        snprintf(why, whylen, "%s: live requested", st);
+        return &hs_backend_live;
+    case HS_MODE_MIRROR:
+        snprintf(why, whylen, "%s: mirror requested (each disk at its own instant)", st);
+        return &hs_backend_mirror;
     case HS_MODE_COLD:
-        snprintf(why, whylen, "%s: cold requested", state_name(state));
+        snprintf(why, whylen, "%s: cold requested (the guest stops while its disks are copied)",
+                 st);
         return &hs_backend_cold;
     }
-    hs_err_set(err, -EINVAL, HS_ERR_INPUT, mode, "unknown mode %d", (int)mode);
+    hs_err_set(err, -EINVAL, HS_ERR_INPUT, in->mode, "unknown mode %d", (int)in->mode);
     return NULL;
 }

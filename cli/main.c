@@ -113,6 +113,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_ALL_DISKS,
         OPT_TO,
         OPT_SCRATCH,
+        OPT_QUIESCE,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -130,6 +131,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"all-disks", no_argument, NULL, OPT_ALL_DISKS},
         {"to", required_argument, NULL, OPT_TO},
         {"scratch-dir", required_argument, NULL, OPT_SCRATCH},
+        {"quiesce", required_argument, NULL, OPT_QUIESCE},
         {NULL, 0, NULL, 0},
     };
     char err[512];
@@ -168,7 +170,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             break;
         case OPT_MODE:
             if (hs_mode_parse(optarg, &cli->sopts.mode) < 0)
-                die_usage("unknown mode '%s' (expected auto, cold or offline)", optarg);
+                die_usage("unknown mode '%s' (expected auto, live, mirror, cold or offline)",
+                          optarg);
             break;
         case OPT_FORMAT:
             if (hs_format_parse(optarg, &cli->sopts.format) < 0)
@@ -187,6 +190,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             break;
         case OPT_SCRATCH:
             cli->sopts.scratch_dir = optarg;
+            break;
+        case OPT_QUIESCE:
+            if (hs_quiesce_parse(optarg, &cli->sopts.quiesce) < 0)
+                die_usage("unknown quiesce setting '%s' (expected auto, required or off)", optarg);
             break;
         default:
             usage(stderr);

@@ -104,6 +104,13 @@ void hs_cli_out_event(struct hs_cli_out *o, const cJSON *ev)
         status_draw(o);
         return;
     }
+    if (!strcmp(type, "captured")) {
+        const char *warn = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "warning"));
+
+        if (warn && !o->quiet)
+            hs_cli_out_line(o, stderr, "%s: warning: %s\n", dom, warn);
+        return;
+    }
     if (!strcmp(type, "libvirt")) {
         hs_cli_out_line(o, stderr, "%s: libvirt connection %s\n", dom,
                         cJSON_GetStringValue(cJSON_GetObjectItem(ev, "connection")));

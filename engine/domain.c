@@ -179,6 +179,12 @@ int hs__domain_parse(const char *xml, struct hs_domain_info *out, struct hs_err 
             d.boot_order = s ? atoi(s) : 0;
             free(s);
             d.readonly = xml_child(n, "readonly") != NULL;
+            {
+                xmlNodePtr bs = xml_child(n, "backingStore");
+
+                d.backing = xml_prop(xml_child(bs, "source"), "file");
+                d.backing_format = xml_prop(xml_child(bs, "format"), "type");
+            }
             disk_check(&d, src);
             out->disks = realloc(out->disks, (out->ndisks + 1) * sizeof(d));
             if (!out->disks)
@@ -220,6 +226,8 @@ void hs__domain_info_clear(struct hs_domain_info *info)
         free(info->disks[i].device);
         free(info->disks[i].format);
         free(info->disks[i].source);
+        free(info->disks[i].backing);
+        free(info->disks[i].backing_format);
         free(info->disks[i].unsupported);
     }
     free(info->disks);

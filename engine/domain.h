@@ -8,11 +8,13 @@
 #include "err.h"
 
 struct hs_disk {
-    char *target;   /* "vda" */
-    char *type;     /* file, block, network, volume, dir */
-    char *device;   /* disk, cdrom, floppy, lun */
-    char *format;   /* driver type: qcow2, raw, ... */
-    char *source;   /* file path, device path or network name; NULL when empty */
+    char *target;  /* "vda" */
+    char *type;    /* file, block, network, volume, dir */
+    char *device;  /* disk, cdrom, floppy, lun */
+    char *format;  /* driver type: qcow2, raw, ... */
+    char *source;  /* file path, device path or network name; NULL when empty */
+    char *backing; /* the source's immediate backing file; NULL when none */
+    char *backing_format;
     int boot_order; /* 0 when none */
     int readonly;
     char *unsupported; /* why hotsnap cannot capture it; NULL when it can */

@@ -127,6 +127,7 @@ static cJSON *engine_list_domain(struct hs_engine *eng, virDomainPtr dom)
     cJSON *o = cJSON_CreateObject(), *disks, *d;
     char *xml = virDomainGetXMLDesc(dom, 0);
     char why[256] = "";
+    struct hs_select_in sel;
     int state = 0, reason, managed_save, root;
     const struct hs_backend_ops *be;
     size_t i;
@@ -143,7 +144,12 @@ static cJSON *engine_list_domain(struct hs_engine *eng, virDomainPtr dom)
     cJSON_AddStringToObject(o, "uuid", info.uuid);
     cJSON_AddNumberToObject(o, "state", state);
     cJSON_AddBoolToObject(o, "managed_save", managed_save);
-    be = eng->select_backend(HS_MODE_AUTO, info.name, state, managed_save, why, sizeof(why), &err);
+    sel.mode = HS_MODE_AUTO;
+    sel.domain = info.name;
+    sel.state = state;
+    sel.managed_save = managed_save;
+    sel.has_backup = hs__virt_has_backup(eng->virt);
+    be = eng->select_backend(&sel, why, sizeof(why), &err);
     cJSON_AddStringToObject(o, "mode", be ? be->name : "none");
     cJSON_AddStringToObject(o, "reason", be ? why : err.msg);
     root = hs__domain_root_disk(&info);
@@ -192,7 +198,8 @@ cJSON *hs_engine_list(struct hs_engine *eng, char *errbuf, size_t errlen)
 
 int hs_mode_parse(const char *s, enum hs_mode *out)
 {
-    static const enum hs_mode modes[] = {HS_MODE_AUTO, HS_MODE_COLD, HS_MODE_OFFLINE};
+    static const enum hs_mode modes[] = {HS_MODE_AUTO, HS_MODE_LIVE, HS_MODE_MIRROR, HS_MODE_COLD,
+                                         HS_MODE_OFFLINE};
     size_t i;
 
     for (i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
@@ -209,6 +216,10 @@ const char *hs_mode_name(enum hs_mode mode)
     switch (mode) {
     case HS_MODE_AUTO:
         return "auto";
+    case HS_MODE_LIVE:
+        return "live";
+    case HS_MODE_MIRROR:
+        return "mirror";
     case HS_MODE_COLD:
         return "cold";
     case HS_MODE_OFFLINE:
@@ -223,6 +234,19 @@ int hs_format_parse(const char *s, enum hs_format *out)
         *out = HS_FORMAT_QCOW2;
     else if (!strcmp(s, "raw"))
         *out = HS_FORMAT_RAW;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+int hs_quiesce_parse(const char *s, enum hs_quiesce *out)
+{
+    if (!strcmp(s, "auto"))
+        *out = HS_QUIESCE_AUTO;
+    else if (!strcmp(s, "required"))
+        *out = HS_QUIESCE_REQUIRED;
+    else if (!strcmp(s, "off"))
+        *out = HS_QUIESCE_OFF;
     else
         return -EINVAL;
     return 0;

@@ -11,8 +11,7 @@
 
 /* Where the library is put together: the job asks these, never a concrete
  * backend or uploader, so tests can hand in fakes with the same tables. */
-typedef const struct hs_backend_ops *(*hs_select_fn)(enum hs_mode mode, const char *domain,
-                                                     int state, int managed_save, char *why,
+typedef const struct hs_backend_ops *(*hs_select_fn)(const struct hs_select_in *in, char *why,
                                                      size_t whylen, struct hs_err *err);
 typedef int (*hs_uploader_fn)(uv_loop_t *loop, const char *spec, struct hs_uploader **out,
                               struct hs_err *err);

@@ -62,6 +62,7 @@ struct hs_job {
     char *scratch_root;
     enum hs_mode mode;
     enum hs_format format;
+    enum hs_quiesce quiesce;
     int compress;
     int all_disks;
     struct hs_uploader *up;
@@ -340,10 +341,13 @@ static int job_name_disks(struct hs_job *job, const int *idx, int n)
 }
 
 static void job_watch_lifecycle(struct hs_virt_watch *w, int event, int detail);
+static void job_watch_block_job(struct hs_virt_watch *w, const char *disk, int type, int status);
+static void job_watch_job_completed(struct hs_virt_watch *w, int operation, const char *errmsg);
 static void job_watch_conn(struct hs_virt_watch *w, int up);
 
 static int job_inspect(struct hs_job *job)
 {
+    struct hs_select_in sel;
     int state, reason, managed_save, n, rc;
     char *xml;
     int *idx;
@@ -364,8 +368,12 @@ static int job_inspect(struct hs_job *job)
     free(xml);
     if (rc < 0)
         return rc;
-    job->backend = job->eng->select_backend(job->mode, job->info.name, state, managed_save,
-                                            job->why, sizeof(job->why), &job->err);
+    sel.mode = job->mode;
+    sel.domain = job->info.name;
+    sel.state = state;
+    sel.managed_save = managed_save;
+    sel.has_backup = hs__virt_has_backup(job->eng->virt);
+    job->backend = job->eng->select_backend(&sel, job->why, sizeof(job->why), &job->err);
     if (!job->backend)
         return job->err.code;
     job->cap.dom_state = state;
@@ -381,6 +389,8 @@ static int job_inspect(struct hs_job *job)
         return rc;
     virDomainGetUUID(job->dom, job->watch.uuid);
     job->watch.lifecycle = job_watch_lifecycle;
+    job->watch.block_job = job_watch_block_job;
+    job->watch.job_completed = job_watch_job_completed;
     job->watch.conn = job_watch_conn;
     hs__virt_watch(job->eng->virt, &job->watch);
     job->watching = 1;
@@ -454,7 +464,17 @@ static int job_prepare(struct hs_job *job)
 static void job_captured(struct hs_capture *cap, int status)
 {
     struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
+    cJSON *ev;
 
+    if (status == 0) {
+        ev = job_event(job, "captured");
+        if (cap->frozen_ms >= 0)
+            cJSON_AddNumberToObject(ev, "frozen_ms", round(cap->frozen_ms * 10.0) / 10.0);
+        cJSON_AddBoolToObject(ev, "quiesced", cap->frozen_ms >= 0);
+        if (cap->warning[0])
+            cJSON_AddStringToObject(ev, "warning", cap->warning);
+        hs__engine_emit(job->eng, ev);
+    }
     if (status < 0)
         hs_err_set(&job->err, status, HS_ERR_SYS, -status, "capture of domain '%s' failed",
                    job->info.name);
@@ -474,6 +494,8 @@ static int job_capture(struct hs_job *job)
     cap->scratch = job->scratch;
     cap->journal = job->journal;
     cap->err = &job->err;
+    cap->quiesce = job->quiesce;
+    cap->frozen_ms = -1;
     cap->ndisks = job->ndisks;
     cap->disks = hs__calloc(job->ndisks, sizeof(*cap->disks));
     for (i = 0; i < job->ndisks; i++)
@@ -812,11 +834,16 @@ static void job_kick_cb(uv_timer_t *t)
 
 /* ---- domain and connection events ---- */
 
+static int job_owns_domain(const struct hs_job *job)
+{
+    return job->captured && job->state >= HS_JOB_CAPTURE && job->state <= HS_JOB_RELEASE;
+}
+
 static void job_watch_lifecycle(struct hs_virt_watch *w, int event, int detail)
 {
     struct hs_job *job = hs_container_of(w, struct hs_job, watch);
 
-    if (job->state < HS_JOB_CAPTURE || job->state > HS_JOB_RELEASE || !job->captured)
+    if (!job_owns_domain(job))
         return;
     if (event == VIR_DOMAIN_EVENT_UNDEFINED)
         hs_err_set(&job->err, -ESRCH, HS_ERR_LIBVIRT, detail,
@@ -825,6 +852,22 @@ static void job_watch_lifecycle(struct hs_virt_watch *w, int event, int detail)
         job->backend->lifecycle(&job->cap, event, detail);
     if (job->err.code && job->proc)
         hs__proc_cancel(job->proc);
+}
+
+static void job_watch_block_job(struct hs_virt_watch *w, const char *disk, int type, int status)
+{
+    struct hs_job *job = hs_container_of(w, struct hs_job, watch);
+
+    if (job_owns_domain(job) && job->backend->block_job)
+        job->backend->block_job(&job->cap, disk, type, status);
+}
+
+static void job_watch_job_completed(struct hs_virt_watch *w, int operation, const char *errmsg)
+{
+    struct hs_job *job = hs_container_of(w, struct hs_job, watch);
+
+    if (job_owns_domain(job) && job->backend->job_completed)
+        job->backend->job_completed(&job->cap, operation, errmsg);
 }
 
 static void job_watch_conn(struct hs_virt_watch *w, int up)
@@ -874,6 +917,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     job->mode = opts->mode;
     job->format = opts->format;
     job->compress = opts->compress;
+    job->quiesce = opts->quiesce;
     job->all_disks = opts->all_disks;
     job->cb = cb;
     job->data = data;
@@ -921,7 +965,9 @@ void hs_job_cancel(struct hs_job *job)
         hs__proc_cancel(job->proc);
     if (job->uploading && job->up->ops->cancel)
         job->up->ops->cancel(&job->req);
-    /* capture and release finish on their own: a half-done save is never abandoned */
+    if (job->state == HS_JOB_CAPTURE && job->backend->cancel)
+        job->backend->cancel(&job->cap);
+    /* release finishes on its own: the domain always gets back what it had */
 }
 
 static void job_kick_closed(uv_handle_t *h)

@@ -18,7 +18,8 @@ struct hs_virt {
     uv_loop_t *loop;
     char *uri;
     virConnectPtr conn;
-    int cb_lifecycle, cb_blockjob;
+    int cb_lifecycle, cb_blockjob, cb_jobdone;
+    int has_backup;
     uv_timer_t retry; /* reconnect with backoff */
     unsigned backoff_ms;
     int closing;
@@ -71,6 +72,22 @@ static void virt_blockjob_cb(virConnectPtr conn, virDomainPtr dom, const char *d
         w->block_job(w, disk, type, status);
 }
 
+static void virt_jobdone_cb(virConnectPtr conn, virDomainPtr dom, virTypedParameterPtr params,
+                            int nparams, void *opaque)
+{
+    struct hs_virt *v = opaque;
+    struct hs_virt_watch *w = virt_find(v, dom);
+    const char *errmsg = NULL;
+    int op = 0;
+
+    virTypedParamsGetInt(params, nparams, VIR_DOMAIN_JOB_OPERATION, &op);
+    virTypedParamsGetString(params, nparams, VIR_DOMAIN_JOB_ERRMSG, &errmsg);
+    hs_log(HS_LOG_DEBUG, "domain '%s' job completed: operation %d%s%s", virDomainGetName(dom), op,
+           errmsg ? ": " : "", errmsg ? errmsg : "");
+    if (w && w->job_completed)
+        w->job_completed(w, op, errmsg);
+}
+
 static void virt_notify_conn(struct hs_virt *v, int up)
 {
     struct hs_virt_watch *w, *next;
@@ -102,7 +119,10 @@ static int virt_connect(struct hs_virt *v, struct hs_err *err)
     v->cb_blockjob =
         virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2,
                                          VIR_DOMAIN_EVENT_CALLBACK(virt_blockjob_cb), v, NULL);
-    if (v->cb_lifecycle < 0 || v->cb_blockjob < 0) {
+    v->cb_jobdone =
+        virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                                         VIR_DOMAIN_EVENT_CALLBACK(virt_jobdone_cb), v, NULL);
+    if (v->cb_lifecycle < 0 || v->cb_blockjob < 0 || v->cb_jobdone < 0) {
         hs_err_virt(err, -EIO, "cannot register for domain events on '%s'", v->uri);
         virConnectUnregisterCloseCallback(conn, virt_close_cb);
         virConnectClose(conn);
@@ -123,7 +143,9 @@ static void virt_drop(struct hs_virt *v)
         virConnectDomainEventDeregisterAny(conn, v->cb_lifecycle);
     if (v->cb_blockjob >= 0)
         virConnectDomainEventDeregisterAny(conn, v->cb_blockjob);
-    v->cb_lifecycle = v->cb_blockjob = -1;
+    if (v->cb_jobdone >= 0)
+        virConnectDomainEventDeregisterAny(conn, v->cb_jobdone);
+    v->cb_lifecycle = v->cb_blockjob = v->cb_jobdone = -1;
     virConnectUnregisterCloseCallback(conn, virt_close_cb);
     virConnectClose(conn);
 }
@@ -161,6 +183,23 @@ static void virt_close_cb(virConnectPtr conn, int reason, void *opaque)
     virt_notify_conn(v, 0);
 }
 
+/* <backup supported='yes'/> in the domain capabilities (libvirt >= 7.2 with a QEMU that can) */
+static int virt_probe_backup(virConnectPtr conn)
+{
+    uint64_t t0 = hs__virt_quick_begin();
+    char *caps = virConnectGetDomainCapabilities(conn, NULL, NULL, NULL, NULL, 0);
+    int yes = caps && strstr(caps, "<backup supported='yes'/>") != NULL;
+
+    hs__virt_quick_end(t0, "virConnectGetDomainCapabilities");
+    free(caps);
+    return yes;
+}
+
+int hs__virt_has_backup(const struct hs_virt *v)
+{
+    return v->has_backup;
+}
+
 int hs__virt_open(uv_loop_t *loop, const char *uri, struct hs_virt **out, struct hs_err *err)
 {
     struct hs_virt *v;
@@ -174,7 +213,7 @@ int hs__virt_open(uv_loop_t *loop, const char *uri, struct hs_virt **out, struct
     v = hs__calloc(1, sizeof(*v));
     v->loop = loop;
     v->uri = hs__strdup(uri);
-    v->cb_lifecycle = v->cb_blockjob = -1;
+    v->cb_lifecycle = v->cb_blockjob = v->cb_jobdone = -1;
     v->backoff_ms = HS_BACKOFF_MIN_MS;
     rc = virt_connect(v, err);
     if (rc < 0) {
@@ -183,6 +222,7 @@ int hs__virt_open(uv_loop_t *loop, const char *uri, struct hs_virt **out, struct
         hs__vev_unbind(NULL, NULL);
         return rc;
     }
+    v->has_backup = virt_probe_backup(v->conn);
     uv_timer_init(loop, &v->retry);
     v->retry.data = v;
     *out = v;

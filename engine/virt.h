@@ -18,6 +18,8 @@ struct hs_virt_watch {
     unsigned char uuid[VIR_UUID_BUFLEN];
     void (*lifecycle)(struct hs_virt_watch *w, int event, int detail);
     void (*block_job)(struct hs_virt_watch *w, const char *disk, int type, int status);
+    /* a domain job ended: VIR_DOMAIN_JOB_OPERATION_*, and libvirt's message when it failed */
+    void (*job_completed)(struct hs_virt_watch *w, int operation, const char *errmsg);
     /* the connection went down (up = 0) or came back (up = 1) */
     void (*conn)(struct hs_virt_watch *w, int up);
     struct hs_virt_watch *next;
@@ -42,6 +44,9 @@ struct hs_virt_call {
 int hs__virt_open(uv_loop_t *loop, const char *uri, struct hs_virt **out, struct hs_err *err);
 /* Close the connection and every handle; @cb when done. */
 void hs__virt_close(struct hs_virt *v, void (*cb)(void *data), void *data);
+
+/* Whether the hypervisor offers the backup API (domain capabilities), read at open. */
+int hs__virt_has_backup(const struct hs_virt *v);
 
 /* The live connection, or NULL while reconnecting. */
 virConnectPtr hs__virt_conn(struct hs_virt *v);

@@ -34,9 +34,18 @@ enum hs_log_level {
 
 /* How a disk's point-in-time content is captured. */
 enum hs_mode {
-    HS_MODE_AUTO,    /* pick per domain state: offline when shut off, cold otherwise */
+    HS_MODE_AUTO,    /* live for running and paused domains, offline when shut off */
+    HS_MODE_LIVE,    /* libvirt backup API (push): all disks at one instant, guest runs */
+    HS_MODE_MIRROR,  /* block copy to a delta, aborted at READY (Nova's live method) */
     HS_MODE_COLD,    /* managed save, convert, restore (Nova's cold path) */
     HS_MODE_OFFLINE, /* domain is shut off: convert its disks directly */
+};
+
+/* Freeze the guest's filesystems (QEMU guest agent) for the instant of capture. */
+enum hs_quiesce {
+    HS_QUIESCE_AUTO,     /* try; go on unquiesced, with a warning event, if the agent fails */
+    HS_QUIESCE_REQUIRED, /* fail the job when the agent does not answer */
+    HS_QUIESCE_OFF,
 };
 
 enum hs_format {
@@ -100,6 +109,7 @@ struct hs_snapshot_opts {
     int all_disks;           /* every disk, one image each; default: the root disk */
     const char *target;      /* "dir:PATH"; NULL: dir:<state_dir>/images */
     const char *scratch_dir; /* NULL: <state_dir>/scratch */
+    enum hs_quiesce quiesce;
 };
 
 typedef void (*hs_job_cb)(struct hs_job *job, int status, void *data);
@@ -137,6 +147,7 @@ const struct hs_image *hs_job_image(const struct hs_job *job, size_t i);
 int hs_name_template_check(const char *tmpl, char *errbuf, size_t errlen);
 int hs_mode_parse(const char *s, enum hs_mode *out);
 int hs_format_parse(const char *s, enum hs_format *out);
+int hs_quiesce_parse(const char *s, enum hs_quiesce *out);
 const char *hs_mode_name(enum hs_mode mode);
 const char *hs_format_name(enum hs_format fmt);
 

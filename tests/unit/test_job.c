@@ -94,9 +94,8 @@ static const struct hs_backend_ops fake_backend = {
     .release = fake_release,
 };
 
-static const struct hs_backend_ops *fake_select(enum hs_mode mode, const char *domain, int state,
-                                                int managed_save, char *why, size_t whylen,
-                                                struct hs_err *err)
+static const struct hs_backend_ops *fake_select(const struct hs_select_in *in, char *why,
+                                                size_t whylen, struct hs_err *err)
 {
     snprintf(why, whylen, "fake");
     return &fake_backend;

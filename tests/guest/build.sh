@@ -1,0 +1,26 @@
+#!/bin/sh
+# Build the test guest: OUT/vmlinuz and OUT/initrd.img (busybox, the virtio
+# modules, the writer). Needs linux-image-amd64, busybox-static, gcc, cpio.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+out=$1
+kver=$(ls /lib/modules | sort -V | tail -1)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$out" "$work/bin" "$work/lib/modules" "$work/proc" "$work/sys" "$work/dev"
+cp /bin/busybox "$work/bin/busybox"
+gcc -static -O2 -Wall -o "$work/bin/writer" "$here/writer.c"
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
+    virtio_console; do
+    f=$(find "/lib/modules/$kver/kernel/drivers" -name "$m.ko*" | head -1)
+    case $f in
+    *.xz) xz -dc "$f" >"$work/lib/modules/$m.ko" ;;
+    *.zst) zstd -qdc "$f" >"$work/lib/modules/$m.ko" ;;
+    *) cp "$f" "$work/lib/modules/$m.ko" ;;
+    esac
+done
+cp "$here/init" "$work/init"
+chmod 755 "$work/init"
+(cd "$work" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initrd.img"
+cp "/boot/vmlinuz-$kver" "$out/vmlinuz"
+chmod 644 "$out/vmlinuz" "$out/initrd.img"

@@ -1,0 +1,114 @@
+/*
+ * The test guest's writer: rewrites a ring of 4 KiB blocks on a disk in
+ * order, one O_DIRECT write at a time, each block carrying its sequence
+ * number, position, guest time and a CRC over the whole block. A copy of the
+ * disk taken at one instant holds, for some M, exactly the latest write with
+ * sequence <= M in every block (checker.py); a torn block fails its CRC, a
+ * fuzzy copy (read while the writer went on) holds blocks from several
+ * instants. Every second it prints "HSW hb <seq> <max gap us>" on the console.
+ *
+ * usage: writer DEVICE BLOCKS RATE   (RATE writes per second, 0 = as fast as it can)
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BS 4096
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    uint32_t c;
+    int i, k;
+
+    for (i = 0; i < 256; i++) {
+        c = (uint32_t)i;
+        for (k = 0; k < 8; k++)
+            c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xff] ^ (c >> 8);
+    return c ^ 0xffffffffu;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned char *b;
+    uint64_t seq, blocks, rate, t, last, hb, gap, maxgap = 0, period;
+    uint32_t crc;
+    int fd;
+    size_t i;
+
+    if (argc != 4) {
+        fprintf(stderr, "usage: writer DEVICE BLOCKS RATE\n");
+        return 2;
+    }
+    blocks = strtoull(argv[2], NULL, 10);
+    rate = strtoull(argv[3], NULL, 10);
+    period = rate ? 1000000000ull / rate : 0;
+    crc_init();
+    fd = open(argv[1], O_RDWR | O_DIRECT);
+    if (fd < 0 || posix_memalign((void **)&b, BS, BS)) {
+        perror("writer");
+        return 1;
+    }
+    printf("HSW start %llu blocks\n", (unsigned long long)blocks);
+    fflush(stdout);
+    last = hb = now_ns();
+    for (seq = 0;; seq++) {
+        uint64_t idx = seq % blocks;
+
+        t = now_ns();
+        memset(b, 0, 64);
+        memcpy(b, "HSWRITE1", 8);
+        memcpy(b + 8, &seq, 8);
+        memcpy(b + 16, &idx, 8);
+        memcpy(b + 24, &t, 8);
+        for (i = 64; i < BS; i++)
+            b[i] = (unsigned char)((seq * 2654435761u + i) >> 3);
+        crc = crc32(b, BS);
+        memcpy(b + 32, &crc, 4);
+        if (pwrite(fd, b, BS, (off_t)(idx * BS)) != BS) {
+            perror("writer: pwrite");
+            return 1;
+        }
+        t = now_ns();
+        gap = t - last;
+        if (gap > maxgap)
+            maxgap = gap;
+        last = t;
+        if (t - hb >= 1000000000ull) {
+            printf("HSW hb %llu %llu\n", (unsigned long long)seq,
+                   (unsigned long long)(maxgap / 1000));
+            fflush(stdout);
+            hb = t;
+            maxgap = 0;
+        }
+        if (period) {
+            struct timespec ts = {0, (long)period};
+            nanosleep(&ts, NULL);
+            last = now_ns(); /* the sleep is ours, not a stall */
+        }
+    }
+}
