@@ -198,6 +198,9 @@ static int live_capture(struct hs_capture *cap, hs_capture_cb cb)
             hs__asprintf("%s/%s.backup.qcow2", cap->scratch, cap->disks[i].disk->target);
         cap->disks[i].pit_format = hs__strdup("qcow2");
     }
+    /* QEMU itself opens the backup targets in the scratch directory */
+    if (hs__path_traversable(cap->scratch, cap->err, "scratch directory") < 0)
+        return cap->err->code;
     l->xml = live_backup_xml(cap);
     cJSON_AddStringToObject(cap->journal->doc, "backend", "live");
     cJSON_AddStringToObject(cap->journal->doc, "step", "backup");
@@ -288,10 +291,7 @@ static int live_cleanup(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct live *l = call->data;
     struct hs_capture *cap = l->cap;
-    virDomainJobInfo ji;
-
-    if (l->begun && !l->ended && virDomainGetJobInfo(cap->dom, &ji) == 0 &&
-        ji.type != VIR_DOMAIN_JOB_NONE)
+    if (l->begun && !l->ended && hs__virt_job_active(cap->dom) == 1)
         virDomainAbortJob(cap->dom);
     if (l->frozen && virDomainFSThaw(cap->dom, NULL, 0, 0) >= 0)
         l->frozen = 0;

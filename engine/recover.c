@@ -33,11 +33,10 @@ static const char *jstr(const cJSON *doc, const char *key)
 /* Wait (on the worker) while libvirt still runs a job the dead run started. */
 static void recover_wait_job(virDomainPtr dom)
 {
-    virDomainJobInfo ji;
     int i;
 
     for (i = 0; i < HS_RECOVER_JOB_WAIT_S * 5; i++) {
-        if (virDomainGetJobInfo(dom, &ji) < 0 || ji.type == VIR_DOMAIN_JOB_NONE)
+        if (hs__virt_job_active(dom) != 1)
             return;
         usleep(200 * 1000);
     }
@@ -137,6 +136,47 @@ static void recover_cold(virConnectPtr conn, const cJSON *doc, cJSON *entry)
     virDomainFree(dom);
 }
 
+/* A live or mirror job left by a dead run: no backup or block job, nothing frozen. */
+static void recover_live(virConnectPtr conn, const cJSON *doc, cJSON *entry, int mirror)
+{
+    const char *uuid = jstr(doc, "uuid");
+    const cJSON *disks = cJSON_GetObjectItemCaseSensitive(doc, "disks"), *d;
+    virDomainPtr dom = uuid ? virDomainLookupByUUIDString(conn, uuid) : NULL;
+    virDomainBlockJobInfo bj;
+    struct hs_err err = {0};
+    int did = 0;
+
+    if (!dom) {
+        cJSON_AddStringToObject(entry, "action", "none: the domain no longer exists");
+        return;
+    }
+    if (virDomainIsActive(dom) == 1) {
+        if (!mirror && hs__virt_job_active(dom) == 1) {
+            if (virDomainAbortJob(dom) < 0)
+                hs_err_virt(&err, -EIO, "cannot abort the backup job");
+            recover_wait_job(dom); /* the abort concludes asynchronously */
+            did = 1;
+        }
+        cJSON_ArrayForEach(d, disks) {
+            if (!cJSON_IsString(d) || virDomainGetBlockJobInfo(dom, d->valuestring, &bj, 0) != 1)
+                continue;
+            if (virDomainBlockJobAbort(dom, d->valuestring, 0) < 0)
+                hs_err_virt(&err, -EIO, "cannot end the block copy of disk '%s'", d->valuestring);
+            did = 1;
+        }
+        /* a thaw when nothing is frozen is harmless; a frozen guest is not */
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "quiesce")))
+            virDomainFSThaw(dom, NULL, 0, 0);
+    }
+    if (err.code)
+        cJSON_AddStringToObject(entry, "error", err.msg);
+    else
+        cJSON_AddStringToObject(entry, "action",
+                                did ? (mirror ? "block copy ended" : "backup job aborted")
+                                    : "none: no job of the dead run was left");
+    virDomainFree(dom);
+}
+
 static int recover_one(virConnectPtr conn, const char *dir, const char *file, cJSON *report)
 {
     char *path = hs__asprintf("%s/%s", dir, file);
@@ -166,6 +206,8 @@ static int recover_one(virConnectPtr conn, const char *dir, const char *file, cJ
         cJSON_AddStringToObject(entry, "killed", "qemu-img children of the dead run");
     if (backend && !strcmp(backend, "cold"))
         recover_cold(conn, doc, entry);
+    else if (backend && (!strcmp(backend, "live") || !strcmp(backend, "mirror")))
+        recover_live(conn, doc, entry, !strcmp(backend, "mirror"));
     else if (backend)
         cJSON_AddStringToObject(entry, "action", "none: nothing to undo for this backend");
     else

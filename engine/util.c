@@ -129,6 +129,31 @@ int hs__dir_writable(const char *dir, struct hs_err *err, const char *what)
     return 0;
 }
 
+int hs__path_traversable(const char *dir, struct hs_err *err, const char *what)
+{
+    char buf[PATH_MAX];
+    struct stat st;
+    char *p;
+
+    if (snprintf(buf, sizeof(buf), "%s", dir) >= (int)sizeof(buf))
+        return hs_err_set(err, -ENAMETOOLONG, HS_ERR_INPUT, 0, "%s '%s' is too long", what, dir);
+    for (p = buf;;) {
+        char *next = strchr(p + 1, '/');
+
+        if (next)
+            *next = '\0';
+        if (stat(buf[0] ? buf : "/", &st) == 0 && !(st.st_mode & S_IXOTH))
+            return hs_err_set(err, -EACCES, HS_ERR_INPUT, 0,
+                              "%s '%s' is not reachable by QEMU, which runs as its own user: "
+                              "'%s' has mode %04o (it needs o+x)",
+                              what, dir, buf, (unsigned)(st.st_mode & 07777));
+        if (!next)
+            return 0;
+        *next = '/';
+        p = next;
+    }
+}
+
 static int fsync_dir_of(const char *path)
 {
     char buf[PATH_MAX];

@@ -23,6 +23,9 @@ int hs__mkdir_p(const char *path, unsigned mode);
 int hs__rm_rf(const char *path);
 /* Check that @dir is a directory we can create files in (creates and removes a probe). */
 int hs__dir_writable(const char *dir, struct hs_err *err, const char *what);
+/* Whether every directory from / down to @dir lets other users through
+ * (QEMU runs as its own user); on failure names the first one that does not. */
+int hs__path_traversable(const char *dir, struct hs_err *err, const char *what);
 /* Write @len bytes to @path atomically: temp file, fsync, rename, fsync dir. */
 int hs__write_atomic(const char *path, const void *data, size_t len, unsigned mode);
 /* Read a whole small file; caller frees. NULL with errno set on failure. */

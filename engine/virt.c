@@ -302,6 +302,22 @@ int hs__virt_queue(struct hs_virt *v, struct hs_virt_call *call, hs_virt_work_fn
     return 0;
 }
 
+int hs__virt_job_active(virDomainPtr dom)
+{
+    virTypedParameterPtr params = NULL;
+    int type, nparams = 0;
+
+    if (virDomainGetJobStats(dom, &type, &params, &nparams, 0) < 0) {
+        /* libvirt 9.0 fails job stats for parts of a backup job's life */
+        char *xml = virDomainBackupGetXMLDesc(dom, 0);
+
+        free(xml);
+        return xml ? 1 : -1;
+    }
+    virTypedParamsFree(params, nparams);
+    return type != VIR_DOMAIN_JOB_NONE;
+}
+
 uint64_t hs__virt_quick_begin(void)
 {
     return uv_hrtime();

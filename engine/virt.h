@@ -60,6 +60,11 @@ void hs__virt_unwatch(struct hs_virt *v, struct hs_virt_watch *w);
 int hs__virt_queue(struct hs_virt *v, struct hs_virt_call *call, hs_virt_work_fn fn,
                    hs_virt_done_cb done);
 
+/* Whether libvirt runs a job on @dom: 1, 0, or -1 on error (any thread).
+ * libvirt 9.0 fails job info and stats during parts of a backup ("backup job data
+ * missing"); a backup is then told by its XML. */
+int hs__virt_job_active(virDomainPtr dom);
+
 /* Time a quick libvirt call made on the loop thread: warn above 100 ms. */
 uint64_t hs__virt_quick_begin(void);
 void hs__virt_quick_end(uint64_t start, const char *what);

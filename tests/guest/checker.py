@@ -1,8 +1,10 @@
 #!/usr/bin/python3
-"""Check that a disk image holds the writer's ring as of one instant.
+"""Check that disk images hold the writer's rings as of one instant.
 
-usage: checker.py IMAGE BLOCKS    (IMAGE raw or qcow2; read with qemu-img)
-Prints one line; exit 0 when consistent, 1 when not.
+usage: checker.py BLOCKS IMAGE [IMAGE...]   (images in the writer's disk order)
+Prints one line; exit 0 when consistent, 1 when not. Write s of the writer
+went to disk s % n, block (s // n) % BLOCKS; a copy of all disks at one
+instant holds, for one M, the latest write <= M in every block of every disk.
 """
 import os
 import struct
@@ -22,8 +24,8 @@ def read_ring(image, blocks):
             return f.read(blocks * BS)
 
 
-def check(data, blocks):
-    """Returns (ok, message)."""
+def disk_seqs(data, blocks, k, n):
+    """The sequence number in each block of disk k, or an error string."""
     seqs = []
     for i in range(blocks):
         b = data[i * BS:(i + 1) * BS]
@@ -32,27 +34,47 @@ def check(data, blocks):
             continue
         seq, idx, _t, crc = struct.unpack_from("<QQQI", b, 8)
         if zlib.crc32(b[:32] + b"\0\0\0\0" + b[36:]) != crc:
-            return False, "block %d is torn (bad CRC)" % i
-        if idx != i or seq % blocks != i:
-            return False, "block %d holds block %d's data" % (i, idx)
+            return "disk %d block %d is torn (bad CRC)" % (k, i)
+        if idx != i or seq % n != k or (seq // n) % blocks != i:
+            return "disk %d block %d holds another block's data" % (k, i)
         seqs.append(seq)
-    written = [s for s in seqs if s is not None]
+    return seqs
+
+
+def latest(top, k, n, blocks, i):
+    """The latest write <= top that went to disk k, block i (None if none)."""
+    # writes to (k, i): s = k + n * (i + blocks * r), r >= 0
+    first = k + n * i
+    if top < first:
+        return None
+    r = (top - first) // (n * blocks)
+    return first + n * blocks * r
+
+
+def check(datas, blocks):
+    n = len(datas)
+    all_seqs = []
+    for k, data in enumerate(datas):
+        seqs = disk_seqs(data, blocks, k, n)
+        if isinstance(seqs, str):
+            return False, seqs
+        all_seqs.append(seqs)
+    written = [s for seqs in all_seqs for s in seqs if s is not None]
     if not written:
         return False, "no block was written"
     top = max(written)
-    for i, s in enumerate(seqs):
-        want = top - ((top - i) % blocks)
-        if want < 0:
-            want = None
-        if s != want:
-            return False, ("not one instant: block %d holds write %s, but write %d is there, "
-                           "so it should hold %s" % (i, s, top, want))
-    return True, "consistent: writes 0..%d, one instant" % top
+    for k, seqs in enumerate(all_seqs):
+        for i, s in enumerate(seqs):
+            want = latest(top, k, n, blocks, i)
+            if s != want:
+                return False, ("not one instant: disk %d block %d holds write %s, but write %d "
+                               "is there, so it should hold %s" % (k, i, s, top, want))
+    return True, "consistent: writes 0..%d on %d disk(s), one instant" % (top, n)
 
 
 def main():
-    image, blocks = sys.argv[1], int(sys.argv[2])
-    ok, msg = check(read_ring(image, blocks), blocks)
+    blocks = int(sys.argv[1])
+    ok, msg = check([read_ring(img, blocks) for img in sys.argv[2:]], blocks)
     print(msg)
     return 0 if ok else 1
 

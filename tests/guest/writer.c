@@ -1,13 +1,15 @@
 /*
- * The test guest's writer: rewrites a ring of 4 KiB blocks on a disk in
- * order, one O_DIRECT write at a time, each block carrying its sequence
- * number, position, guest time and a CRC over the whole block. A copy of the
- * disk taken at one instant holds, for some M, exactly the latest write with
- * sequence <= M in every block (checker.py); a torn block fails its CRC, a
- * fuzzy copy (read while the writer went on) holds blocks from several
- * instants. Every second it prints "HSW hb <seq> <max gap us>" on the console.
+ * The test guest's writer: rewrites a ring of 4 KiB blocks on one or more
+ * disks in order, one O_DIRECT write at a time, round robin over the disks
+ * (write s goes to disk s % ndisks, block (s / ndisks) % BLOCKS), each block
+ * carrying the global sequence number, its position, the guest time and a
+ * CRC over the whole block. A copy of the disks taken at one instant holds,
+ * for some M, exactly the latest write with sequence <= M in every block of
+ * every disk (checker.py); a torn block fails its CRC, a fuzzy copy (read
+ * while the writer went on) holds blocks from several instants. Every second
+ * it prints "HSW hb <seq> <max gap us>" on the console.
  *
- * usage: writer DEVICE BLOCKS RATE   (RATE writes per second, 0 = as fast as it can)
+ * usage: writer DEV[,DEV...] BLOCKS RATE   (RATE writes/s, 0 = as fast as it can)
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -57,7 +59,8 @@ int main(int argc, char **argv)
     unsigned char *b;
     uint64_t seq, blocks, rate, t, last, hb, gap, maxgap = 0, period;
     uint32_t crc;
-    int fd;
+    int fds[8], nfd = 0;
+    char *dev, *save = NULL;
     size_t i;
 
     if (argc != 4) {
@@ -68,8 +71,14 @@ int main(int argc, char **argv)
     rate = strtoull(argv[3], NULL, 10);
     period = rate ? 1000000000ull / rate : 0;
     crc_init();
-    fd = open(argv[1], O_RDWR | O_DIRECT);
-    if (fd < 0 || posix_memalign((void **)&b, BS, BS)) {
+    for (dev = strtok_r(argv[1], ",", &save); dev && nfd < 8; dev = strtok_r(NULL, ",", &save)) {
+        fds[nfd] = open(dev, O_RDWR | O_DIRECT);
+        if (fds[nfd++] < 0) {
+            perror(dev);
+            return 1;
+        }
+    }
+    if (nfd == 0 || posix_memalign((void **)&b, BS, BS)) {
         perror("writer");
         return 1;
     }
@@ -77,7 +86,8 @@ int main(int argc, char **argv)
     fflush(stdout);
     last = hb = now_ns();
     for (seq = 0;; seq++) {
-        uint64_t idx = seq % blocks;
+        uint64_t idx = (seq / (uint64_t)nfd) % blocks;
+        int fd = fds[seq % (uint64_t)nfd];
 
         t = now_ns();
         memset(b, 0, 64);

@@ -6,7 +6,7 @@ import unittest
 
 import libvirt
 
-from hsfix import GuestTestCase, Run, hotsnap, images_identical, sh, state_event
+from hsfix import GuestTestCase, Run, hotsnap, images_identical, job_active, sh, state_event
 
 
 class ColdTest(GuestTestCase):
@@ -54,7 +54,7 @@ class ColdTest(GuestTestCase):
 
     def test_paused_guest_stays_paused(self):
         g = self.guest("cold-paused").start(paused=True)
-        run = self.snapshot("--format", "raw", g.name)
+        run = self.snapshot("--mode", "cold", "--format", "raw", g.name)
         self.assertEqual(run.rc, 0, run.stderr)
         self.assertEqual(run.summary()["results"][0]["mode"], "cold")
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_PAUSED)
@@ -66,11 +66,11 @@ class ColdTest(GuestTestCase):
 
     def test_guest_destroyed_during_the_save(self):
         g = self.guest("cold-destroyed").start()
-        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
         run.until(state_event("capture"))
         # wait for libvirt's save job to be under way, then pull the plug
         for _ in range(2000):
-            if g.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+            if job_active(g.dom):
                 break
         else:
             self.fail("the managed save never showed as a libvirt job")
@@ -89,7 +89,7 @@ class ColdTest(GuestTestCase):
     def test_killed_after_the_save_next_run_restores(self):
         # a disk with enough data that the copy outlasts the kill
         g = self.guest("cold-killed", size_mb=1024, data_mb=384).start()
-        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
         run.until(state_event("extract"))
         run.p.send_signal(signal.SIGKILL)
         run.finish()

@@ -1,0 +1,152 @@
+"""Live snapshots of writing guests: one consistent instant, and the guest runs on."""
+import os
+import signal
+import time
+import unittest
+
+import libvirt
+
+from hsfix import (EventLog, GuestTestCase, Run, WriterGuest, check_images, hotsnap, job_active,
+                   sh, state_event)
+
+STOPS = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_STOPPED)
+
+
+class LiveTest(GuestTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.log = EventLog()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.log.close()
+        super().tearDownClass()
+
+    def writer(self, name, **kw):
+        g = WriterGuest(self.c, name, **kw)
+        self.guests.append(g)
+        g.start()
+        g.wait_writing()
+        return g
+
+    def live_snapshot(self, g, *args):
+        before = g.heartbeats()[-1]
+        t0 = time.time()
+        run = self.snapshot(*args, g.name)
+        t1 = time.time()
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        # the guest was never paused or stopped, and it kept writing
+        self.assertEqual([e for e, _ in self.log.of(g.name, t0, t1 + 0.5) if e in STOPS], [])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        time.sleep(2.2)
+        self.assertGreater(g.heartbeats()[-1], before)
+        return run
+
+    def test_live_is_the_default_and_consistent(self):
+        g = self.writer("live-1")
+        run = self.live_snapshot(g)
+        self.assertEqual(run.summary()["results"][0]["mode"], "live")
+        [(img, meta)] = self.image_files(run)
+        ok, msg = check_images(g.BLOCKS, os.path.join(self.store, meta["file"]))
+        self.assertTrue(ok, msg)
+        self.assert_nothing_left()
+
+    def test_a_careless_copy_fails_the_check(self):
+        # what hotsnap must not do: read the live overlay from outside
+        g = self.writer("live-careless")
+        copy = os.path.join(self.state, "careless.qcow2")
+        sh("qemu-img", "convert", "-U", "-O", "qcow2", g.disks[0].path, copy)
+        ok, msg = check_images(g.BLOCKS, copy)
+        self.assertFalse(ok, msg)
+
+    def test_mirror_is_consistent(self):
+        g = self.writer("live-mirror")
+        run = self.live_snapshot(g, "--mode", "mirror")
+        self.assertEqual(run.summary()["results"][0]["mode"], "mirror")
+        [(img, meta)] = self.image_files(run)
+        ok, msg = check_images(g.BLOCKS, os.path.join(self.store, meta["file"]))
+        self.assertTrue(ok, msg)
+        self.assert_nothing_left()
+
+    def test_two_disks_at_one_instant(self):
+        g = self.writer("live-two", disks=2, rate=400)
+        run = self.live_snapshot(g, "--all-disks")
+        imgs = sorted(self.image_files(run), key=lambda im: im[0]["disk"])
+        self.assertEqual([im["disk"] for im, _ in imgs], ["vda", "vdb"])
+        ok, msg = check_images(g.BLOCKS, *(os.path.join(self.store, m["file"]) for _, m in imgs))
+        self.assertTrue(ok, msg)
+        self.assert_nothing_left()
+
+    def test_quiesce_required_without_an_agent_fails_cleanly(self):
+        g = self.writer("live-noagent")
+        run = self.snapshot("--quiesce", "required", g.name)
+        self.assertEqual(run.rc, 1)
+        err = run.summary()["results"][0]["error"]
+        self.assertIn("quiesce required", err)
+        self.assertIn("could not be frozen", err)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertEqual(os.listdir(self.store), [])
+        self.assert_nothing_left()
+
+
+class LiveFaultTest(GuestTestCase):
+    """Faults while a backup runs. A SeaBIOS guest with 1 GiB of data gives the
+    backup time enough to be caught in the middle."""
+
+    def big(self, name):
+        g = self.guest(name, size_mb=1024, data_mb=1000).start()
+        return g
+
+    def until_job(self, run, g):
+        run.until(state_event("capture"))
+        for _ in range(5000):
+            if job_active(g.dom):
+                return
+            time.sleep(0.001)
+        self.fail("the backup never showed as a libvirt job")
+
+    def test_guest_destroyed_mid_backup(self):
+        g = self.big("fault-destroy")
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
+        self.until_job(run, g)
+        g.dom.destroy()
+        run.finish()
+        self.assertEqual(run.rc, 1)
+        err = run.summary()["results"][0]["error"]
+        self.assertIn("domain '%s' was destroyed during its snapshot" % g.name, err)
+        self.assertEqual(os.listdir(self.store), [])
+        self.assert_nothing_left()
+
+    def test_sigint_mid_backup_leaves_nothing(self):
+        g = self.big("fault-sigint")
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
+        self.until_job(run, g)
+        run.p.send_signal(signal.SIGINT)
+        run.finish()
+        self.assertNotEqual(run.rc, 0)
+        self.assertIn("canceled", run.summary()["results"][0]["error"])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(job_active(g.dom))
+        self.assertEqual(os.listdir(self.store), [])
+        self.assert_nothing_left()
+
+    def test_sigkill_mid_backup_next_run_cleans_up(self):
+        g = self.big("fault-sigkill")
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
+        self.until_job(run, g)
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        nxt = hotsnap(self.state, "list")
+        self.assertEqual(nxt.rc, 0, nxt.stderr)
+        rec = [e for e in nxt.events if isinstance(e, dict) and e.get("event") == "recovered"]
+        self.assertEqual(len(rec), 1, nxt.events)
+        self.assertNotIn("error", rec[0])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(job_active(g.dom))
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    unittest.main()
