@@ -19,6 +19,14 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
     *) cp "$f" "$work/lib/modules/$m.ko" ;;
     esac
 done
+# the QEMU guest agent and the libraries it needs, at their host paths
+if [ -x /usr/sbin/qemu-ga ]; then
+    cp /usr/sbin/qemu-ga "$work/bin/qemu-ga"
+    for lib in $(ldd /usr/sbin/qemu-ga | awk '/=> \// { print $3 } /^\t\/lib64/ { print $1 }'); do
+        mkdir -p "$work$(dirname "$lib")"
+        cp -L "$lib" "$work$lib"
+    done
+fi
 cp "$here/init" "$work/init"
 chmod 755 "$work/init"
 (cd "$work" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initrd.img"

@@ -316,7 +316,7 @@ class WriterGuest(Guest):
 
     BLOCKS = 4096
 
-    def __init__(self, c, name, disks=1, rate=300, size_mb=256, data_mb=4):
+    def __init__(self, c, name, disks=1, rate=300, size_mb=256, data_mb=4, agent=False):
         kernel, initrd = guest_kernel()
         self.c = c
         self.name = PREFIX + name
@@ -336,12 +336,14 @@ class WriterGuest(Guest):
   </os>
   <features><tcg><tb-cache unit='MiB'>16</tb-cache></tcg></features>
   <devices>%s
-    <serial type='pty'><log file='%s'/><target port='0'/></serial>
+    <serial type='pty'><log file='%s'/><target port='0'/></serial>%s
     <memballoon model='none'/>
   </devices>
 </domain>""" % (domain_type(), self.name, kernel, initrd, devs, self.BLOCKS, rate,
                 "".join(d.xml().replace("type='qcow2'/>", "type='qcow2' cache='none'/>")
-                        for d in self.disks), self.console)
+                        for d in self.disks), self.console,
+                "<channel type='unix'><source mode='bind'/>"
+                "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>" if agent else "")
         if domain_type() == "kvm":
             xml = xml.replace("<features><tcg><tb-cache unit='MiB'>16</tb-cache></tcg></features>",
                               "")

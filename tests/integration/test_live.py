@@ -5,6 +5,7 @@ import time
 import unittest
 
 import libvirt
+import libvirt_qemu
 
 from hsfix import (EventLog, GuestTestCase, Run, WriterGuest, check_images, hotsnap, job_active,
                    sh, state_event)
@@ -76,6 +77,27 @@ class LiveTest(GuestTestCase):
         imgs = sorted(self.image_files(run), key=lambda im: im[0]["disk"])
         self.assertEqual([im["disk"] for im, _ in imgs], ["vda", "vdb"])
         ok, msg = check_images(g.BLOCKS, *(os.path.join(self.store, m["file"]) for _, m in imgs))
+        self.assertTrue(ok, msg)
+        self.assert_nothing_left()
+
+    def test_quiesce_with_the_guest_agent(self):
+        g = self.writer("live-agent", agent=True)
+        for _ in range(60):  # the agent answers a little after the writer starts
+            try:
+                libvirt_qemu.qemuAgentCommand(g.dom, '{"execute":"guest-ping"}', 5, 0)
+                break
+            except libvirt.libvirtError:
+                time.sleep(0.5)
+        run = self.live_snapshot(g, "--quiesce", "required")
+        [cap] = [e for e in run.events if e.get("event") == "captured"]
+        self.assertTrue(cap["quiesced"])
+        self.assertGreaterEqual(cap["frozen_ms"], 0)
+        self.assertNotIn("warning", cap)
+        # thawed on the way out: the agent says so
+        status = libvirt_qemu.qemuAgentCommand(g.dom, '{"execute":"guest-fsfreeze-status"}', 5, 0)
+        self.assertIn('"thawed"', status)
+        [(img, meta)] = self.image_files(run)
+        ok, msg = check_images(g.BLOCKS, os.path.join(self.store, meta["file"]))
         self.assertTrue(ok, msg)
         self.assert_nothing_left()
 
