@@ -90,6 +90,7 @@ struct hs_job {
     int work_rc;
     uv_timer_t kick;
     int wait_conn;
+    int wait_domain; /* in inspect, behind another job of the same domain */
     int captured;
     int released;
     int canceled;
@@ -345,6 +346,22 @@ static void job_watch_block_job(struct hs_virt_watch *w, const char *disk, int t
 static void job_watch_job_completed(struct hs_virt_watch *w, int operation, const char *errmsg);
 static void job_watch_conn(struct hs_virt_watch *w, int up);
 
+/* Jobs of one domain run one after another: libvirt serialises them on the
+ * domain's job lock anyway, and a second backup would wait up to 30 s. */
+static int job_domain_busy(struct hs_job *job)
+{
+    unsigned char uuid[VIR_UUID_BUFLEN];
+    struct hs_job *other;
+
+    if (virDomainGetUUID(job->dom, uuid) < 0)
+        return 0;
+    for (other = job->eng->jobs; other; other = other->next)
+        if (other != job && other->watching && !memcmp(other->watch.uuid, uuid, sizeof(uuid)))
+            return 1;
+    return 0;
+}
+
+/* 0 done (advance), 1 waiting for another job of the domain, < 0 failed. */
 static int job_inspect(struct hs_job *job)
 {
     struct hs_select_in sel;
@@ -353,9 +370,12 @@ static int job_inspect(struct hs_job *job)
     int *idx;
     uint64_t t0;
 
-    rc = job_lookup(job);
-    if (rc < 0)
+    if (job->err.code) /* canceled while it waited */
+        return job->err.code;
+    if (!job->dom && (rc = job_lookup(job)) < 0)
         return rc;
+    if (job_domain_busy(job))
+        return 1; /* waits: another job of ours works on this domain */
     t0 = hs__virt_quick_begin();
     xml = virDomainGetXMLDesc(job->dom, 0);
     if (!xml || virDomainGetState(job->dom, &state, &reason, 0) < 0) {
@@ -763,14 +783,25 @@ static void job_cleanup_done(uv_work_t *w, int status)
 
 /* ---- the machine ---- */
 
+static void job_kick_cb(uv_timer_t *t);
+
 static void job_finish(struct hs_job *job)
 {
+    struct hs_job *other;
+
     job->t_end = hs__now();
     if (job->watching) {
         hs__virt_unwatch(job->eng->virt, &job->watch);
         job->watching = 0;
     }
     hs__engine_job_done(job->eng, job);
+    /* the domain is free: jobs waiting for it look again */
+    for (other = job->eng->jobs; other; other = other->next) {
+        if (other->wait_domain) {
+            other->wait_domain = 0;
+            uv_timer_start(&other->kick, job_kick_cb, 0, 0);
+        }
+    }
     job->cb(job, job->err.code, job->data);
 }
 
@@ -783,7 +814,10 @@ static void job_step(struct hs_job *job)
         job_advance(job);
         return;
     case HS_JOB_INSPECT:
-        job_inspect(job);
+        if (job_inspect(job) == 1) {
+            job->wait_domain = 1;
+            return;
+        }
         job_advance(job);
         return;
     case HS_JOB_PREPARE:
@@ -829,7 +863,12 @@ static void job_advance(struct hs_job *job)
 
 static void job_kick_cb(uv_timer_t *t)
 {
-    job_advance(t->data);
+    struct hs_job *job = t->data;
+
+    if (job->state == HS_JOB_INSPECT)
+        job_step(job); /* a retry after waiting for the domain */
+    else
+        job_advance(job);
 }
 
 /* ---- domain and connection events ---- */
@@ -967,6 +1006,10 @@ void hs_job_cancel(struct hs_job *job)
         job->up->ops->cancel(&job->req);
     if (job->state == HS_JOB_CAPTURE && job->backend->cancel)
         job->backend->cancel(&job->cap);
+    if (job->wait_domain) {
+        job->wait_domain = 0;
+        uv_timer_start(&job->kick, job_kick_cb, 0, 0);
+    }
     /* release finishes on its own: the domain always gets back what it had */
 }
 

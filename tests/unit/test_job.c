@@ -122,7 +122,7 @@ static int fake_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uplo
     struct stat st;
 
     t.uploads++;
-    CHECK(t.releases == 1); /* the domain is back before the upload starts */
+    CHECK(t.releases == t.uploads); /* the domain is back before the upload starts */
     CHECK(stat(req->path, &st) == 0 && (uint64_t)st.st_size == req->size);
     CHECK(req->virtual_size == 8 << 20);
     CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(req->props, "image_type")), "snapshot"));
@@ -339,6 +339,37 @@ static void define_domain(void)
     virDomainFree(dom);
 }
 
+static int order_done[2];
+static int order_seq;
+
+static void order_cb(struct hs_job *job, int status, void *data)
+{
+    order_done[(intptr_t)data] = ++order_seq;
+    CHECK(status == 0);
+}
+
+/* Two jobs of one domain run one after the other, in the order given. */
+static void test_same_domain_serialized(void)
+{
+    struct hs_snapshot_opts o = {.domain = "hs-unit", .target = "fake:x"};
+    struct hs_job *a, *b;
+    char err[256];
+
+    order_done[0] = order_done[1] = order_seq = 0;
+    t.pit_path = src_path;
+    t.captures = t.releases = t.uploads = 0;
+    CHECK(hs_snapshot_start(eng, &o, order_cb, (void *)0, &a, err, sizeof(err)) == 0);
+    CHECK(hs_snapshot_start(eng, &o, order_cb, (void *)1, &b, err, sizeof(err)) == 0);
+    while (!order_done[0] || !order_done[1]) {
+        uv_run(&loop, UV_RUN_ONCE);
+        CHECK(t.captures <= 1 || order_done[0]); /* b captures only after a is done */
+    }
+    CHECK(order_done[0] == 1 && order_done[1] == 2);
+    CHECK(t.captures == 2);
+    hs_job_free(a);
+    hs_job_free(b);
+}
+
 static void closed(struct hs_engine *e, void *data)
 {
     *(int *)data = 1;
@@ -371,6 +402,7 @@ int main(void)
     RUN(test_upload_failure);
     RUN(test_cancel);
     RUN(test_bad_input);
+    RUN(test_same_domain_serialized);
     RUN(test_release_failure_keeps_journal);
 
     uv_close((uv_handle_t *)&fake_timer, NULL);
