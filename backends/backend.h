@@ -43,8 +43,9 @@ struct hs_capture {
     enum hs_quiesce quiesce;
     char warning[256]; /* for the job's events (e.g. "not quiesced: ..."); set by the backend */
     double frozen_ms;  /* freeze-to-thaw time; < 0 when not frozen */
-    int domain_gone;   /* the domain was destroyed or crashed by someone else */
-    void *priv;        /* backend state */
+    void (*on_progress)(struct hs_capture *cap, uint64_t done, uint64_t total);
+    int domain_gone; /* the domain was destroyed or crashed by someone else */
+    void *priv;      /* backend state */
 };
 
 struct hs_backend_ops {
@@ -63,6 +64,9 @@ struct hs_backend_ops {
     void (*job_completed)(struct hs_capture *cap, int operation, const char *errmsg);
     /* Cancel a capture in flight (optional); its cb still runs. */
     void (*cancel)(struct hs_capture *cap);
+    /* Called every second while capture runs (optional): report with
+     * cap->on_progress when the figures are known. */
+    void (*progress)(struct hs_capture *cap);
     /* Free priv; NULL-safe on a capture never started. */
     void (*destroy)(struct hs_capture *cap);
 };

@@ -31,6 +31,10 @@ struct live {
     int cancel;        /* cancel requested */
     int aborted;       /* abort sent */
     int frozen;        /* a thaw is still owed */
+    struct hs_virt_call stats_call;
+    int stats_busy;
+    int finish_after_stats; /* the end came while a stats call ran */
+    unsigned long long processed, total;
     int end_status;
     char end_msg[384];
 };
@@ -120,6 +124,10 @@ static void live_finish(struct live *l)
 {
     struct hs_capture *cap = l->cap;
 
+    if (l->stats_busy) {
+        l->finish_after_stats = 1; /* no call of ours outlives the capture */
+        return;
+    }
     l->waiting = 0;
     if (l->end_status < 0)
         hs_err_set(cap->err, l->end_status, HS_ERR_LIBVIRT, 0, "%s", l->end_msg);
@@ -276,6 +284,46 @@ static void live_lifecycle(struct hs_capture *cap, int event, int detail)
     live_ended(l, -ESRCH, cap->err->msg);
 }
 
+/* Worker: the backup's progress. */
+static int live_stats(struct hs_virt_call *call, virConnectPtr conn)
+{
+    struct live *l = call->data;
+    virTypedParameterPtr params = NULL;
+    int type, n = 0;
+
+    if (virDomainGetJobStats(l->cap->dom, &type, &params, &n, 0) < 0)
+        return -EIO; /* libvirt 9.0 fails this during parts of a backup */
+    virTypedParamsGetULLong(params, n, VIR_DOMAIN_JOB_DISK_PROCESSED, &l->processed);
+    virTypedParamsGetULLong(params, n, VIR_DOMAIN_JOB_DISK_TOTAL, &l->total);
+    virTypedParamsFree(params, n);
+    return 0;
+}
+
+static void live_stats_done(struct hs_virt_call *call, int status)
+{
+    struct live *l = call->data;
+
+    l->stats_busy = 0;
+    if (l->finish_after_stats) {
+        l->finish_after_stats = 0;
+        live_finish(l);
+        return;
+    }
+    if (status == 0 && l->total && !l->ended && l->cap->on_progress)
+        l->cap->on_progress(l->cap, l->processed, l->total);
+}
+
+static void live_progress(struct hs_capture *cap)
+{
+    struct live *l = cap->priv;
+
+    if (!l || !l->begun || l->ended || l->stats_busy)
+        return;
+    l->stats_call.data = l;
+    if (hs__virt_queue(cap->virt, &l->stats_call, live_stats, live_stats_done) == 0)
+        l->stats_busy = 1;
+}
+
 static void live_cancel(struct hs_capture *cap)
 {
     struct live *l = cap->priv;
@@ -341,5 +389,6 @@ const struct hs_backend_ops hs_backend_live = {
     .block_job = live_block_job,
     .job_completed = live_job_completed,
     .cancel = live_cancel,
+    .progress = live_progress,
     .destroy = live_destroy,
 };

@@ -89,6 +89,8 @@ struct hs_job {
     uv_work_t work;
     int work_rc;
     uv_timer_t kick;
+    uv_timer_t tick; /* backend progress, every second of capture */
+    int closing;     /* handles still to close */
     int wait_conn;
     int wait_domain; /* in inspect, behind another job of the same domain */
     int captured;
@@ -481,11 +483,27 @@ static int job_prepare(struct hs_job *job)
 
 /* ---- capture ---- */
 
+static void job_tick_cb(uv_timer_t *t)
+{
+    struct hs_job *job = t->data;
+
+    if (job->state == HS_JOB_CAPTURE && job->backend->progress)
+        job->backend->progress(&job->cap);
+}
+
+static void job_capture_progress(struct hs_capture *cap, uint64_t done, uint64_t total)
+{
+    struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
+
+    job_progress(job, "capture", 100.0 * (double)done / (double)total, done, total);
+}
+
 static void job_captured(struct hs_capture *cap, int status)
 {
     struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
     cJSON *ev;
 
+    uv_timer_stop(&job->tick);
     if (status == 0) {
         ev = job_event(job, "captured");
         if (cap->frozen_ms >= 0)
@@ -516,6 +534,11 @@ static int job_capture(struct hs_job *job)
     cap->err = &job->err;
     cap->quiesce = job->quiesce;
     cap->frozen_ms = -1;
+    cap->on_progress = job_capture_progress;
+    job->progress_t = 0;
+    job->progress_pct = -100;
+    if (job->backend->progress)
+        uv_timer_start(&job->tick, job_tick_cb, 1000, 1000);
     cap->ndisks = job->ndisks;
     cap->disks = hs__calloc(job->ndisks, sizeof(*cap->disks));
     for (i = 0; i < job->ndisks; i++)
@@ -983,7 +1006,8 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
         return job_fail_start(job, errbuf, errlen);
 
     uv_timer_init(eng->loop, &job->kick);
-    job->kick.data = job;
+    uv_timer_init(eng->loop, &job->tick);
+    job->kick.data = job->tick.data = job;
     job->state = HS_JOB_QUEUED;
     job->next = eng->jobs;
     eng->jobs = job;
@@ -1018,6 +1042,8 @@ static void job_kick_closed(uv_handle_t *h)
     struct hs_job *job = h->data;
     size_t i;
 
+    if (--job->closing > 0)
+        return;
     for (i = 0; i < job->ndisks; i++) {
         free(job->disks[i].name);
         free(job->disks[i].out_path);
@@ -1046,7 +1072,9 @@ void hs_job_free(struct hs_job *job)
 {
     if (!job)
         return;
+    job->closing = 2;
     uv_close((uv_handle_t *)&job->kick, job_kick_closed);
+    uv_close((uv_handle_t *)&job->tick, job_kick_closed);
 }
 
 const char *hs_job_id(const struct hs_job *job)
