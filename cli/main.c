@@ -99,6 +99,27 @@ static void on_event(void *data, const cJSON *ev)
     hs_cli_out_event(&cli->out, ev);
 }
 
+/* "50M" -> 52428800 bytes per second (K, M, G: powers of 1024) */
+static int parse_rate(const char *s, uint64_t *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    uint64_t mul = 1;
+
+    if (end == s || v <= 0)
+        return -1;
+    if (*end == 'K' || *end == 'k')
+        mul = 1024, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1024 * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1024 * 1024 * 1024, end++;
+    if (*end)
+        return -1;
+    *out = (uint64_t)(v * (double)mul);
+    return 0;
+}
+
 static void parse_args(struct cli *cli, int argc, char **argv)
 {
     enum {
@@ -114,6 +135,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_TO,
         OPT_SCRATCH,
         OPT_QUIESCE,
+        OPT_IMAGE_ID,
+        OPT_TOKEN,
+        OPT_MAX_RATE,
+        OPT_ATTEMPTS,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -132,6 +157,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"to", required_argument, NULL, OPT_TO},
         {"scratch-dir", required_argument, NULL, OPT_SCRATCH},
         {"quiesce", required_argument, NULL, OPT_QUIESCE},
+        {"image-id", required_argument, NULL, OPT_IMAGE_ID},
+        {"token", required_argument, NULL, OPT_TOKEN},
+        {"max-rate", required_argument, NULL, OPT_MAX_RATE},
+        {"attempts", required_argument, NULL, OPT_ATTEMPTS},
         {NULL, 0, NULL, 0},
     };
     char err[512];
@@ -184,9 +213,25 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             cli->sopts.all_disks = 1;
             break;
         case OPT_TO:
-            if (strncmp(optarg, "dir:", 4) || !optarg[4])
-                die_usage("target '%s' is not of the form dir:PATH", optarg);
+            if (!((!strncmp(optarg, "dir:", 4) && optarg[4]) || !strcmp(optarg, "glance") ||
+                  (!strncmp(optarg, "glance:", 7) && optarg[7])))
+                die_usage("target '%s' is not one of dir:PATH, glance or glance:URL", optarg);
             cli->sopts.target = optarg;
+            break;
+        case OPT_IMAGE_ID:
+            cli->sopts.image_id = optarg;
+            break;
+        case OPT_TOKEN:
+            cli->sopts.token = optarg;
+            break;
+        case OPT_MAX_RATE:
+            if (parse_rate(optarg, &cli->sopts.max_rate) < 0)
+                die_usage("--max-rate '%s' is not a rate like 50M (bytes per second)", optarg);
+            break;
+        case OPT_ATTEMPTS:
+            cli->sopts.upload_attempts = atoi(optarg);
+            if (cli->sopts.upload_attempts < 1 || cli->sopts.upload_attempts > 100)
+                die_usage("--attempts '%s' is not a number from 1 to 100", optarg);
             break;
         case OPT_SCRATCH:
             cli->sopts.scratch_dir = optarg;
@@ -224,6 +269,21 @@ static void parse_args(struct cli *cli, int argc, char **argv)
 }
 
 /* ---- results ---- */
+
+/* VmHWM: this process's peak resident memory */
+static long peak_rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    long kib = -1;
+
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmHWM:", 6))
+            kib = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    return kib;
+}
 
 static void print_summary(struct cli *cli)
 {
@@ -265,6 +325,7 @@ static void print_summary(struct cli *cli)
             failed += cli->results[i].status != 0;
         }
         cJSON_AddNumberToObject(sum, "failed", failed);
+        cJSON_AddNumberToObject(sum, "peak_rss_kib", (double)peak_rss_kib());
         if (cli->verbose)
             cJSON_AddNumberToObject(sum, "max_loop_stall_ms", hs_engine_max_stall_ms(cli->eng));
         s = cJSON_PrintUnformatted(sum);
@@ -300,7 +361,8 @@ static void print_summary(struct cli *cli)
         }
         printf("%d of %d snapshots succeeded\n", cli->nresults - failed, cli->nresults);
         if (cli->verbose)
-            printf("worst loop stall: %.1f ms\n", hs_engine_max_stall_ms(cli->eng));
+            printf("worst loop stall: %.1f ms, peak memory %ld KiB\n",
+                   hs_engine_max_stall_ms(cli->eng), peak_rss_kib());
     }
     fflush(stdout);
     if (failed)

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "engine_int.h"
+#include "http.h"
 #include "backend.h"
 #include "domain.h"
 #include "util.h"
@@ -43,6 +44,14 @@ int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs
     rc = hs__virt_open(loop, opts->uri ? opts->uri : HS_DEFAULT_URI, &eng->virt, &err);
     if (rc < 0) {
         hs_err_copy(&err, errbuf, errlen);
+        free(eng->state_dir);
+        free(eng);
+        return rc;
+    }
+    rc = hs__http_new(loop, &eng->http);
+    if (rc < 0) {
+        snprintf(errbuf, errlen, "cannot set up HTTP: %s", uv_strerror(rc));
+        hs__virt_close(eng->virt, NULL, NULL);
         free(eng->state_dir);
         free(eng);
         return rc;
@@ -104,11 +113,18 @@ static void engine_virt_closed(void *data)
         cb(NULL, cb_data);
 }
 
+static void engine_http_closed(void *data)
+{
+    struct hs_engine *eng = data;
+
+    hs__virt_close(eng->virt, engine_virt_closed, eng);
+}
+
 static void engine_timer_closed(uv_handle_t *h)
 {
     struct hs_engine *eng = h->data;
 
-    hs__virt_close(eng->virt, engine_virt_closed, eng);
+    hs__http_close(eng->http, engine_http_closed, eng);
 }
 
 void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data)

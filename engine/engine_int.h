@@ -13,12 +13,13 @@
  * backend or uploader, so tests can hand in fakes with the same tables. */
 typedef const struct hs_backend_ops *(*hs_select_fn)(const struct hs_select_in *in, char *why,
                                                      size_t whylen, struct hs_err *err);
-typedef int (*hs_uploader_fn)(uv_loop_t *loop, const char *spec, struct hs_uploader **out,
-                              struct hs_err *err);
+typedef int (*hs_uploader_fn)(const struct hs_uploader_env *env, const char *spec,
+                              struct hs_uploader **out, struct hs_err *err);
 
 struct hs_engine {
     uv_loop_t *loop;
     struct hs_virt *virt;
+    struct hs_http *http;
     char *state_dir;
     hs_event_cb on_event;
     void *event_data;

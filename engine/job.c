@@ -729,6 +729,10 @@ static void job_uploaded(struct hs_upload_req *req, int status)
     cJSON_Delete((cJSON *)req->props);
     req->props = NULL;
     if (status < 0) {
+        if (req->left_behind[0])
+            hs_err_set(&job->err, req->err.code ? req->err.code : status, req->err.kind,
+                       req->err.detail, "%s; image record %s is left behind", req->err.msg,
+                       req->left_behind);
         hs_err_set(&job->err, req->err.code ? req->err.code : status, req->err.kind,
                    req->err.detail, "%s", req->err.msg);
         hs__upload_req_clear(req);
@@ -966,6 +970,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
                       void *data, struct hs_job **out, char *errbuf, size_t errlen)
 {
     struct hs_job *job = hs__calloc(1, sizeof(*job));
+    struct hs_uploader_env env;
     char *target = NULL;
     int rc;
 
@@ -991,6 +996,11 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
         job->err.code = -EINVAL;
         return job_fail_start(job, errbuf, errlen);
     }
+    if (opts->image_id && opts->all_disks) {
+        hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                   "an image id names one image; it cannot go with all disks");
+        return job_fail_start(job, errbuf, errlen);
+    }
     if (opts->compress && opts->format != HS_FORMAT_QCOW2) {
         hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0, "compression needs format qcow2");
         return job_fail_start(job, errbuf, errlen);
@@ -1000,7 +1010,13 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
         target = hs__asprintf("dir:%s/images", eng->state_dir);
         hs__mkdir_p(target + 4, 0755);
     }
-    rc = eng->new_uploader(eng->loop, opts->target ? opts->target : target, &job->up, &job->err);
+    env.loop = eng->loop;
+    env.http = eng->http;
+    env.token = opts->token;
+    env.image_id = opts->image_id;
+    env.max_rate = opts->max_rate;
+    env.attempts = opts->upload_attempts;
+    rc = eng->new_uploader(&env, opts->target ? opts->target : target, &job->up, &job->err);
     free(target);
     if (rc < 0)
         return job_fail_start(job, errbuf, errlen);

@@ -20,7 +20,11 @@ int hs__journal_open(const char *state_dir, const char *id, struct hs_journal **
     struct hs_journal *j;
     int rc;
 
-    rc = hs__mkdir_p(dir, 0700);
+    /* the state dir holds the scratch dir, which QEMU must traverse: 0711;
+     * the journal itself is root's alone */
+    rc = hs__mkdir_p(state_dir, 0711);
+    if (rc == 0)
+        rc = hs__mkdir_p(dir, 0700);
     if (rc < 0) {
         hs_err_set(err, rc, HS_ERR_SYS, -rc, "cannot create journal directory '%s': %s", dir,
                    strerror(-rc));

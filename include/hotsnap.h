@@ -107,9 +107,15 @@ struct hs_snapshot_opts {
     enum hs_format format;
     int compress;            /* qcow2 compression */
     int all_disks;           /* every disk, one image each; default: the root disk */
-    const char *target;      /* "dir:PATH"; NULL: dir:<state_dir>/images */
+    const char *target;      /* "dir:PATH", "glance" (Keystone, OS_* variables) or
+                                "glance:URL"; NULL: dir:<state_dir>/images */
     const char *scratch_dir; /* NULL: <state_dir>/scratch */
     enum hs_quiesce quiesce;
+    /* glance targets */
+    const char *image_id; /* a client-chosen image id (one disk only) */
+    const char *token;    /* an auth token for glance:URL */
+    uint64_t max_rate;    /* bytes/s per upload; 0 unlimited */
+    int upload_attempts;  /* tries for transient failures; 0: 5 */
 };
 
 typedef void (*hs_job_cb)(struct hs_job *job, int status, void *data);

@@ -5,38 +5,30 @@
 #include "uploader.h"
 #include "util.h"
 
-static const struct {
-    const char *scheme;
-    const struct hs_uploader_ops *ops;
-} uploaders[] = {
-    {"dir", &hs_uploader_dir},
-};
-
-int hs__uploader_new(uv_loop_t *loop, const char *spec, struct hs_uploader **out,
+int hs__uploader_new(const struct hs_uploader_env *env, const char *spec, struct hs_uploader **out,
                      struct hs_err *err)
 {
-    const char *colon = strchr(spec, ':');
     struct hs_uploader *up;
-    size_t i, n;
+    int rc = 0;
 
-    if (!colon || colon == spec || !colon[1])
-        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "target '%s' is not of the form dir:PATH",
-                          spec);
-    n = (size_t)(colon - spec);
-    for (i = 0; i < sizeof(uploaders) / sizeof(uploaders[0]); i++) {
-        if (strlen(uploaders[i].scheme) != n || strncmp(spec, uploaders[i].scheme, n))
-            continue;
-        up = hs__calloc(1, sizeof(*up));
-        up->ops = uploaders[i].ops;
-        up->loop = loop;
-        up->ctx = hs__strdup(colon + 1);
-        *out = up;
-        return 0;
+    up = hs__calloc(1, sizeof(*up));
+    up->loop = env->loop;
+    if (!strncmp(spec, "dir:", 4) && spec[4]) {
+        up->ops = &hs_uploader_dir;
+        up->ctx = hs__strdup(spec + 4);
+    } else if (!strcmp(spec, "glance") || (!strncmp(spec, "glance:", 7) && spec[7])) {
+        up->ops = &hs_uploader_glance;
+        rc = hs__glance_new(env, spec[6] ? spec + 7 : NULL, up, err);
+    } else {
+        rc = hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
+                        "target '%s' is not one of dir:PATH, glance or glance:URL", spec);
     }
-    return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
-                      "target '%s' has an unknown kind '%.*s' "
-                      "(known: dir)",
-                      spec, (int)n, spec);
+    if (rc < 0) {
+        free(up);
+        return rc;
+    }
+    *out = up;
+    return 0;
 }
 
 void hs__uploader_free(struct hs_uploader *up)

@@ -31,6 +31,7 @@ struct hs_upload_req {
     char image_id[64];
     char *location; /* owned by the request; free with hs__upload_req_clear */
     uint64_t sent;
+    char left_behind[64]; /* a record a failed upload could not delete, or "" */
     struct hs_err err;
     /* the uploader's */
     struct hs_uploader *up;
@@ -48,6 +49,16 @@ struct hs_uploader_ops {
     void (*destroy)(struct hs_uploader *up);
 };
 
+/* What an uploader may use, lent by the engine and the job's options. */
+struct hs_uploader_env {
+    uv_loop_t *loop;
+    struct hs_http *http; /* curl multi on the loop */
+    const char *token;    /* a ready auth token (glance), or NULL */
+    const char *image_id; /* a client-chosen image id, or NULL */
+    uint64_t max_rate;    /* bytes/s per upload, 0 = unlimited */
+    int attempts;         /* tries per upload for transient failures */
+};
+
 struct hs_uploader {
     const struct hs_uploader_ops *ops;
     uv_loop_t *loop;
@@ -55,10 +66,15 @@ struct hs_uploader {
 };
 
 extern const struct hs_uploader_ops hs_uploader_dir;
+extern const struct hs_uploader_ops hs_uploader_glance;
 
-/* "dir:PATH" -> an uploader. Unknown or malformed specs fail with a message. */
-int hs__uploader_new(uv_loop_t *loop, const char *spec, struct hs_uploader **out,
+/* "dir:PATH", "glance" (Keystone from OS_* variables) or "glance:URL" -> an
+ * uploader. Unknown or malformed specs fail with a message. */
+int hs__uploader_new(const struct hs_uploader_env *env, const char *spec, struct hs_uploader **out,
                      struct hs_err *err);
+/* The glance uploader's constructor (uploaders/glance.c). */
+int hs__glance_new(const struct hs_uploader_env *env, const char *url, struct hs_uploader *up,
+                   struct hs_err *err);
 void hs__uploader_free(struct hs_uploader *up);
 void hs__upload_req_clear(struct hs_upload_req *req);
 

@@ -140,13 +140,13 @@ static void fake_cancel(struct hs_upload_req *req)
 static const struct hs_uploader_ops fake_uploader_ops = {
     .name = "fake", .check = fake_check, .begin = fake_begin, .cancel = fake_cancel};
 
-static int fake_new_uploader(uv_loop_t *l, const char *spec, struct hs_uploader **out,
-                             struct hs_err *err)
+static int fake_new_uploader(const struct hs_uploader_env *env, const char *spec,
+                             struct hs_uploader **out, struct hs_err *err)
 {
     struct hs_uploader *up = calloc(1, sizeof(*up));
 
     up->ops = &fake_uploader_ops;
-    up->loop = l;
+    up->loop = env->loop;
     *out = up;
     return 0;
 }
@@ -307,7 +307,7 @@ static void test_bad_input(void)
     o.target = "ftp:x";
     eng->new_uploader = hs__uploader_new;
     CHECK(hs_snapshot_start(eng, &o, job_cb, NULL, &job, err, sizeof(err)) == -EINVAL);
-    CHECK(strstr(err, "target 'ftp:x' has an unknown kind 'ftp'"));
+    CHECK(strstr(err, "target 'ftp:x' is not one of dir:PATH, glance or glance:URL"));
     eng->new_uploader = fake_new_uploader;
     /* an unknown domain fails in the job, before anything is touched */
     o.domain = "no-such-domain";

@@ -1,0 +1,154 @@
+"""Snapshots published to a real Glance (Debian's glance-api on 127.0.0.1)."""
+import hashlib
+import os
+import threading
+import time
+import unittest
+
+import libvirt
+
+from hsfix import GlanceServer, GuestTestCase, Run, hotsnap, images_identical, state_event
+
+
+class GlanceTest(GuestTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.glance = GlanceServer()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.glance.close()
+        super().tearDownClass()
+
+    def setUp(self):
+        super().setUp()
+        for img in self.glance.images():
+            self.glance.api("DELETE", "/v2/images/" + img["id"])
+
+    def to_glance(self, *args, glance=None):
+        return hotsnap(self.state, "snapshot", "--to", "glance:" + (glance or self.glance).url,
+                       *args)
+
+    def assert_published(self, run, guest, disk=None):
+        [res] = [r for r in run.summary()["results"] if r["domain"] == guest.name]
+        self.assertEqual(res["result"], "ok", res)
+        [img] = res["images"]
+        meta = self.glance.api("GET", "/v2/images/" + img["id"])
+        data = self.glance.download(img["id"])
+        self.assertEqual(meta["status"], "active")
+        self.assertEqual(meta["size"], len(data))
+        self.assertEqual(meta["os_hash_value"], hashlib.sha512(data).hexdigest())
+        self.assertEqual(meta["checksum"], hashlib.md5(data).hexdigest())
+        path = os.path.join(self.state, img["id"] + ".img")
+        with open(path, "wb") as f:
+            f.write(data)
+        same, out = images_identical(path, (disk or guest.disks[0]).path)
+        self.assertTrue(same, out)
+        return meta
+
+    def test_snapshot_published_and_downloaded_back(self):
+        g = self.guest("gl-one").start()
+        run = self.to_glance("--name", "snap-{domain}", g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        meta = self.assert_published(run, g)
+        self.assertEqual(meta["name"], "snap-" + g.name)
+        self.assertEqual(meta["disk_format"], "qcow2")
+        self.assertEqual(meta["container_format"], "bare")
+        self.assertEqual(meta["visibility"], "private")
+        self.assertEqual(meta["image_type"], "snapshot")
+        self.assertEqual(meta["instance_uuid"], g.dom.UUIDString())
+        self.assertEqual(meta["image_location"], "snapshot")
+        self.assertEqual(meta["image_state"], "available")
+        self.assertEqual(meta["min_disk"], 1)
+        self.assertEqual(meta["min_ram"], 32)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
+
+    def test_eight_at_once(self):
+        guests = [self.guest("gl-many-%d" % i, size_mb=64, data_mb=8) for i in range(8)]
+        run = self.to_glance(*[g.name for g in guests])
+        self.assertEqual(run.rc, 0, run.stderr)
+        for g in guests:
+            self.assert_published(run, g)
+        self.assertEqual(len(self.glance.images()), 8)
+        self.assert_nothing_left()
+
+    def test_two_gib_image_in_bounded_memory(self):
+        g = self.guest("gl-big", size_mb=2048, data_mb=2048)
+        run = self.to_glance("--format", "raw", g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        [res] = run.summary()["results"]
+        self.assertGreaterEqual(res["images"][0]["size"], 2 << 30)
+        # hotsnap's own peak memory, whatever the image's size
+        self.assertLess(run.summary()["peak_rss_kib"], 64 * 1024)
+        meta = self.glance.api("GET", "/v2/images/" + res["images"][0]["id"])
+        self.assertEqual(meta["status"], "active")
+        self.assertEqual(meta["size"], 2 << 30)
+        self.assert_nothing_left()
+
+    def test_glance_restarted_mid_upload_the_job_retries(self):
+        g = self.guest("gl-restart", size_mb=256, data_mb=200)
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--format", "raw",
+                  "--max-rate", "40M", "--attempts", "8", g.name)
+        run.until(state_event("upload"))
+        time.sleep(1.5)
+        self.glance.stop()
+        time.sleep(1.0)
+        self.glance.start()
+        run.finish()
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        self.assert_published(run, g)
+        # the record of the broken attempt was deleted once Glance was back
+        self.assertEqual(len(self.glance.images()), 1)
+        self.assert_nothing_left()
+
+    def test_glance_down_fails_after_bounded_attempts(self):
+        g = self.guest("gl-down").start()
+        down = GlanceServer()
+        down.stop()
+        try:
+            t0 = time.time()
+            run = self.to_glance("--attempts", "3", g.name, glance=down)
+            self.assertEqual(run.rc, 1)
+            err = run.summary()["results"][0]["error"]
+            self.assertIn("failed after 3 attempts", err)
+            self.assertIn("onnect", err)  # curl's "Couldn't connect" / "Connection refused"
+            self.assertLess(time.time() - t0, 60)
+        finally:
+            down.close()
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
+
+    def test_size_cap_is_reported_and_record_deleted(self):
+        capped = GlanceServer(image_size_cap=8 << 20)
+        try:
+            g = self.guest("gl-cap", size_mb=64, data_mb=32)
+            run = self.to_glance("--format", "raw", g.name, glance=capped)
+            self.assertEqual(run.rc, 1)
+            err = run.summary()["results"][0]["error"]
+            self.assertIn("HTTP 413", err)
+            self.assertIn("image size cap", err)
+            self.assertIn("request req-", err)
+            self.assertEqual(capped.images(), [])  # no half-created record
+        finally:
+            capped.close()
+        self.assert_nothing_left()
+
+    def test_existing_image_id_is_a_conflict(self):
+        g = self.guest("gl-conflict", size_mb=64, data_mb=4)
+        run = self.to_glance(g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        taken = run.summary()["results"][0]["images"][0]["id"]
+        run = self.to_glance("--image-id", taken, g.name)
+        self.assertEqual(run.rc, 1)
+        err = run.summary()["results"][0]["error"]
+        self.assertIn("HTTP 409", err)
+        # the image that was there is untouched
+        self.assertEqual(self.glance.api("GET", "/v2/images/" + taken)["status"], "active")
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    unittest.main()
