@@ -285,6 +285,17 @@ static long peak_rss_kib(void)
     return kib;
 }
 
+/* CPU time of this process alone (children such as qemu-img not counted) */
+static double cpu_seconds(void)
+{
+    uv_rusage_t ru;
+
+    if (uv_getrusage(&ru) < 0)
+        return -1;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
 static void print_summary(struct cli *cli)
 {
     char size[32];
@@ -326,6 +337,7 @@ static void print_summary(struct cli *cli)
         }
         cJSON_AddNumberToObject(sum, "failed", failed);
         cJSON_AddNumberToObject(sum, "peak_rss_kib", (double)peak_rss_kib());
+        cJSON_AddNumberToObject(sum, "cpu_seconds", cpu_seconds());
         if (cli->verbose)
             cJSON_AddNumberToObject(sum, "max_loop_stall_ms", hs_engine_max_stall_ms(cli->eng));
         s = cJSON_PrintUnformatted(sum);

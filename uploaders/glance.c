@@ -243,10 +243,10 @@ static int keystone_parse(struct glance_up *u)
     return 0;
 }
 
-/* Renew the token when less than a tenth of its life, and at least a minute, is left. */
+/* Renew the token when a tenth of its life is left (at least 5 s, at most a minute). */
 static int token_stale(const struct glance *g)
 {
-    double now = hs__now(), margin;
+    double margin;
 
     if (!g->keystone)
         return 0;
@@ -255,9 +255,8 @@ static int token_stale(const struct glance *g)
     if (g->token_expires <= 0)
         return 0;
     margin = (g->token_expires - g->token_issued) / 10;
-    if (margin < 60)
-        margin = 60;
-    return now > g->token_expires - margin;
+    margin = margin < 5 ? 5 : margin > 60 ? 60 : margin;
+    return hs__now() > g->token_expires - margin;
 }
 
 /* ---- requests ---- */

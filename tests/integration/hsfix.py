@@ -423,7 +423,7 @@ class GlanceServer:
     no auth, one process (sqlite with several workers answers 'database is
     locked'). Started and stopped by its PID."""
 
-    def __init__(self, image_size_cap=None):
+    def __init__(self, image_size_cap=None, keystone=None):
         self.dir = tempfile.mkdtemp(prefix="hstest-glance-")
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
@@ -440,10 +440,12 @@ stores = file
 default_store = file
 filesystem_store_datadir = %s/images/
 [paste_deploy]
-flavor =
+flavor = %s
 config_file = /etc/glance/glance-api-paste.ini
+%s
 """ % (self.port, self.dir, "image_size_cap = %d" % image_size_cap if image_size_cap else "",
-       self.dir, self.dir)
+       self.dir, self.dir, "keystone" if keystone else "",
+       keystone.authtoken_conf() if keystone else "")
         self.conf = os.path.join(self.dir, "glance-api.conf")
         with open(self.conf, "w") as f:
             f.write(conf)
@@ -456,10 +458,15 @@ config_file = /etc/glance/glance-api-paste.ini
         self.proc = subprocess.Popen(["glance-api", "--config-file", self.conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
+        import urllib.error
         while time.time() < deadline:
             try:
                 urllib.request.urlopen(self.url + "/v2/images", timeout=2).read()
                 return
+            except urllib.error.HTTPError as e:
+                if e.code == 401:  # up, and asking for a token
+                    return
+                time.sleep(0.2)
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError("glance-api did not come up")
@@ -474,18 +481,128 @@ config_file = /etc/glance/glance-api-paste.ini
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def api(self, method, path, data=None):
+    def api(self, method, path, data=None, token=None):
         import urllib.request
-        req = urllib.request.Request(self.url + path, method=method, data=data,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["X-Auth-Token"] = token
+        req = urllib.request.Request(self.url + path, method=method, data=data, headers=headers)
         with urllib.request.urlopen(req, timeout=30) as r:
             body = r.read()
         return json.loads(body) if body else None
 
-    def images(self):
-        return self.api("GET", "/v2/images?limit=1000")["images"]
+    def images(self, token=None):
+        return self.api("GET", "/v2/images?limit=1000", token=token)["images"]
 
     def download(self, image_id):
         """Through python3-glanceclient, as an operator would."""
         from glanceclient import Client
         return b"".join(Client("2", endpoint=self.url).images.data(image_id))
+
+
+class KeystoneServer:
+    """A real Keystone (Debian's package) on 127.0.0.1: sqlite in WAL mode,
+    fernet tokens, bootstrap admin, served by one single-threaded WSGI process
+    (HTTP/1.0: every response closes its connection)."""
+
+    PASSWORD = "hotsnap-test-secret"
+
+    def __init__(self, token_expiration=3600):
+        self.dir = tempfile.mkdtemp(prefix="hstest-keystone-")
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.conf = os.path.join(self.dir, "keystone.conf")
+        with open(self.conf, "w") as f:
+            f.write("""[DEFAULT]
+log_file = {d}/keystone.log
+[database]
+connection = sqlite:///{d}/keystone.sqlite
+[token]
+provider = fernet
+expiration = {exp}
+[fernet_tokens]
+key_repository = {d}/fernet-keys/
+[fernet_receipts]
+key_repository = {d}/fernet-keys/
+[credential]
+key_repository = {d}/credential-keys/
+""".format(d=self.dir, exp=token_expiration))
+        km = ["keystone-manage", "--config-file", self.conf]
+        sh(*km, "db_sync")
+        import sqlite3
+        db = sqlite3.connect(os.path.join(self.dir, "keystone.sqlite"))
+        db.execute("pragma journal_mode=WAL")
+        db.close()
+        sh(*km, "fernet_setup", "--keystone-user", "root", "--keystone-group", "root")
+        sh(*km, "credential_setup", "--keystone-user", "root", "--keystone-group", "root")
+        v3 = self.url + "/v3"
+        sh(*km, "bootstrap", "--bootstrap-password", self.PASSWORD,
+           "--bootstrap-admin-url", v3, "--bootstrap-public-url", v3,
+           "--bootstrap-internal-url", v3, "--bootstrap-region-id", "RegionOne")
+        self.log = os.path.join(self.dir, "requests.log")
+        self.proc = subprocess.Popen(
+            ["keystone-wsgi-public", "--host", "127.0.0.1", "--port", str(self.port), "--",
+             "--config-file", self.conf],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                self.token()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("keystone did not come up")
+
+    def env(self):
+        return {"OS_AUTH_URL": self.url + "/v3", "OS_USERNAME": "admin",
+                "OS_PASSWORD": self.PASSWORD, "OS_PROJECT_NAME": "admin",
+                "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default",
+                "OS_REGION_NAME": "RegionOne", "OS_INTERFACE": "public"}
+
+    def token(self):
+        import urllib.request
+        body = json.dumps({"auth": {"identity": {"methods": ["password"], "password": {
+            "user": {"name": "admin", "domain": {"name": "Default"},
+                     "password": self.PASSWORD}}},
+            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}).encode()
+        req = urllib.request.Request(self.url + "/v3/auth/tokens", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.headers["X-Subject-Token"]
+
+    def register_image_service(self, glance_url):
+        import urllib.request
+        tok = self.token()
+
+        def post(path, obj):
+            req = urllib.request.Request(self.url + "/v3" + path, method="POST",
+                                         data=json.dumps(obj).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "X-Auth-Token": tok})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())
+        svc = post("/services", {"service": {"type": "image", "name": "glance"}})["service"]
+        for iface in ("public", "internal", "admin"):
+            post("/endpoints", {"endpoint": {"service_id": svc["id"], "interface": iface,
+                                             "url": glance_url, "region_id": "RegionOne"}})
+
+    def authtoken_conf(self):
+        return """[keystone_authtoken]
+www_authenticate_uri = {u}
+auth_url = {u}
+auth_type = password
+username = admin
+password = {p}
+project_name = admin
+user_domain_name = Default
+project_domain_name = Default
+""".format(u=self.url, p=self.PASSWORD)
+
+    def token_requests(self):
+        with open(self.log) as f:
+            return sum(1 for l in f if "POST /v3/auth/tokens" in l)
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

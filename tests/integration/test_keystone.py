@@ -1,0 +1,80 @@
+"""Glance behind Keystone: OS_* credentials, bad tokens, tokens that expire mid-batch."""
+import os
+import unittest
+
+from hsfix import GlanceServer, GuestTestCase, KeystoneServer, Run
+
+
+class KeystoneTest(GuestTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # tokens live 20 s: a batch of several rate-limited uploads outlives one
+        cls.keystone = KeystoneServer(token_expiration=20)
+        cls.glance = GlanceServer(keystone=cls.keystone)
+        cls.keystone.register_image_service(cls.glance.url)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.glance.close()
+        cls.keystone.close()
+        super().tearDownClass()
+
+    def run_env(self, env, *args):
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return Run(self.state, "snapshot", *args).finish()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
+
+    def test_os_variables_and_a_batch_that_outlives_its_token(self):
+        g = self.guest("ks-batch", disks=3, size_mb=128, data_mb=100)
+        before = self.keystone.token_requests()
+        # three 100 MiB images one after another at 12 MiB/s: ~25 s, past the 20 s token
+        run = self.run_env(self.keystone.env(), "--to", "glance", "--all-disks", "--format",
+                           "raw", "--max-rate", "12M", g.name)
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        imgs = run.summary()["results"][0]["images"]
+        self.assertEqual(len(imgs), 3)
+        tok = self.keystone.token()
+        for img in imgs:
+            meta = self.glance.api("GET", "/v2/images/" + img["id"], token=tok)
+            self.assertEqual(meta["status"], "active")
+            self.assertEqual(meta["size"], 128 << 20)
+        # hotsnap authenticated again before its token ran out
+        self.assertGreaterEqual(self.keystone.token_requests() - before, 2)
+        # no credential on stdout or stderr
+        self.assertNotIn(KeystoneServer.PASSWORD, run.stderr)
+        self.assertNotIn(KeystoneServer.PASSWORD, str(run.events))
+        self.assert_nothing_left()
+
+    def test_bad_token_is_reported(self):
+        g = self.guest("ks-badtoken", size_mb=64, data_mb=4)
+        run = self.run_env({}, "--to", "glance:" + self.glance.url, "--token", "bogus-token",
+                           g.name)
+        self.assertEqual(run.rc, 1)
+        err = run.summary()["results"][0]["error"]
+        self.assertIn("HTTP 401", err)
+        self.assertIn("refused the credentials", err)
+        self.assertNotIn("bogus-token", err)
+        self.assert_nothing_left()
+
+    def test_wrong_password_is_reported(self):
+        g = self.guest("ks-badpw", size_mb=64, data_mb=4)
+        env = dict(self.keystone.env(), OS_PASSWORD="wrong-password")
+        run = self.run_env(env, "--to", "glance", g.name)
+        self.assertEqual(run.rc, 1)
+        err = run.summary()["results"][0]["error"]
+        self.assertIn("HTTP 401", err)
+        self.assertNotIn("wrong-password", err + run.stderr)
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    unittest.main()
