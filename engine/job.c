@@ -85,6 +85,7 @@ struct hs_job {
     int uploading;
     double progress_t;
     double progress_pct;
+    double progress_start; /* when the current phase's figures began */
     /* plumbing */
     uv_work_t work;
     int work_rc;
@@ -242,6 +243,14 @@ static void job_set_state(struct hs_job *job, enum hs_job_state s)
     hs__engine_emit(job->eng, ev);
 }
 
+/* A new phase or disk: report its first figure at once, measure its rate from now. */
+static void job_progress_reset(struct hs_job *job)
+{
+    job->progress_t = 0;
+    job->progress_pct = -100;
+    job->progress_start = hs__now();
+}
+
 static void job_progress(struct hs_job *job, const char *phase, double pct, uint64_t bytes,
                          uint64_t total)
 {
@@ -259,6 +268,9 @@ static void job_progress(struct hs_job *job, const char *phase, double pct, uint
     if (total) {
         cJSON_AddNumberToObject(ev, "bytes", (double)bytes);
         cJSON_AddNumberToObject(ev, "total", (double)total);
+        if (now > job->progress_start)
+            cJSON_AddNumberToObject(ev, "rate",
+                                    round((double)bytes / (now - job->progress_start)));
     }
     hs__engine_emit(job->eng, ev);
 }
@@ -535,8 +547,7 @@ static int job_capture(struct hs_job *job)
     cap->quiesce = job->quiesce;
     cap->frozen_ms = -1;
     cap->on_progress = job_capture_progress;
-    job->progress_t = 0;
-    job->progress_pct = -100;
+    job_progress_reset(job);
     if (job->backend->progress)
         uv_timer_start(&job->tick, job_tick_cb, 1000, 1000);
     cap->ndisks = job->ndisks;
@@ -635,8 +646,7 @@ static int job_extract_next(struct hs_job *job)
     d = &job->disks[job->cur];
     cd = &job->cap.disks[job->cur];
     d->out_path = hs__asprintf("%s/%s.%s", job->scratch, d->img.disk, fmt);
-    job->progress_t = 0;
-    job->progress_pct = -100;
+    job_progress_reset(job);
     argv[n++] = "qemu-img";
     argv[n++] = "convert";
     argv[n++] = "-p";
@@ -769,8 +779,7 @@ static int job_upload_next(struct hs_job *job)
     req->props = job_props(job, d);
     req->on_progress = job_upload_progress;
     req->data = job;
-    job->progress_t = 0;
-    job->progress_pct = -100;
+    job_progress_reset(job);
     rc = job->up->ops->begin(job->up, req, job_uploaded);
     if (rc < 0) {
         cJSON_Delete((cJSON *)req->props);
