@@ -76,6 +76,10 @@ extern const struct hs_backend_ops hs_backend_cold;
 extern const struct hs_backend_ops hs_backend_live;
 extern const struct hs_backend_ops hs_backend_mirror;
 
+/* The disks are at rest (shut off, or saved): each disk's own file is its
+ * point-in-time file. */
+void hs__capture_in_place(struct hs_capture *cap);
+
 /* A lifecycle event that means the domain stopped or crashed under the job:
  * records it (cap->domain_gone, the job's error) and returns 1; else 0. */
 int hs__backend_domain_gone(struct hs_capture *cap, int event, int detail);

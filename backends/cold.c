@@ -79,20 +79,15 @@ static void cold_saved(struct hs_virt_call *call, int status)
 {
     struct cold *c = call->data;
     struct hs_capture *cap = c->cap;
-    size_t i;
 
     free(c->journal_text);
     c->journal_text = NULL;
-    if (status < 0)
-        hs_err_set(cap->err, call->err.code ? call->err.code : status, call->err.kind,
-                   call->err.detail, "%s", call->err.msg);
-    else {
+    if (status < 0) {
+        hs_err_adopt(cap->err, &call->err, status);
+    } else {
         c->saved = 1;
         hs_log(HS_LOG_DEBUG, "job %s: domain '%s' saved", cap->job_id, cap->info->name);
-    }
-    for (i = 0; status == 0 && i < cap->ndisks; i++) {
-        cap->disks[i].pit_path = hs__strdup(cap->disks[i].disk->source);
-        cap->disks[i].pit_format = hs__strdup(cap->disks[i].disk->format);
+        hs__capture_in_place(cap);
     }
     c->cb(cap, status);
 }
@@ -165,8 +160,7 @@ static void cold_restored(struct hs_virt_call *call, int status)
     struct hs_capture *cap = c->cap;
 
     if (status < 0)
-        hs_err_set(cap->err, call->err.code ? call->err.code : status, call->err.kind,
-                   call->err.detail, "%s", call->err.msg);
+        hs_err_adopt(cap->err, &call->err, status);
     else
         hs_log(HS_LOG_DEBUG, "job %s: domain '%s' restored", cap->job_id, cap->info->name);
     c->cb(cap, status);

@@ -174,8 +174,7 @@ static void live_begun(struct hs_virt_call *call, int status)
     free(l->journal_text);
     l->journal_text = NULL;
     if (status < 0) {
-        hs_err_set(cap->err, call->err.code ? call->err.code : status, call->err.kind,
-                   call->err.detail, "%s", call->err.msg);
+        hs_err_adopt(cap->err, &call->err, status);
         if (!l->begun) {
             l->cb(cap, status);
             return;
@@ -354,8 +353,7 @@ static void live_cleaned(struct hs_virt_call *call, int status)
     struct live *l = call->data;
 
     if (status < 0)
-        hs_err_set(l->cap->err, call->err.code, call->err.kind, call->err.detail, "%s",
-                   call->err.msg);
+        hs_err_adopt(l->cap->err, &call->err, status);
     l->cb(l->cap, status);
 }
 

@@ -62,8 +62,7 @@ static void mirror_call_done(struct hs_virt_call *call, int status)
 
     m->busy = 0;
     if (status < 0) {
-        hs_err_set(m->cap->err, call->err.code ? call->err.code : status, call->err.kind,
-                   call->err.detail, "%s", call->err.msg);
+        hs_err_adopt(m->cap->err, &call->err, status);
         if (m->step == MIRROR_COPY)
             m->copying = 0;
         mirror_fail(m, status);
@@ -326,8 +325,7 @@ static void mirror_cleaned(struct hs_virt_call *call, int status)
     struct mirror *m = call->data;
 
     if (status < 0)
-        hs_err_set(m->cap->err, call->err.code, call->err.kind, call->err.detail, "%s",
-                   call->err.msg);
+        hs_err_adopt(m->cap->err, &call->err, status);
     m->cb(m->cap, status);
 }
 

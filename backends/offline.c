@@ -48,15 +48,11 @@ static void offline_checked(struct hs_virt_call *call, int status)
 {
     struct offline *o = call->data;
     struct hs_capture *cap = o->cap;
-    size_t i;
 
     if (status < 0)
-        hs_err_set(cap->err, call->err.code ? call->err.code : status, call->err.kind,
-                   call->err.detail, "%s", call->err.msg);
-    for (i = 0; status == 0 && i < cap->ndisks; i++) {
-        cap->disks[i].pit_path = hs__strdup(cap->disks[i].disk->source);
-        cap->disks[i].pit_format = hs__strdup(cap->disks[i].disk->format);
-    }
+        hs_err_adopt(cap->err, &call->err, status);
+    else
+        hs__capture_in_place(cap);
     o->cb(cap, status);
 }
 

@@ -2,6 +2,7 @@
 #include <stdio.h>
 
 #include "backend.h"
+#include "util.h"
 
 static const char *state_name(int state)
 {
@@ -49,6 +50,16 @@ static const char *stopped_detail(int detail)
         break;
     }
     return "stopped";
+}
+
+void hs__capture_in_place(struct hs_capture *cap)
+{
+    size_t i;
+
+    for (i = 0; i < cap->ndisks; i++) {
+        cap->disks[i].pit_path = hs__strdup(cap->disks[i].disk->source);
+        cap->disks[i].pit_format = hs__strdup(cap->disks[i].disk->format);
+    }
 }
 
 int hs__backend_domain_gone(struct hs_capture *cap, int event, int detail)

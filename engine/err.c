@@ -52,6 +52,13 @@ int hs_err_virt(struct hs_err *err, int code, const char *fmt, ...)
     return code;
 }
 
+int hs_err_adopt(struct hs_err *err, const struct hs_err *from, int status)
+{
+    if (from->code)
+        return hs_err_set(err, from->code, from->kind, from->detail, "%s", from->msg);
+    return hs_err_set(err, status, HS_ERR_SYS, -status, "failed: %s", strerror(-status));
+}
+
 void hs_err_clear(struct hs_err *err)
 {
     memset(err, 0, sizeof(*err));

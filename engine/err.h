@@ -31,6 +31,9 @@ int hs_err_set(struct hs_err *err, int code, enum hs_err_kind kind, long detail,
 int hs_err_virt(struct hs_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void hs_err_clear(struct hs_err *err);
+/* Record @from (an inner request's error) in @err, or @status with a generic
+ * message when @from is empty. Returns the code recorded or kept. */
+int hs_err_adopt(struct hs_err *err, const struct hs_err *from, int status);
 /* Copy into a caller buffer (NULL-safe). */
 void hs_err_copy(const struct hs_err *err, char *buf, size_t len);
 

@@ -269,8 +269,7 @@ static void job_progress(struct hs_job *job, const char *phase, double pct, uint
         cJSON_AddNumberToObject(ev, "bytes", (double)bytes);
         cJSON_AddNumberToObject(ev, "total", (double)total);
         if (now > job->progress_start)
-            cJSON_AddNumberToObject(ev, "rate",
-                                    round((double)bytes / (now - job->progress_start)));
+            cJSON_AddNumberToObject(ev, "rate", round((double)bytes / (now - job->progress_start)));
     }
     hs__engine_emit(job->eng, ev);
 }
@@ -743,8 +742,7 @@ static void job_uploaded(struct hs_upload_req *req, int status)
             hs_err_set(&job->err, req->err.code ? req->err.code : status, req->err.kind,
                        req->err.detail, "%s; image record %s is left behind", req->err.msg,
                        req->left_behind);
-        hs_err_set(&job->err, req->err.code ? req->err.code : status, req->err.kind,
-                   req->err.detail, "%s", req->err.msg);
+        hs_err_adopt(&job->err, &req->err, status);
         hs__upload_req_clear(req);
         job_advance(job);
         return;

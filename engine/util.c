@@ -265,6 +265,18 @@ char *hs__asprintf(const char *fmt, ...)
     return p;
 }
 
+void hs__hex(const unsigned char *b, unsigned n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        out[2 * i] = digits[b[i] >> 4];
+        out[2 * i + 1] = digits[b[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
 void hs__human_bytes(uint64_t n, char *buf, size_t len)
 {
     static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};

@@ -46,18 +46,6 @@ static int dir_check(struct hs_uploader *up, struct hs_err *err)
     return hs__dir_writable(up->ctx, err, "image store");
 }
 
-static void hex(const unsigned char *b, unsigned n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    unsigned i;
-
-    for (i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 static int write_all(int fd, const unsigned char *p, size_t n)
 {
     ssize_t w;
@@ -86,9 +74,9 @@ static int dir_write_meta(struct dir_upload *u)
     int rc;
 
     EVP_DigestFinal_ex(u->sha256, md, &len);
-    hex(md, len, h256);
+    hs__hex(md, len, h256);
     EVP_DigestFinal_ex(u->sha512, md, &len);
-    hex(md, len, h512);
+    hs__hex(md, len, h512);
     hs__iso8601(hs__now(), now, sizeof(now));
     cJSON_AddStringToObject(m, "id", req->image_id);
     cJSON_AddStringToObject(m, "name", req->name);

@@ -292,18 +292,6 @@ static size_t gu_read_cb(char *buf, size_t size, size_t n, void *data)
     return got;
 }
 
-static void hex(const unsigned char *b, unsigned n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    unsigned i;
-
-    for (i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 static int gu_start_upload(struct glance_up *u)
 {
     struct hs_upload_req *req = u->req;
@@ -456,6 +444,14 @@ static void gu_step(struct glance_up *u)
     }
 }
 
+/* Leave with the error recorded in the request, deleting the record made. */
+static void gu_fail(struct glance_up *u)
+{
+    u->fail_code = u->req->err.code ? u->req->err.code : -EIO;
+    u->step = u->created ? G_DELETE : G_DONE;
+    gu_step(u);
+}
+
 static void gu_backoff_cb(uv_timer_t *t)
 {
     struct glance_up *u = t->data;
@@ -475,9 +471,7 @@ static void gu_retry(struct glance_up *u, const char *why)
             hs_err_set(&u->req->err, -EIO, HS_ERR_HTTP, 0,
                        "upload of image '%s' failed after %d attempts: %s", u->req->name,
                        u->attempt, why);
-        u->fail_code = u->req->err.code;
-        u->step = u->created ? G_DELETE : G_DONE;
-        gu_step(u);
+        gu_fail(u);
         return;
     }
     hs_log(HS_LOG_INFO, "upload of '%s': %s; try %d of %d", u->req->name, why, u->attempt + 1,
@@ -550,9 +544,7 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
     if (u->canceled || rc == CURLE_ABORTED_BY_CALLBACK) {
         hs_err_set(&req->err, -ECANCELED, HS_ERR_CANCELED, 0, "upload of image '%s' canceled",
                    req->name);
-        u->fail_code = -ECANCELED;
-        u->step = u->created ? G_DELETE : G_DONE;
-        gu_step(u);
+        gu_fail(u);
         return;
     }
     if (transient(rc, status)) {
@@ -573,14 +565,13 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
         return;
     }
     if (status >= 300) {
-        u->fail_code = gu_http_error(u,
-                                     u->step == G_AUTH     ? "authentication for the upload"
-                                     : u->step == G_CREATE ? "creation"
-                                     : u->step == G_UPLOAD ? "upload"
-                                                           : "check",
-                                     status);
-        u->step = u->created ? G_DELETE : G_DONE;
-        gu_step(u);
+        gu_http_error(u,
+                      u->step == G_AUTH     ? "authentication for the upload"
+                      : u->step == G_CREATE ? "creation"
+                      : u->step == G_UPLOAD ? "upload"
+                                            : "check",
+                      status);
+        gu_fail(u);
         return;
     }
     switch (u->step) {
@@ -609,9 +600,9 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
         break;
     case G_UPLOAD:
         EVP_DigestFinal_ex(u->md5, md, &len);
-        hex(md, len, u->md5_hex);
+        hs__hex(md, len, u->md5_hex);
         EVP_DigestFinal_ex(u->sha512, md, &len);
-        hex(md, len, u->sha512_hex);
+        hs__hex(md, len, u->sha512_hex);
         u->step = G_VERIFY;
         break;
     case G_VERIFY: {
@@ -696,9 +687,7 @@ static void glance_cancel(struct hs_upload_req *req)
         uv_timer_stop(&u->backoff);
         hs_err_set(&req->err, -ECANCELED, HS_ERR_CANCELED, 0, "upload of image '%s' canceled",
                    req->name);
-        u->fail_code = -ECANCELED;
-        u->step = u->created ? G_DELETE : G_DONE;
-        gu_step(u);
+        gu_fail(u);
         return;
     }
     if (u->step != G_DELETE)
