@@ -43,6 +43,9 @@ enum glance_step {
     G_AUTH,
     G_CREATE,
     G_UPLOAD,
+    G_INFO,   /* plain upload forbidden (403): does Glance offer glance-direct import? */
+    G_STAGE,  /* import: the data to the staging area */
+    G_IMPORT, /* import: run it */
     G_VERIFY,
     G_DELETE,       /* after a failure, or before a retry */
     G_DELETE_STALE, /* a record whose delete failed while Glance was away */
@@ -61,6 +64,9 @@ struct glance_up {
     int canceled;
     int retry_after_delete;
     char stale[64]; /* a record to delete once Glance answers again */
+    int importing;  /* the data goes by glance-direct import, not by a plain upload */
+    double import_deadline;
+    char forbidden[512]; /* the 403 that sent us to import, reported if import is not offered */
     FILE *f;
     EVP_MD_CTX *md5;
     EVP_MD_CTX *sha512;
@@ -295,7 +301,8 @@ static size_t gu_read_cb(char *buf, size_t size, size_t n, void *data)
 static int gu_start_upload(struct glance_up *u)
 {
     struct hs_upload_req *req = u->req;
-    char *url = hs__asprintf("%s/v2/images/%s/file", u->g->url, u->id);
+    char *url =
+        hs__asprintf("%s/v2/images/%s/%s", u->g->url, u->id, u->importing ? "stage" : "file");
 
     if (u->f)
         fclose(u->f);
@@ -397,7 +404,21 @@ static void gu_step(struct glance_up *u)
         curl_easy_setopt(u->http.easy, CURLOPT_POSTFIELDS, u->body_json);
         break;
     case G_UPLOAD:
+    case G_STAGE:
         rc = gu_start_upload(u);
+        break;
+    case G_INFO:
+        url = hs__asprintf("%s/v2/info/import", u->g->url);
+        gu_request(u, "GET", url);
+        free(url);
+        break;
+    case G_IMPORT:
+        url = hs__asprintf("%s/v2/images/%s/import", u->g->url, u->id);
+        gu_request(u, "POST", url);
+        free(url);
+        hs__http_header(&u->http, "Content-Type: application/json");
+        curl_easy_setopt(u->http.easy, CURLOPT_POSTFIELDS,
+                         "{\"method\":{\"name\":\"glance-direct\"}}");
         break;
     case G_VERIFY:
         url = hs__asprintf("%s/v2/images/%s", u->g->url, u->id);
@@ -449,6 +470,14 @@ static void gu_fail(struct glance_up *u)
 {
     u->fail_code = u->req->err.code ? u->req->err.code : -EIO;
     u->step = u->created ? G_DELETE : G_DONE;
+    gu_step(u);
+}
+
+static void gu_poll_cb(uv_timer_t *t)
+{
+    struct glance_up *u = t->data;
+
+    u->step = G_VERIFY;
     gu_step(u);
 }
 
@@ -505,7 +534,7 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned len;
     char why[300];
-    cJSON *j;
+    cJSON *j, *it;
 
     if (rc != CURLE_OK || status == 0)
         snprintf(why, sizeof(why), "%s", hr->errbuf[0] ? hr->errbuf : curl_easy_strerror(rc));
@@ -564,11 +593,24 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
         gu_step(u);
         return;
     }
+    if (status == 403 && u->step == G_UPLOAD && !u->importing) {
+        /* plain upload forbidden by policy: interoperable import, if offered */
+        hs_err_clear(&req->err);
+        gu_http_error(u, "upload", status);
+        snprintf(u->forbidden, sizeof(u->forbidden), "%s", req->err.msg);
+        hs_err_clear(&req->err);
+        u->step = G_INFO;
+        gu_step(u);
+        return;
+    }
     if (status >= 300) {
         gu_http_error(u,
                       u->step == G_AUTH     ? "authentication for the upload"
                       : u->step == G_CREATE ? "creation"
                       : u->step == G_UPLOAD ? "upload"
+                      : u->step == G_STAGE  ? "staging"
+                      : u->step == G_IMPORT ? "import"
+                      : u->step == G_INFO   ? "import discovery"
                                             : "check",
                       status);
         gu_fail(u);
@@ -599,18 +641,62 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
         u->step = u->stale[0] ? G_DELETE_STALE : token_stale(u->g) ? G_AUTH : G_UPLOAD;
         break;
     case G_UPLOAD:
+    case G_STAGE:
         EVP_DigestFinal_ex(u->md5, md, &len);
         hs__hex(md, len, u->md5_hex);
         EVP_DigestFinal_ex(u->sha512, md, &len);
         hs__hex(md, len, u->sha512_hex);
+        u->step = u->importing ? G_IMPORT : G_VERIFY;
+        break;
+    case G_INFO: {
+        cJSON *m;
+        int offered = 0;
+
+        j = cJSON_Parse(hr->body);
+        m = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "import-methods"), "value");
+        cJSON_ArrayForEach(it, m) {
+            if (cJSON_IsString(it) && !strcmp(it->valuestring, "glance-direct"))
+                offered = 1;
+        }
+        cJSON_Delete(j);
+        if (!offered) {
+            hs_err_set(&req->err, -EACCES, HS_ERR_HTTP, 403,
+                       "%s (and Glance offers no glance-direct import)", u->forbidden);
+            gu_fail(u);
+            return;
+        }
+        hs_log(HS_LOG_INFO, "upload of '%s' forbidden; using glance-direct import", req->name);
+        u->importing = 1;
+        u->step = G_STAGE;
+        break;
+    }
+    case G_IMPORT:
+        /* the import runs in Glance: wait for the image to become active */
+        u->import_deadline = hs__now() + 60 + (double)req->size / 10e6;
         u->step = G_VERIFY;
         break;
     case G_VERIFY: {
-        const char *st, *algo, *val, *sum;
+        const char *st, *algo, *val, *sum, *failed_import;
         double size;
 
         j = cJSON_Parse(hr->body);
         st = cJSON_GetStringValue(cJSON_GetObjectItem(j, "status"));
+        failed_import = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_glance_failed_import"));
+        if (u->importing && failed_import && *failed_import) {
+            hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
+                       "glance-direct import of image %s ('%s') failed in Glance", u->id,
+                       req->name);
+            cJSON_Delete(j);
+            gu_fail(u);
+            return;
+        }
+        if (u->importing && st &&
+            (!strcmp(st, "importing") || !strcmp(st, "uploading") || !strcmp(st, "queued")) &&
+            hs__now() < u->import_deadline) {
+            cJSON_Delete(j);
+            uv_timer_start(&u->backoff, gu_poll_cb, 500, 0);
+            return;
+        }
         algo = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_hash_algo"));
         val = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_hash_value"));
         sum = cJSON_GetStringValue(cJSON_GetObjectItem(j, "checksum"));

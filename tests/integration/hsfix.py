@@ -423,8 +423,16 @@ class GlanceServer:
     no auth, one process (sqlite with several workers answers 'database is
     locked'). Started and stopped by its PID."""
 
-    def __init__(self, image_size_cap=None, keystone=None):
+    def __init__(self, image_size_cap=None, keystone=None, import_only=False):
         self.dir = tempfile.mkdtemp(prefix="hstest-glance-")
+        extra = ""
+        with open(os.path.join(self.dir, "policy.yaml"), "w") as f:
+            # import_only: plain uploads forbidden by policy, import offered
+            f.write('"upload_image": "!"\n' if import_only else "{}\n")
+        if import_only:
+            extra = ("enabled_import_methods = [glance-direct]\n"
+                     "node_staging_uri = file://%s/staging\n" % self.dir)
+            os.makedirs(os.path.join(self.dir, "staging"))
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         conf = """[DEFAULT]
@@ -433,8 +441,11 @@ bind_port = %d
 workers = 0
 log_file = %s/glance-api.log
 %s
+%s
 [database]
 connection = sqlite:///%s/glance.sqlite
+[oslo_policy]
+policy_file = %s/policy.yaml
 [glance_store]
 stores = file
 default_store = file
@@ -444,7 +455,7 @@ flavor = %s
 config_file = /etc/glance/glance-api-paste.ini
 %s
 """ % (self.port, self.dir, "image_size_cap = %d" % image_size_cap if image_size_cap else "",
-       self.dir, self.dir, "keystone" if keystone else "",
+       extra, self.dir, self.dir, self.dir, "keystone" if keystone else "",
        keystone.authtoken_conf() if keystone else "")
         self.conf = os.path.join(self.dir, "glance-api.conf")
         with open(self.conf, "w") as f:
@@ -469,6 +480,7 @@ config_file = /etc/glance/glance-api-paste.ini
                 time.sleep(0.2)
             except OSError:
                 time.sleep(0.2)
+        self.stop()
         raise RuntimeError("glance-api did not come up")
 
     def stop(self):
@@ -551,6 +563,7 @@ key_repository = {d}/credential-keys/
                 return
             except OSError:
                 time.sleep(0.3)
+        self.close()
         raise RuntimeError("keystone did not come up")
 
     def env(self):

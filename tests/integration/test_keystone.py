@@ -12,7 +12,11 @@ class KeystoneTest(GuestTestCase):
         super().setUpClass()
         # tokens live 20 s: a batch of several rate-limited uploads outlives one
         cls.keystone = KeystoneServer(token_expiration=20)
-        cls.glance = GlanceServer(keystone=cls.keystone)
+        try:
+            cls.glance = GlanceServer(keystone=cls.keystone)
+        except Exception:
+            cls.keystone.close()
+            raise
         cls.keystone.register_image_service(cls.glance.url)
 
     @classmethod
@@ -52,6 +56,26 @@ class KeystoneTest(GuestTestCase):
         # no credential on stdout or stderr
         self.assertNotIn(KeystoneServer.PASSWORD, run.stderr)
         self.assertNotIn(KeystoneServer.PASSWORD, str(run.events))
+        self.assert_nothing_left()
+
+    def test_upload_forbidden_falls_back_to_import(self):
+        # Glance refuses plain uploads by policy and offers glance-direct import
+        # (an import needs an authenticated owner, hence Keystone here)
+        strict = GlanceServer(keystone=self.keystone, import_only=True)
+        try:
+            g = self.guest("ks-import", size_mb=64, data_mb=8)
+            run = self.run_env({}, "--to", "glance:" + strict.url, "--token",
+                               self.keystone.token(), g.name)
+            self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+            [img] = run.summary()["results"][0]["images"]
+            meta = strict.api("GET", "/v2/images/" + img["id"], token=self.keystone.token())
+            self.assertEqual(meta["status"], "active")
+            # only an import sets these; hotsnap checked size and sha512 itself
+            self.assertIn("os_glance_importing_to_stores", meta)
+            self.assertEqual(meta["os_glance_failed_import"], "")
+            self.assertEqual(meta["image_type"], "snapshot")
+        finally:
+            strict.close()
         self.assert_nothing_left()
 
     def test_bad_token_is_reported(self):
