@@ -64,6 +64,8 @@ struct hs_backend_ops {
     void (*job_completed)(struct hs_capture *cap, int operation, const char *errmsg);
     /* Cancel a capture in flight (optional); its cb still runs. */
     void (*cancel)(struct hs_capture *cap);
+    /* libvirt's connection came back (optional): events may have been lost. */
+    void (*reconnected)(struct hs_capture *cap);
     /* Called every second while capture runs (optional): report with
      * cap->on_progress when the figures are known. */
     void (*progress)(struct hs_capture *cap);

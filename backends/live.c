@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <libvirt/virterror.h>
 
 #include "backend.h"
@@ -34,6 +35,7 @@ struct live {
     struct hs_virt_call stats_call;
     int stats_busy;
     int finish_after_stats; /* the end came while a stats call ran */
+    int lost;               /* ended by a lost connection: the backup may still run */
     unsigned long long processed, total;
     int end_status;
     char end_msg[384];
@@ -104,10 +106,13 @@ static int live_begin(struct hs_virt_call *call, virConnectPtr conn)
             t0 = uv_hrtime();
         }
     }
-    if (virDomainBackupBegin(cap->dom, l->xml, NULL, 0) < 0)
+    if (virDomainBackupBegin(cap->dom, l->xml, NULL, 0) < 0) {
         rc = hs_err_virt(&call->err, -EIO, "backup of domain '%s' did not start", cap->info->name);
-    else
+        if (virConnectIsAlive(conn) != 1)
+            l->begun = l->lost = 1; /* libvirtd may have started it: release looks */
+    } else {
         l->begun = 1;
+    }
     for (i = 0; l->frozen && i < 3; i++) {
         if (virDomainFSThaw(cap->dom, NULL, 0, 0) >= 0) {
             l->frozen = 0;
@@ -175,7 +180,9 @@ static void live_begun(struct hs_virt_call *call, int status)
     l->journal_text = NULL;
     if (status < 0) {
         hs_err_adopt(cap->err, &call->err, status);
-        if (!l->begun) {
+        if (!l->begun || l->lost) {
+            /* nothing runs, or the connection is gone: release looks again */
+            l->ended = 1;
             l->cb(cap, status);
             return;
         }
@@ -323,6 +330,21 @@ static void live_progress(struct hs_capture *cap)
         l->stats_busy = 1;
 }
 
+static void live_reconnected(struct hs_capture *cap)
+{
+    struct live *l = cap->priv;
+    char msg[256];
+
+    if (!l || l->ended)
+        return;
+    /* the end event may have been lost with the connection: end it here;
+     * release aborts a backup still running */
+    snprintf(msg, sizeof(msg), "the libvirt connection was lost during the backup of domain '%s'",
+             cap->info->name);
+    l->lost = 1;
+    live_ended(l, -ECONNRESET, msg);
+}
+
 static void live_cancel(struct hs_capture *cap)
 {
     struct live *l = cap->priv;
@@ -338,8 +360,14 @@ static int live_cleanup(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct live *l = call->data;
     struct hs_capture *cap = l->cap;
-    if (l->begun && !l->ended && hs__virt_job_active(cap->dom) == 1)
+    int i;
+
+    if (l->begun && (!l->ended || l->lost) && hs__virt_job_active(cap->dom) == 1) {
         virDomainAbortJob(cap->dom);
+        /* the abort concludes asynchronously: leave no job behind */
+        for (i = 0; i < 100 && hs__virt_job_active(cap->dom) == 1; i++)
+            usleep(100 * 1000);
+    }
     if (l->frozen && virDomainFSThaw(cap->dom, NULL, 0, 0) >= 0)
         l->frozen = 0;
     if (l->frozen)
@@ -361,7 +389,7 @@ static int live_release(struct hs_capture *cap, hs_capture_cb cb)
 {
     struct live *l = cap->priv;
 
-    if (!l || cap->domain_gone || ((!l->begun || l->ended) && !l->frozen))
+    if (!l || cap->domain_gone || ((!l->begun || (l->ended && !l->lost)) && !l->frozen))
         return 1;
     l->cb = cb;
     return hs__virt_queue(cap->virt, &l->call, live_cleanup, live_cleaned);
@@ -387,6 +415,7 @@ const struct hs_backend_ops hs_backend_live = {
     .block_job = live_block_job,
     .job_completed = live_job_completed,
     .cancel = live_cancel,
+    .reconnected = live_reconnected,
     .progress = live_progress,
     .destroy = live_destroy,
 };

@@ -290,6 +290,19 @@ static void mirror_lifecycle(struct hs_capture *cap, int event, int detail)
         mirror_fail(m, -ESRCH);
 }
 
+static void mirror_reconnected(struct hs_capture *cap)
+{
+    struct mirror *m = cap->priv;
+
+    if (!m || m->step != MIRROR_READY || m->busy)
+        return;
+    /* the READY event may have been lost with the connection: end the copy */
+    hs_err_set(cap->err, -ECONNRESET, HS_ERR_LIBVIRT, 0,
+               "the libvirt connection was lost during the block copy of domain '%s'",
+               cap->info->name);
+    mirror_next(m);
+}
+
 static void mirror_cancel(struct hs_capture *cap)
 {
     struct mirror *m = cap->priv;
@@ -356,5 +369,6 @@ const struct hs_backend_ops hs_backend_mirror = {
     .lifecycle = mirror_lifecycle,
     .block_job = mirror_block_job,
     .cancel = mirror_cancel,
+    .reconnected = mirror_reconnected,
     .destroy = mirror_destroy,
 };

@@ -26,6 +26,7 @@
 #include "log.h"
 
 #define HS_CONN_WAIT_MS 120000
+#define HS_JOB_STALE_DOMS 4
 #define HS_PROGRESS_MIN_S 0.5
 
 enum hs_job_state {
@@ -68,6 +69,8 @@ struct hs_job {
     struct hs_uploader *up;
     /* the domain */
     virDomainPtr dom;
+    virDomainPtr stale_doms[HS_JOB_STALE_DOMS]; /* of connections since closed */
+    int nstale;
     struct hs_domain_info info;
     const struct hs_backend_ops *backend;
     char why[256];
@@ -534,6 +537,7 @@ static int job_capture(struct hs_job *job)
 {
     struct hs_capture *cap = &job->cap;
     size_t i;
+    int rc;
 
     cap->loop = job->eng->loop;
     cap->virt = job->eng->virt;
@@ -547,14 +551,15 @@ static int job_capture(struct hs_job *job)
     cap->frozen_ms = -1;
     cap->on_progress = job_capture_progress;
     job_progress_reset(job);
-    if (job->backend->progress)
-        uv_timer_start(&job->tick, job_tick_cb, 1000, 1000);
     cap->ndisks = job->ndisks;
     cap->disks = hs__calloc(job->ndisks, sizeof(*cap->disks));
     for (i = 0; i < job->ndisks; i++)
         cap->disks[i].disk = &job->info.disks[job->disks[i].idx];
     job->captured = 1;
-    return job->backend->capture(cap, job_captured);
+    rc = job->backend->capture(cap, job_captured);
+    if (rc == 0 && job->backend->progress)
+        uv_timer_start(&job->tick, job_tick_cb, 1000, 1000);
+    return rc;
 }
 
 /* ---- extract: qemu-img convert of each point-in-time file, then qemu-img info ---- */
@@ -943,6 +948,22 @@ static void job_watch_job_completed(struct hs_virt_watch *w, int operation, cons
         job->backend->job_completed(&job->cap, operation, errmsg);
 }
 
+/* A new connection: the domain handle of the old one no longer works. The
+ * old handle stays referenced until the job is freed, since a worker call may
+ * still hold it. */
+static void job_rebind_domain(struct hs_job *job)
+{
+    virDomainPtr dom;
+
+    if (!job->dom || job->nstale >= HS_JOB_STALE_DOMS)
+        return;
+    dom = virDomainLookupByUUID(hs__virt_conn(job->eng->virt), job->watch.uuid);
+    if (!dom)
+        return; /* gone: the backend hears of it through its calls */
+    job->stale_doms[job->nstale++] = job->dom;
+    job->dom = job->cap.dom = dom;
+}
+
 static void job_watch_conn(struct hs_virt_watch *w, int up)
 {
     struct hs_job *job = hs_container_of(w, struct hs_job, watch);
@@ -950,6 +971,10 @@ static void job_watch_conn(struct hs_virt_watch *w, int up)
 
     cJSON_AddStringToObject(ev, "connection", up ? "up" : "down");
     hs__engine_emit(job->eng, ev);
+    if (up)
+        job_rebind_domain(job);
+    if (up && job_owns_domain(job) && job->backend->reconnected)
+        job->backend->reconnected(&job->cap);
     if (up && job->wait_conn) {
         job->wait_conn = 0;
         uv_timer_stop(&job->kick);
@@ -1083,6 +1108,8 @@ static void job_kick_closed(uv_handle_t *h)
     hs__domain_info_clear(&job->info);
     if (job->dom)
         virDomainFree(job->dom);
+    while (job->nstale > 0)
+        virDomainFree(job->stale_doms[--job->nstale]);
     hs__uploader_free(job->up);
     free(job->domain_arg);
     free(job->tmpl);

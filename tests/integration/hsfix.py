@@ -619,3 +619,25 @@ project_domain_name = Default
         self.proc.kill()
         self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def restart_libvirtd():
+    """Stop libvirtd (guests keep running) and start it again, by its PID.
+    The new daemon is left running for the rest of the suite; when the suite
+    runs under scripts/test its PID is added to the ones stopped at the end."""
+    with open("/run/libvirtd.pid") as f:
+        pid = int(f.read().strip())
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(300):
+        if not os.path.exists("/proc/%d" % pid):
+            break
+        time.sleep(0.1)
+    sh("libvirtd", "-d")
+    for _ in range(100):
+        if sh("virsh", "-c", URI, "version", check=False).returncode == 0:
+            break
+        time.sleep(0.1)
+    started = os.environ.get("HS_STARTED_PIDS")
+    if started:
+        with open("/run/libvirtd.pid") as f, open(started, "a") as out:
+            out.write(f.read().strip() + "\n")
