@@ -30,6 +30,7 @@ struct cli {
     int all;
     int include_shutoff;
     int verbose;
+    char *token; /* --token, copied before argv is scrubbed */
     uv_signal_t sigint, sigterm;
     int signals;
     uint64_t last_sigint;
@@ -62,11 +63,21 @@ static void usage(FILE *f)
         "      --include-shutoff  with --all: shut-off domains too\n"
         "      --name TEMPLATE    image name: {domain} {uuid} {date} {time} {disk}\n"
         "                         (default {domain}-{date}-{time})\n"
-        "      --mode MODE        auto, cold or offline (default auto)\n"
+        "      --mode MODE        auto, live, mirror, cold or offline (default auto: live for\n"
+        "                         running and paused domains, offline when shut off)\n"
+        "      --quiesce WHEN     auto, required or off: freeze the guest's filesystems for\n"
+        "                         the instant of a live capture (default auto)\n"
         "      --format FORMAT    qcow2 or raw (default qcow2)\n"
         "      --compress         compress qcow2 images\n"
         "      --all-disks        every disk, one image each (default: the root disk)\n"
-        "      --to dir:PATH      where images go (default dir:<state-dir>/images)\n"
+        "      --to TARGET        where images go: dir:PATH (default dir:<state-dir>/images),\n"
+        "                         glance (endpoint from Keystone, OS_* variables) or\n"
+        "                         glance:URL (with --token or OS_TOKEN, or no auth)\n"
+        "      --token TOKEN      auth token for glance:URL (OS_TOKEN keeps it out of the\n"
+        "                         process list)\n"
+        "      --image-id ID      the image's id (makes the create idempotent; one disk)\n"
+        "      --max-rate RATE    upload rate limit per image, e.g. 50M (bytes/s)\n"
+        "      --attempts N       tries per upload for transient failures (default 5)\n"
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n",
         f);
 }
@@ -222,7 +233,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             cli->sopts.image_id = optarg;
             break;
         case OPT_TOKEN:
-            cli->sopts.token = optarg;
+            /* keep it out of the process title (/proc/PID/cmdline) */
+            cli->token = strdup(optarg);
+            memset(optarg, '*', strlen(optarg));
+            cli->sopts.token = cli->token;
             break;
         case OPT_MAX_RATE:
             if (parse_rate(optarg, &cli->sopts.max_rate) < 0)
@@ -265,6 +279,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
     }
     if (cli->include_shutoff && !cli->all)
         die_usage("--include-shutoff goes with --all");
+    if (!cli->sopts.token && getenv("OS_TOKEN") && *getenv("OS_TOKEN"))
+        cli->sopts.token = getenv("OS_TOKEN");
     hs_cli_out_init(&cli->out, json, quiet);
 }
 
@@ -630,6 +646,7 @@ int main(int argc, char **argv)
     for (i = 0; i < cli.nresults; i++)
         free(cli.results[i].domain);
     free(cli.results);
+    free(cli.token);
     hs_cli_out_free(&cli.out);
     return cli.exit_code;
 }

@@ -80,8 +80,12 @@ class KeystoneTest(GuestTestCase):
 
     def test_bad_token_is_reported(self):
         g = self.guest("ks-badtoken", size_mb=64, data_mb=4)
-        run = self.run_env({}, "--to", "glance:" + self.glance.url, "--token", "bogus-token",
-                           g.name)
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--token",
+                  "bogus-token", g.name)
+        run.until(lambda ev: True)  # options parsed: the token is out of the process title
+        with open("/proc/%d/cmdline" % run.p.pid, "rb") as f:
+            self.assertNotIn(b"bogus-token", f.read())
+        run.finish()
         self.assertEqual(run.rc, 1)
         err = run.summary()["results"][0]["error"]
         self.assertIn("HTTP 401", err)
