@@ -78,7 +78,14 @@ static void usage(FILE *f)
         "      --image-id ID      the image's id (makes the create idempotent; one disk)\n"
         "      --max-rate RATE    upload rate limit per image, e.g. 50M (bytes/s)\n"
         "      --attempts N       tries per upload for transient failures (default 5)\n"
-        "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n",
+        "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
+        "\n"
+        "limits on what snapshots share (a job holds each only while it uses it):\n"
+        "      --max-captures N   libvirt captures at once (default 4)\n"
+        "      --max-extracts N   qemu-img converts at once (default 2)\n"
+        "      --max-uploads N    uploads at once (default 4)\n"
+        "      --scratch-budget SIZE  scratch images may take at once, e.g. 20G (default:\n"
+        "                         90% of the free space under the state directory)\n",
         f);
 }
 
@@ -150,6 +157,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_TOKEN,
         OPT_MAX_RATE,
         OPT_ATTEMPTS,
+        OPT_MAX_CAPTURES,
+        OPT_MAX_EXTRACTS,
+        OPT_MAX_UPLOADS,
+        OPT_SCRATCH_BUDGET,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -172,6 +183,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"token", required_argument, NULL, OPT_TOKEN},
         {"max-rate", required_argument, NULL, OPT_MAX_RATE},
         {"attempts", required_argument, NULL, OPT_ATTEMPTS},
+        {"max-captures", required_argument, NULL, OPT_MAX_CAPTURES},
+        {"max-extracts", required_argument, NULL, OPT_MAX_EXTRACTS},
+        {"max-uploads", required_argument, NULL, OPT_MAX_UPLOADS},
+        {"scratch-budget", required_argument, NULL, OPT_SCRATCH_BUDGET},
         {NULL, 0, NULL, 0},
     };
     char err[512];
@@ -241,6 +256,25 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         case OPT_MAX_RATE:
             if (parse_rate(optarg, &cli->sopts.max_rate) < 0)
                 die_usage("--max-rate '%s' is not a rate like 50M (bytes per second)", optarg);
+            break;
+        case OPT_MAX_CAPTURES:
+        case OPT_MAX_EXTRACTS:
+        case OPT_MAX_UPLOADS: {
+            int n = atoi(optarg);
+
+            if (n < 1 || n > 1000)
+                die_usage("'%s' is not a number from 1 to 1000", optarg);
+            if (c == OPT_MAX_CAPTURES)
+                cli->eopts.max_captures = n;
+            else if (c == OPT_MAX_EXTRACTS)
+                cli->eopts.max_extracts = n;
+            else
+                cli->eopts.max_uploads = n;
+            break;
+        }
+        case OPT_SCRATCH_BUDGET:
+            if (parse_rate(optarg, &cli->eopts.scratch_budget) < 0)
+                die_usage("--scratch-budget '%s' is not a size like 20G", optarg);
             break;
         case OPT_ATTEMPTS:
             cli->sopts.upload_attempts = atoi(optarg);

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "engine_int.h"
 #include "http.h"
@@ -24,6 +25,24 @@ static void engine_stall_cb(uv_timer_t *t)
     if (late > 100)
         hs_log(HS_LOG_WARN, "loop stalled for %.0f ms", late);
     eng->stall_last = now;
+}
+
+/* 90% of the free space where the state (and default scratch) directory is,
+ * or its nearest existing parent; 0 (no budget) when that cannot be read. */
+static uint64_t engine_default_budget(const char *dir)
+{
+    char path[4096];
+    struct statvfs sv;
+    char *slash;
+
+    snprintf(path, sizeof(path), "%s", dir);
+    while (statvfs(path, &sv) < 0) {
+        slash = strrchr(path, '/');
+        if (!slash || slash == path)
+            return 0;
+        *slash = '\0';
+    }
+    return (uint64_t)sv.f_bavail * sv.f_frsize / 10 * 9;
 }
 
 int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs_engine **out,
@@ -56,6 +75,12 @@ int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs
         free(eng);
         return rc;
     }
+    hs__sched_init(&eng->sched, loop);
+    eng->sched.max[HS_RES_CAPTURE] = opts->max_captures > 0 ? opts->max_captures : 4;
+    eng->sched.max[HS_RES_EXTRACT] = opts->max_extracts > 0 ? opts->max_extracts : 2;
+    eng->sched.max[HS_RES_UPLOAD] = opts->max_uploads > 0 ? opts->max_uploads : 4;
+    eng->sched.budget =
+        opts->scratch_budget ? opts->scratch_budget : engine_default_budget(eng->state_dir);
     uv_timer_init(loop, &eng->stall_timer);
     eng->stall_timer.data = eng;
     eng->stall_last = uv_hrtime();
@@ -120,11 +145,19 @@ static void engine_http_closed(void *data)
     hs__virt_close(eng->virt, engine_virt_closed, eng);
 }
 
-static void engine_timer_closed(uv_handle_t *h)
+static void engine_sched_closed(uv_handle_t *h)
 {
     struct hs_engine *eng = h->data;
 
     hs__http_close(eng->http, engine_http_closed, eng);
+}
+
+static void engine_timer_closed(uv_handle_t *h)
+{
+    struct hs_engine *eng = h->data;
+
+    eng->sched.kick.data = eng;
+    hs__sched_close(&eng->sched, engine_sched_closed);
 }
 
 void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data)

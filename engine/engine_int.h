@@ -8,6 +8,7 @@
 #include "virt.h"
 #include "backend.h"
 #include "uploader.h"
+#include "scheduler.h"
 
 /* Where the library is put together: the job asks these, never a concrete
  * backend or uploader, so tests can hand in fakes with the same tables. */
@@ -25,6 +26,7 @@ struct hs_engine {
     void *event_data;
     hs_select_fn select_backend;
     hs_uploader_fn new_uploader;
+    struct hs_sched sched;
     struct hs_job *jobs; /* running jobs */
     uv_timer_t stall_timer;
     uint64_t stall_last; /* hrtime of the last tick */

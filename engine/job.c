@@ -64,6 +64,7 @@ struct hs_job {
     enum hs_mode mode;
     enum hs_format format;
     enum hs_quiesce quiesce;
+    int priority;
     int compress;
     int all_disks;
     struct hs_uploader *up;
@@ -96,7 +97,8 @@ struct hs_job {
     uv_timer_t tick; /* backend progress, every second of capture */
     int closing;     /* handles still to close */
     int wait_conn;
-    int wait_domain; /* in inspect, behind another job of the same domain */
+    int wait_domain;          /* in inspect, behind another job of the same domain */
+    struct hs_sched_req slot; /* capture, extract or upload slot; scratch reservation */
     int captured;
     int released;
     int canceled;
@@ -226,13 +228,21 @@ static cJSON *job_images_json(const struct hs_job *job)
     return arr;
 }
 
-static void job_set_state(struct hs_job *job, enum hs_job_state s)
+/* Capture, extract and upload each need a slot of their resource. */
+static int job_needs_slot(enum hs_job_state s)
 {
-    cJSON *ev;
+    return s == HS_JOB_CAPTURE || s == HS_JOB_EXTRACT || s == HS_JOB_UPLOAD;
+}
 
-    job->state = s;
-    ev = job_event(job, "state");
-    cJSON_AddStringToObject(ev, "state", job_state_name(s));
+/* The state event; @waiting: the job entered a state whose slot it awaits. */
+static void job_publish_state(struct hs_job *job, int waiting)
+{
+    enum hs_job_state s = job->state;
+    cJSON *ev = job_event(job, "state");
+
+    cJSON_AddStringToObject(ev, "state", waiting ? "waiting" : job_state_name(s));
+    if (waiting)
+        cJSON_AddStringToObject(ev, "for", job_state_name(s));
     cJSON_AddStringToObject(ev, "task_state", job_task_state(job));
     if (job->backend)
         cJSON_AddStringToObject(ev, "mode", job->backend->name);
@@ -242,8 +252,19 @@ static void job_set_state(struct hs_job *job, enum hs_job_state s)
         cJSON_AddStringToObject(ev, "error", job->err.msg);
     if (s == HS_JOB_DONE || s == HS_JOB_FAILED)
         cJSON_AddItemToObject(ev, "images", job_images_json(job));
-    hs_log(HS_LOG_DEBUG, "job %s: %s", job->id, job_state_name(s));
+    hs_log(HS_LOG_DEBUG, "job %s: %s%s", job->id, waiting ? "waiting for " : "", job_state_name(s));
     hs__engine_emit(job->eng, ev);
+}
+
+static void job_set_state(struct hs_job *job, enum hs_job_state s)
+{
+    /* a slot is held for one state only; the scratch until cleanup */
+    hs__sched_release(&job->eng->sched, &job->slot);
+    if (s == HS_JOB_CLEANUP || s == HS_JOB_FAILED || s == HS_JOB_DONE)
+        hs__sched_unreserve(&job->eng->sched, &job->slot);
+    job->state = s;
+    /* a step that needs a slot is published when it starts (job_step) */
+    job_publish_state(job, job_needs_slot(s) && !job->err.code);
 }
 
 /* A new phase or disk: report its first figure at once, measure its rate from now. */
@@ -844,10 +865,70 @@ static void job_finish(struct hs_job *job)
     job->cb(job, job->err.code, job->data);
 }
 
+static void job_slot_granted(struct hs_sched_req *req)
+{
+    job_step(req->data);
+}
+
+/* Bytes the extract may write: the allocated size of what it converts. */
+static uint64_t job_scratch_estimate(const struct hs_job *job)
+{
+    uint64_t total = 0;
+    struct stat st;
+    size_t i;
+
+    for (i = 0; i < job->cap.ndisks; i++) {
+        const struct hs_capture_disk *cd = &job->cap.disks[i];
+
+        if (cd->pit_path && stat(cd->pit_path, &st) == 0)
+            total += (uint64_t)st.st_blocks * 512;
+        if (cd->disk->backing && stat(cd->disk->backing, &st) == 0)
+            total += (uint64_t)st.st_blocks * 512;
+    }
+    return total;
+}
+
+/* Capture, extract and upload run only with a slot of their resource. 1 when
+ * the job waits for one (the step runs again once granted), 0 when it holds
+ * it, < 0 when it can never have it. */
+static int job_need_slot(struct hs_job *job, enum hs_res res)
+{
+    struct hs_sched_req *slot = &job->slot;
+    int rc;
+
+    if (slot->held && slot->res == res)
+        return 0;
+    slot->res = res;
+    slot->data = job;
+    slot->priority = job->priority;
+    if (res == HS_RES_EXTRACT)
+        slot->scratch = job_scratch_estimate(job);
+    rc = hs__sched_acquire(&job->eng->sched, slot, job_slot_granted);
+    if (rc == -ENOSPC)
+        return hs_err_set(&job->err, rc, HS_ERR_INPUT, 0,
+                          "the images of domain '%s' need about %llu MiB of scratch, more than "
+                          "the budget of %llu MiB",
+                          job->info.name, (unsigned long long)(slot->scratch >> 20),
+                          (unsigned long long)(job->eng->sched.budget >> 20));
+    return rc < 0 ? rc : 1;
+}
+
 static void job_step(struct hs_job *job)
 {
     int rc = 0;
 
+    if (!job->err.code && job_needs_slot(job->state)) {
+        rc = job_need_slot(job, job->state == HS_JOB_CAPTURE   ? HS_RES_CAPTURE
+                                : job->state == HS_JOB_EXTRACT ? HS_RES_EXTRACT
+                                                               : HS_RES_UPLOAD);
+        if (rc == 1)
+            return;
+        if (rc < 0) {
+            job_advance(job);
+            return;
+        }
+        job_publish_state(job, 0); /* it starts now */
+    }
     switch (job->state) {
     case HS_JOB_QUEUED:
         job_advance(job);
@@ -1017,6 +1098,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     job->format = opts->format;
     job->compress = opts->compress;
     job->quiesce = opts->quiesce;
+    job->priority = opts->priority;
     job->all_disks = opts->all_disks;
     job->cb = cb;
     job->data = data;
@@ -1080,6 +1162,11 @@ void hs_job_cancel(struct hs_job *job)
         job->backend->cancel(&job->cap);
     if (job->wait_domain) {
         job->wait_domain = 0;
+        uv_timer_start(&job->kick, job_kick_cb, 0, 0);
+    }
+    if (job->slot.queued) {
+        /* waiting for a slot: leave the queue and take the way out */
+        hs__sched_cancel(&job->eng->sched, &job->slot);
         uv_timer_start(&job->kick, job_kick_cb, 0, 0);
     }
     /* release finishes on its own: the domain always gets back what it had */

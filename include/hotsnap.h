@@ -69,6 +69,12 @@ struct hs_engine_opts {
     hs_log_cb on_log; /* NULL: no logging */
     void *log_data;
     enum hs_log_level log_level;
+    /* limits on shared resources; 0: the default */
+    int max_captures;        /* libvirt capture jobs at once (default 4) */
+    int max_extracts;        /* qemu-img converts at once (default 2) */
+    int max_uploads;         /* uploads at once (default 4) */
+    uint64_t scratch_budget; /* bytes of scratch the images may take at once
+                                (default: 90% of the state dir's free space) */
 };
 
 /*
@@ -116,6 +122,7 @@ struct hs_snapshot_opts {
     const char *token;    /* an auth token for glance:URL */
     uint64_t max_rate;    /* bytes/s per upload; 0 unlimited */
     int upload_attempts;  /* tries for transient failures; 0: 5 */
+    int priority;         /* higher is served first when resources are short */
 };
 
 typedef void (*hs_job_cb)(struct hs_job *job, int status, void *data);

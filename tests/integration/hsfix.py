@@ -72,7 +72,7 @@ def ensure_libvirtd():
     if sh("pgrep", "-x", "libvirtd", check=False).returncode != 0:
         sh("libvirtd", "-d")
         stop_at_exit("/run/libvirtd.pid")
-    for _ in range(100):
+    for _ in range(600):  # a first start probes QEMU: seconds
         if sh("virsh", "-c", URI, "version", check=False).returncode == 0:
             return
         time.sleep(0.1)
@@ -633,7 +633,7 @@ def restart_libvirtd():
             break
         time.sleep(0.1)
     sh("libvirtd", "-d")
-    for _ in range(100):
+    for _ in range(600):  # a first start probes QEMU: seconds
         if sh("virsh", "-c", URI, "version", check=False).returncode == 0:
             break
         time.sleep(0.1)

@@ -219,7 +219,9 @@ static void test_success(void)
     t.pit_path = src_path;
     run_job();
     CHECK(t.job_status == 0);
-    CHECK(!strcmp(t.states, "inspect prepare capture extract release upload cleanup done "));
+    CHECK(!strcmp(
+        t.states,
+        "inspect prepare waiting capture waiting extract release waiting upload cleanup done "));
     CHECK(!strcmp(t.tasks, " image_snapshot_pending image_pending_upload image_uploading done"));
     CHECK(t.captures == 1 && t.releases == 1 && t.uploads == 1);
     CHECK(hs_job_image_count(t.job) == 1);
@@ -234,7 +236,7 @@ static void test_capture_failure_still_releases(void)
     run_job();
     t.capture_status = 0;
     CHECK(t.job_status == -EIO);
-    CHECK(!strcmp(t.states, "inspect prepare capture release cleanup failed "));
+    CHECK(!strcmp(t.states, "inspect prepare waiting capture release cleanup failed "));
     CHECK(t.releases == 1 && t.uploads == 0);
     CHECK(strstr(hs_job_error(t.job), "fake capture failed"));
     hs_job_free(t.job);
@@ -249,7 +251,8 @@ static void test_qemu_img_failure(void)
     run_job();
     t.pit_path = src_path;
     CHECK(t.job_status == -EIO);
-    CHECK(!strcmp(t.states, "inspect prepare capture extract release cleanup failed "));
+    CHECK(!strcmp(t.states,
+                  "inspect prepare waiting capture waiting extract release cleanup failed "));
     CHECK(t.releases == 1 && t.uploads == 0);
     /* the message names the disk and carries qemu-img's own words */
     CHECK(strstr(hs_job_error(t.job), "qemu-img convert of disk"));
@@ -263,7 +266,9 @@ static void test_upload_failure(void)
     run_job();
     t.upload_status = 0;
     CHECK(t.job_status == -EIO);
-    CHECK(!strcmp(t.states, "inspect prepare capture extract release upload cleanup failed "));
+    CHECK(!strcmp(
+        t.states,
+        "inspect prepare waiting capture waiting extract release waiting upload cleanup failed "));
     CHECK(strstr(hs_job_error(t.job), "fake upload failed"));
     hs_job_free(t.job);
 }
@@ -274,7 +279,8 @@ static void test_cancel(void)
     run_job();
     t.cancel_at_extract = 0;
     CHECK(t.job_status == -ECANCELED);
-    CHECK(!strcmp(t.states, "inspect prepare capture extract release cleanup failed "));
+    CHECK(!strcmp(t.states,
+                  "inspect prepare waiting capture waiting extract release cleanup failed "));
     CHECK(t.releases == 1 && t.uploads == 0);
     CHECK(strstr(hs_job_error(t.job), "canceled"));
     hs_job_free(t.job);
@@ -288,7 +294,8 @@ static void test_release_failure_keeps_journal(void)
     run_job();
     t.release_status = 0;
     CHECK(t.job_status == -EIO);
-    CHECK(!strcmp(t.states, "inspect prepare capture extract release cleanup failed "));
+    CHECK(!strcmp(t.states,
+                  "inspect prepare waiting capture waiting extract release cleanup failed "));
     CHECK(t.uploads == 0);
     snprintf(path, sizeof(path), "%s/journal", tmpdir);
     CHECK(!dir_empty(path)); /* the next run finishes what the release could not */

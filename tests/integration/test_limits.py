@@ -1,0 +1,49 @@
+"""The scheduler's limits with real guests: never more at once than allowed."""
+import os
+import unittest
+
+from hsfix import GuestTestCase
+
+
+def most_at_once(events, state):
+    """The most jobs that were in @state at the same time, from the state events."""
+    inside, most = set(), 0
+    for e in events:
+        if e.get("event") != "state":
+            continue
+        if e["state"] == state:
+            inside.add(e["job"])
+        else:
+            inside.discard(e["job"])
+        most = max(most, len(inside))
+    return most
+
+
+class LimitsTest(GuestTestCase):
+
+    def test_limits_hold_and_every_snapshot_is_made(self):
+        guests = [self.guest("lim-%d" % i, size_mb=64, data_mb=16) for i in range(6)]
+        for g in guests[:3]:
+            g.start()
+        run = self.snapshot("--max-captures", "2", "--max-extracts", "1", "--max-uploads", "1",
+                            *[g.name for g in guests])
+        self.assertEqual(run.rc, 0, run.stderr)
+        self.assertEqual(len(run.summary()["results"]), 6)
+        self.assertLessEqual(most_at_once(run.events, "capture"), 2)
+        self.assertEqual(most_at_once(run.events, "extract"), 1)
+        self.assertEqual(most_at_once(run.events, "upload"), 1)
+        self.assertEqual(len([f for f in os.listdir(self.store) if f.endswith(".json")]), 6)
+        self.assert_nothing_left()
+
+    def test_an_image_that_can_never_fit_is_refused(self):
+        g = self.guest("lim-big", size_mb=64, data_mb=32)
+        run = self.snapshot("--scratch-budget", "1M", g.name)
+        self.assertEqual(run.rc, 1)
+        err = run.summary()["results"][0]["error"]
+        self.assertIn("more than the budget of 1 MiB", err)
+        self.assertEqual(os.listdir(self.store), [])
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    unittest.main()
