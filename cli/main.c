@@ -30,7 +30,10 @@ struct cli {
     int all;
     int include_shutoff;
     int verbose;
-    char *token; /* --token, copied before argv is scrubbed */
+    char *token;       /* --token, copied before argv is scrubbed */
+    const char *match; /* --match GLOB */
+    const char *from;  /* --from FILE */
+    uint64_t t0;       /* when the snapshots started */
     uv_signal_t sigint, sigterm;
     int signals;
     uint64_t last_sigint;
@@ -60,7 +63,11 @@ static void usage(FILE *f)
         "\n"
         "snapshot options:\n"
         "      --all              every running and paused domain\n"
-        "      --include-shutoff  with --all: shut-off domains too\n"
+        "      --include-shutoff  with --all or --match: shut-off domains too\n"
+        "      --match GLOB       running and paused domains whose name matches GLOB\n"
+        "      --from FILE        domains from FILE (- for stdin): a name per line, or JSON\n"
+        "                         lines {\"domain\":..., \"name\", \"mode\", \"format\",\n"
+        "                         \"all_disks\", \"priority\"}; # starts a comment\n"
         "      --name TEMPLATE    image name: {domain} {uuid} {date} {time} {disk}\n"
         "                         (default {domain}-{date}-{time})\n"
         "      --mode MODE        auto, live, mirror, cold or offline (default auto: live for\n"
@@ -161,6 +168,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_MAX_EXTRACTS,
         OPT_MAX_UPLOADS,
         OPT_SCRATCH_BUDGET,
+        OPT_MATCH,
+        OPT_FROM,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -187,6 +196,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"max-extracts", required_argument, NULL, OPT_MAX_EXTRACTS},
         {"max-uploads", required_argument, NULL, OPT_MAX_UPLOADS},
         {"scratch-budget", required_argument, NULL, OPT_SCRATCH_BUDGET},
+        {"match", required_argument, NULL, OPT_MATCH},
+        {"from", required_argument, NULL, OPT_FROM},
         {NULL, 0, NULL, 0},
     };
     char err[512];
@@ -272,6 +283,12 @@ static void parse_args(struct cli *cli, int argc, char **argv)
                 cli->eopts.max_uploads = n;
             break;
         }
+        case OPT_MATCH:
+            cli->match = optarg;
+            break;
+        case OPT_FROM:
+            cli->from = optarg;
+            break;
         case OPT_SCRATCH_BUDGET:
             if (parse_rate(optarg, &cli->eopts.scratch_budget) < 0)
                 die_usage("--scratch-budget '%s' is not a size like 20G", optarg);
@@ -299,10 +316,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
     cli->domains = argv + optind;
     cli->ndomains = argc - optind;
     if (!strcmp(cli->command, "snapshot")) {
-        if (cli->ndomains == 0 && !cli->all)
-            die_usage("snapshot needs a domain name or --all");
-        if (cli->ndomains > 0 && cli->all)
-            die_usage("give domain names or --all, not both");
+        if (cli->ndomains == 0 && !cli->all && !cli->match && !cli->from)
+            die_usage("snapshot needs domain names, --all, --match GLOB or --from FILE");
+        if (cli->all && cli->match)
+            die_usage("--all takes every domain; --match narrows it: give one of them");
         if (cli->sopts.compress && cli->sopts.format == HS_FORMAT_RAW)
             die_usage("--compress needs --format qcow2");
     } else if (!strcmp(cli->command, "list") || !strcmp(cli->command, "recover")) {
@@ -311,8 +328,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
     } else {
         die_usage("unknown command '%s' (expected snapshot, list or recover)", cli->command);
     }
-    if (cli->include_shutoff && !cli->all)
-        die_usage("--include-shutoff goes with --all");
+    if (cli->include_shutoff && !cli->all && !cli->match)
+        die_usage("--include-shutoff goes with --all or --match");
     if (!cli->sopts.token && getenv("OS_TOKEN") && *getenv("OS_TOKEN"))
         cli->sopts.token = getenv("OS_TOKEN");
     hs_cli_out_init(&cli->out, json, quiet);
@@ -346,8 +363,24 @@ static double cpu_seconds(void)
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
+/* Bytes published by every job, for the totals line. */
+static uint64_t total_bytes(struct cli *cli)
+{
+    uint64_t total = 0;
+    size_t k;
+    int i;
+
+    for (i = 0; i < cli->nresults; i++)
+        for (k = 0; k < hs_job_image_count(cli->results[i].job); k++)
+            if (hs_job_image(cli->results[i].job, k)->id)
+                total += hs_job_image(cli->results[i].job, k)->size;
+    return total;
+}
+
 static void print_summary(struct cli *cli)
 {
+    double secs = (double)(uv_hrtime() - cli->t0) / 1e9;
+    uint64_t bytes = total_bytes(cli);
     char size[32];
     int i, failed = 0;
     size_t k;
@@ -386,6 +419,9 @@ static void print_summary(struct cli *cli)
             failed += cli->results[i].status != 0;
         }
         cJSON_AddNumberToObject(sum, "failed", failed);
+        cJSON_AddNumberToObject(sum, "bytes", (double)bytes);
+        cJSON_AddNumberToObject(sum, "seconds", secs);
+        cJSON_AddNumberToObject(sum, "mb_per_s", secs > 0 ? (double)bytes / secs / 1e6 : 0);
         cJSON_AddNumberToObject(sum, "peak_rss_kib", (double)peak_rss_kib());
         cJSON_AddNumberToObject(sum, "cpu_seconds", cpu_seconds());
         if (cli->verbose)
@@ -421,7 +457,9 @@ static void print_summary(struct cli *cli)
                 if (hs_job_image(job, k)->location)
                     printf("  %s\n", hs_job_image(job, k)->location);
         }
-        printf("%d of %d snapshots succeeded\n", cli->nresults - failed, cli->nresults);
+        printf("%d of %d snapshots succeeded; %.1f MiB in %.1f s (%.1f MB/s)\n",
+               cli->nresults - failed, cli->nresults, (double)bytes / (1024.0 * 1024.0), secs,
+               secs > 0 ? (double)bytes / secs / 1e6 : 0);
         if (cli->verbose)
             printf("worst loop stall: %.1f ms, peak memory %ld KiB\n",
                    hs_engine_max_stall_ms(cli->eng), peak_rss_kib());
@@ -492,26 +530,116 @@ static int state_is(const cJSON *d, int running_or_paused, int shutoff)
     return st == 5 && shutoff;
 }
 
+struct want {
+    const char *domain;           /* as given; resolved to a name below */
+    struct hs_snapshot_opts opts; /* the command's options, with per-line overrides */
+};
+
+/* One --from line: a domain name, or a JSON object with per-domain options. */
+static int from_line(struct cli *cli, const char *path, int lineno, char *line, cJSON **docs,
+                     int *ndocs, struct want *w)
+{
+    cJSON *o, *v;
+    char *end;
+
+    while (*line == ' ' || *line == '\t')
+        line++;
+    for (end = line + strlen(line); end > line && (end[-1] == '\n' || end[-1] == ' ');)
+        *--end = '\0';
+    if (!*line || *line == '#')
+        return 0;
+    w->opts = cli->sopts;
+    if (*line != '{') {
+        w->domain = line;
+        return 1;
+    }
+    o = cJSON_Parse(line);
+    v = cJSON_GetObjectItemCaseSensitive(o, "domain");
+    if (!cJSON_IsString(v)) {
+        fprintf(stderr, "hotsnap: %s:%d: a JSON line needs a \"domain\" string\n", path, lineno);
+        cJSON_Delete(o);
+        return -1;
+    }
+    docs[(*ndocs)++] = o;
+    w->domain = v->valuestring;
+    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "name")))
+        w->opts.name = v->valuestring;
+    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "mode")) &&
+        hs_mode_parse(v->valuestring, &w->opts.mode) < 0) {
+        fprintf(stderr, "hotsnap: %s:%d: unknown mode '%s'\n", path, lineno, v->valuestring);
+        return -1;
+    }
+    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "format")) &&
+        hs_format_parse(v->valuestring, &w->opts.format) < 0) {
+        fprintf(stderr, "hotsnap: %s:%d: unknown format '%s'\n", path, lineno, v->valuestring);
+        return -1;
+    }
+    if (cJSON_IsBool(v = cJSON_GetObjectItemCaseSensitive(o, "all_disks")))
+        w->opts.all_disks = cJSON_IsTrue(v);
+    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(o, "priority")))
+        w->opts.priority = v->valueint;
+    return 1;
+}
+
 static int start_snapshots(struct cli *cli)
 {
-    char err[768];
+    char err[768], *text = NULL, *line, *save = NULL;
     cJSON *list = hs_engine_list(cli->eng, err, sizeof(err)), *d;
+    cJSON **docs = NULL;
+    struct want *wants;
     const char **names;
-    int i, j, n = 0;
+    int i, j, n = 0, nw = 0, ndocs = 0, lineno = 0, rc = EXIT_USAGE;
+    size_t cap;
 
     if (!list) {
         fprintf(stderr, "hotsnap: %s\n", err);
         return EXIT_FAILED;
     }
-    names = calloc((size_t)cJSON_GetArraySize(list) + (size_t)cli->ndomains + 1, sizeof(char *));
-    if (cli->all) {
+    if (cli->from) {
+        FILE *f = strcmp(cli->from, "-") ? fopen(cli->from, "re") : stdin;
+        size_t len = 0;
+
+        if (!f) {
+            fprintf(stderr, "hotsnap: cannot read '%s': %s\n", cli->from, strerror(errno));
+            cJSON_Delete(list);
+            return EXIT_USAGE;
+        }
+        if (getdelim(&text, &len, '\0', f) < 0 && !text)
+            text = strdup("");
+        if (f != stdin)
+            fclose(f);
+    }
+    cap = (size_t)cJSON_GetArraySize(list) + (size_t)cli->ndomains + 1;
+    for (line = text; line && *line; line++)
+        cap += *line == '\n';
+    wants = calloc(cap + 1, sizeof(*wants));
+    docs = calloc(cap + 1, sizeof(*docs));
+    names = calloc(cap + 1, sizeof(char *));
+    if (cli->all || cli->match) {
         cJSON_ArrayForEach(d, list) {
-            if (state_is(d, 1, cli->include_shutoff))
-                names[n++] = cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"));
+            const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"));
+
+            if (state_is(d, 1, cli->include_shutoff) &&
+                (!cli->match || fnmatch(cli->match, name, 0) == 0)) {
+                wants[nw].domain = name;
+                wants[nw++].opts = cli->sopts;
+            }
         }
     }
     for (i = 0; i < cli->ndomains; i++) {
-        const char *want = cli->domains[i], *found = NULL;
+        wants[nw].domain = cli->domains[i];
+        wants[nw++].opts = cli->sopts;
+    }
+    for (line = text ? strtok_r(text, "\n", &save) : NULL; line;
+         line = strtok_r(NULL, "\n", &save)) {
+        int r = from_line(cli, cli->from, ++lineno, line, docs, &ndocs, &wants[nw]);
+
+        if (r < 0)
+            goto cleanup;
+        nw += r;
+    }
+    for (i = 0; i < nw; i++) {
+        const char *want = wants[i].domain, *found = NULL;
 
         cJSON_ArrayForEach(d, list) {
             if (!strcmp(want, cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"))) ||
@@ -520,31 +648,30 @@ static int start_snapshots(struct cli *cli)
         }
         if (!found) {
             fprintf(stderr, "hotsnap: domain '%s' not found\n", want);
-            free(names);
-            cJSON_Delete(list);
-            return EXIT_USAGE;
+            goto cleanup;
         }
-        for (j = 0; j < n; j++)
+        for (j = 0; j < n; j++) {
             if (!strcmp(names[j], found)) {
                 fprintf(stderr, "hotsnap: domain '%s' given twice\n", want);
-                free(names);
-                cJSON_Delete(list);
-                return EXIT_USAGE;
+                goto cleanup;
             }
+        }
+        wants[n].opts = wants[i].opts;
         names[n++] = found;
     }
     if (n == 0) {
         fprintf(stderr, "hotsnap: no domain to snapshot\n");
-        free(names);
-        cJSON_Delete(list);
-        return cli->all ? 0 : EXIT_USAGE;
+        rc = cli->all || cli->match ? 0 : EXIT_USAGE;
+        goto cleanup;
     }
+    cli->t0 = uv_hrtime();
     cli->results = calloc((size_t)n, sizeof(*cli->results));
     for (i = 0; i < n; i++) {
         struct hs_job *job;
 
-        cli->sopts.domain = names[i];
-        if (hs_snapshot_start(cli->eng, &cli->sopts, job_done, cli, &job, err, sizeof(err)) < 0) {
+        wants[i].opts.domain = names[i];
+        if (hs_snapshot_start(cli->eng, &wants[i].opts, job_done, cli, &job, err, sizeof(err)) <
+            0) {
             fprintf(stderr, "hotsnap: %s\n", err);
             hs_engine_cancel_all(cli->eng);
             cli->exit_code = EXIT_USAGE;
@@ -555,10 +682,17 @@ static int start_snapshots(struct cli *cli)
         cli->nresults++;
         cli->running++;
     }
+    rc = cli->running ? -1 : cli->exit_code;
+cleanup:
+    for (i = 0; i < ndocs; i++)
+        cJSON_Delete(docs[i]);
+    free(docs);
+    free(wants);
     free(names);
+    free(text);
     cJSON_Delete(list);
-    if (cli->running == 0)
-        return cli->exit_code;
+    if (rc != -1)
+        return rc;
     uv_signal_init(&cli->loop, &cli->sigint);
     uv_signal_init(&cli->loop, &cli->sigterm);
     cli->sigint.data = cli->sigterm.data = cli;
