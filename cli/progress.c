@@ -1,9 +1,21 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "progress.h"
+
+#define REDRAW_S 0.2
+#define PLAIN_S 10.0
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 void hs_cli_out_init(struct hs_cli_out *o, int json, int quiet)
 {
@@ -12,6 +24,7 @@ void hs_cli_out_init(struct hs_cli_out *o, int json, int quiet)
     o->quiet = quiet;
     o->tty = !json && isatty(STDOUT_FILENO);
     o->active = cJSON_CreateObject();
+    o->plain_at = now_s();
 }
 
 void hs_cli_out_free(struct hs_cli_out *o)
@@ -20,36 +33,76 @@ void hs_cli_out_free(struct hs_cli_out *o)
     o->active = NULL;
 }
 
-static void status_clear(struct hs_cli_out *o)
+static double num(const cJSON *j, const char *key)
 {
-    if (o->status_shown) {
-        fputs("\r\033[K", stdout);
-        o->status_shown = 0;
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+
+    return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+void hs_cli_out_format(const cJSON *j, char *buf, size_t len)
+{
+    const char *dom = cJSON_GetStringValue(cJSON_GetObjectItem(j, "domain"));
+    const char *phase = cJSON_GetStringValue(cJSON_GetObjectItem(j, "phase"));
+    double pct = num(j, "percent"), rate = num(j, "rate"), eta = num(j, "eta");
+    char r[32] = "", e[32] = "";
+
+    if (rate > 0)
+        snprintf(r, sizeof(r), "%.0f MB/s", rate / 1e6);
+    if (eta >= 0)
+        snprintf(e, sizeof(e), "ETA %d:%02d", (int)eta / 60, (int)eta % 60);
+    snprintf(buf, len, "%-24.24s %-8.8s %5.1f%% %10s %10s", dom ? dom : "?", phase ? phase : "?",
+             pct < 0 ? 0 : pct, r, e);
+}
+
+static void block_clear(struct hs_cli_out *o)
+{
+    if (o->drawn) {
+        printf("\033[%dA\033[J", o->drawn);
+        fflush(stdout); /* before anything goes to stderr */
+        o->drawn = 0;
     }
 }
 
-static void status_draw(struct hs_cli_out *o)
+static void block_draw(struct hs_cli_out *o, int force)
 {
     const cJSON *j;
-    char line[512];
-    size_t n = 0;
+    char line[160];
+    double t = now_s();
+    int running = 0;
 
-    if (!o->tty || o->quiet)
+    if (!o->tty || o->quiet || (!force && t - o->drawn_at < REDRAW_S))
         return;
-    line[0] = '\0';
+    block_clear(o);
+    if (cJSON_GetArraySize(o->active) == 0)
+        return; /* nothing runs: the summary follows */
     cJSON_ArrayForEach(j, o->active) {
-        const char *dom = cJSON_GetStringValue(cJSON_GetObjectItem(j, "domain"));
-        const char *phase = cJSON_GetStringValue(cJSON_GetObjectItem(j, "phase"));
-        double pct = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "percent"));
-
-        if (n < sizeof(line))
-            n += (size_t)snprintf(line + n, sizeof(line) - n, "%s%s %s %.0f%%", n ? " | " : "",
-                                  dom ? dom : "?", phase ? phase : "?", pct);
+        hs_cli_out_format(j, line, sizeof(line));
+        printf("%s\n", line);
+        o->drawn++;
+        running++;
     }
-    status_clear(o);
-    if (n) {
-        fputs(line, stdout);
-        o->status_shown = 1;
+    if (o->total) {
+        printf("%d running, %d done, %d failed, of %d\n", running, o->done, o->failed, o->total);
+        o->drawn++;
+    }
+    fflush(stdout);
+    o->drawn_at = t;
+}
+
+/* Not a terminal: a plain line per active job now and then. */
+static void plain_progress(struct hs_cli_out *o)
+{
+    const cJSON *j;
+    char line[160];
+    double t = now_s();
+
+    if (o->tty || o->quiet || t - o->plain_at < PLAIN_S)
+        return;
+    o->plain_at = t;
+    cJSON_ArrayForEach(j, o->active) {
+        hs_cli_out_format(j, line, sizeof(line));
+        printf("progress: %s\n", line);
     }
     fflush(stdout);
 }
@@ -58,26 +111,39 @@ void hs_cli_out_line(struct hs_cli_out *o, FILE *f, const char *fmt, ...)
 {
     va_list ap;
 
-    status_clear(o);
+    if (f == stdout || o->tty)
+        block_clear(o);
     va_start(ap, fmt);
     vfprintf(f, fmt, ap);
     va_end(ap);
     fflush(f);
-    status_draw(o);
+    block_draw(o, 1);
 }
 
-static void set_active(struct hs_cli_out *o, const char *job, const char *dom, const char *phase,
-                       double pct)
+static cJSON *active_job(struct hs_cli_out *o, const char *job, const char *dom)
 {
-    cJSON *j = cJSON_CreateObject();
+    cJSON *j = cJSON_GetObjectItemCaseSensitive(o->active, job);
 
-    cJSON_AddStringToObject(j, "domain", dom);
-    cJSON_AddStringToObject(j, "phase", phase);
-    cJSON_AddNumberToObject(j, "percent", pct);
-    if (cJSON_GetObjectItemCaseSensitive(o->active, job))
-        cJSON_ReplaceItemInObjectCaseSensitive(o->active, job, j);
-    else
-        cJSON_AddItemToObject(o->active, job, j);
+    if (!j) {
+        j = cJSON_AddObjectToObject(o->active, job);
+        cJSON_AddStringToObject(j, "domain", dom);
+        if (!o->json)
+            o->total++;
+    }
+    return j;
+}
+
+static void set_field(cJSON *j, const char *key, double v)
+{
+    cJSON_DeleteItemFromObjectCaseSensitive(j, key);
+    if (v >= 0)
+        cJSON_AddNumberToObject(j, key, v);
+}
+
+static void set_phase(cJSON *j, const char *phase)
+{
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "phase");
+    cJSON_AddStringToObject(j, "phase", phase ? phase : "?");
 }
 
 void hs_cli_out_event(struct hs_cli_out *o, const cJSON *ev)
@@ -86,6 +152,7 @@ void hs_cli_out_event(struct hs_cli_out *o, const cJSON *ev)
     const char *job = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "job"));
     const char *dom = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "domain"));
     const char *state, *mode, *err;
+    cJSON *j;
     char *s;
 
     if (o->json) {
@@ -99,9 +166,15 @@ void hs_cli_out_event(struct hs_cli_out *o, const cJSON *ev)
     if (!type || !job || !dom)
         return;
     if (!strcmp(type, "progress")) {
-        set_active(o, job, dom, cJSON_GetStringValue(cJSON_GetObjectItem(ev, "phase")),
-                   cJSON_GetNumberValue(cJSON_GetObjectItem(ev, "percent")));
-        status_draw(o);
+        double bytes = num(ev, "bytes"), total = num(ev, "total"), rate = num(ev, "rate");
+
+        j = active_job(o, job, dom);
+        set_phase(j, cJSON_GetStringValue(cJSON_GetObjectItem(ev, "phase")));
+        set_field(j, "percent", num(ev, "percent"));
+        set_field(j, "rate", rate);
+        set_field(j, "eta", rate > 0 && total > 0 ? (total - bytes) / rate : -1);
+        block_draw(o, 0);
+        plain_progress(o);
         return;
     }
     if (!strcmp(type, "captured")) {
@@ -121,10 +194,19 @@ void hs_cli_out_event(struct hs_cli_out *o, const cJSON *ev)
     state = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "state"));
     mode = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "mode"));
     err = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "error"));
-    if (!strcmp(state, "done") || !strcmp(state, "failed"))
+    j = active_job(o, job, dom);
+    if (!strcmp(state, "done") || !strcmp(state, "failed")) {
         cJSON_DeleteItemFromObjectCaseSensitive(o->active, job);
-    else
-        set_active(o, job, dom, state, 0);
+        if (!strcmp(state, "done"))
+            o->done++;
+        else
+            o->failed++;
+    } else {
+        set_phase(j, state);
+        set_field(j, "percent", 0);
+        set_field(j, "rate", -1);
+        set_field(j, "eta", -1);
+    }
     if (o->quiet)
         return;
     if (!strcmp(state, "prepare"))
@@ -135,6 +217,6 @@ void hs_cli_out_event(struct hs_cli_out *o, const cJSON *ev)
     else if (!strcmp(state, "done"))
         hs_cli_out_line(o, stdout, "%s: done in %.1f s\n", dom,
                         cJSON_GetNumberValue(cJSON_GetObjectItem(ev, "elapsed")));
-    else if (o->tty)
-        status_draw(o);
+    else
+        block_draw(o, 0);
 }
