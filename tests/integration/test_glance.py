@@ -7,7 +7,8 @@ import unittest
 
 import libvirt
 
-from hsfix import GlanceServer, GuestTestCase, Run, hotsnap, images_identical, state_event
+from hsfix import (GlanceServer, GuestTestCase, Run, hotsnap, images_identical, job_active,
+                   state_event)
 
 
 class GlanceTest(GuestTestCase):
@@ -73,6 +74,40 @@ class GlanceTest(GuestTestCase):
         for g in guests:
             self.assert_published(run, g)
         self.assertEqual(len(self.glance.images()), 8)
+        self.assert_nothing_left()
+
+    def test_batch_of_six_with_one_destroyed(self):
+        run_a = self.guest("gl-b-run", size_mb=64, data_mb=8).start()
+        doomed = self.guest("gl-b-doomed", size_mb=1024, data_mb=1000).start()
+        paused = [self.guest("gl-b-paused-%d" % i, size_mb=64, data_mb=8).start(paused=True)
+                  for i in range(2)]
+        off = [self.guest("gl-b-off-%d" % i, size_mb=64, data_mb=8) for i in range(2)]
+        everyone = [run_a, doomed] + paused + off
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url,
+                  *[g.name for g in everyone])
+        run.until(lambda ev: ev.get("event") == "state" and ev.get("state") == "capture" and
+                  ev.get("domain") == doomed.name)
+        for _ in range(5000):
+            if job_active(doomed.dom):
+                break
+            time.sleep(0.001)
+        doomed.dom.destroy()
+        run.finish()
+        self.assertEqual(run.rc, 1)
+        res = {r["domain"]: r for r in run.summary()["results"]}
+        self.assertEqual(len(res), 6)
+        self.assertEqual(res[doomed.name]["result"], "failed")
+        self.assertIn("destroyed", res[doomed.name]["error"])
+        for g in everyone:
+            if g is not doomed:
+                self.assert_published(run, g)
+        self.assertEqual(run.summary()["failed"], 1)
+        self.assertEqual(sorted(i["status"] for i in self.glance.images()), ["active"] * 5)
+        self.assertEqual(run_a.state(), libvirt.VIR_DOMAIN_RUNNING)
+        for g in paused:
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_PAUSED)
+        for g in off:
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)
         self.assert_nothing_left()
 
     def test_two_gib_image_in_bounded_memory(self):
