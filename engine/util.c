@@ -276,19 +276,3 @@ void hs__hex(const unsigned char *b, unsigned n, char *out)
     }
     out[2 * n] = '\0';
 }
-
-void hs__human_bytes(uint64_t n, char *buf, size_t len)
-{
-    static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)n;
-    int i = 0;
-
-    while (v >= 1024.0 && i < 4) {
-        v /= 1024.0;
-        i++;
-    }
-    if (i == 0)
-        snprintf(buf, len, "%llu B", (unsigned long long)n);
-    else
-        snprintf(buf, len, "%.1f %s", v, unit[i]);
-}

@@ -36,7 +36,5 @@ void *hs__calloc(size_t n, size_t size);
 char *hs__asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Lower-case hex of @n bytes into @out (2n + 1 bytes). */
 void hs__hex(const unsigned char *b, unsigned n, char *out);
-/* Format a byte count as "1.5 GiB". */
-void hs__human_bytes(uint64_t n, char *buf, size_t len);
 
 #endif

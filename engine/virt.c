@@ -1,3 +1,4 @@
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -352,6 +353,7 @@ static void virt_retry_closed_cb(uv_handle_t *h)
 
 void hs__virt_close(struct hs_virt *v, void (*cb)(void *data), void *data)
 {
+    assert(v->calls == 0); /* their completions would use what this frees */
     v->closing = 1;
     v->close_cb = cb;
     v->close_data = data;

@@ -148,6 +148,24 @@ static int gu_http_error(struct glance_up *u, const char *what, long status)
 
 /* ---- auth (Keystone v3) ---- */
 
+#define NEEDS_OS_AUTH                                                                              \
+    "target 'glance' needs OS_AUTH_URL and the other OS_* variables (or glance:URL)"
+
+/* OS_AUTH_URL's token endpoint ("/v3" added unless the URL ends with it);
+ * NULL when the variable is unset. Caller frees. */
+static char *keystone_tokens_url(void)
+{
+    const char *auth = getenv("OS_AUTH_URL");
+    size_t n = auth ? strlen(auth) : 0;
+    int slash, v3;
+
+    if (!n)
+        return NULL;
+    slash = auth[n - 1] == '/';
+    v3 = n >= 3 + (size_t)slash && !strncmp(auth + n - 3 - slash, "/v3", 3);
+    return hs__asprintf("%s%s%sauth/tokens", auth, slash ? "" : "/", v3 ? "" : "v3/");
+}
+
 static const char *env_or(const char *name, const char *dflt)
 {
     const char *v = getenv(name);
@@ -367,24 +385,15 @@ static void gu_step(struct glance_up *u)
 
     switch (u->step) {
     case G_AUTH: {
-        const char *auth = getenv("OS_AUTH_URL");
         char *body;
 
-        if (!auth || !*auth) {
-            hs_err_set(&u->req->err, -EINVAL, HS_ERR_INPUT, 0,
-                       "target 'glance' needs OS_AUTH_URL and the other OS_* variables (or "
-                       "glance:URL)");
+        url = keystone_tokens_url();
+        if (!url) {
+            hs_err_set(&u->req->err, -EINVAL, HS_ERR_INPUT, 0, "%s", NEEDS_OS_AUTH);
             u->step = G_DONE;
             u->fail_code = -EINVAL;
             gu_step(u);
             return;
-        }
-        {
-            size_t n = strlen(auth);
-            int slash = auth[n - 1] == '/';
-            int v3 = strstr(auth, "/v3") && (!strcmp(auth + n - 3 - slash, slash ? "/v3/" : "/v3"));
-
-            url = hs__asprintf("%s%s%sauth/tokens", auth, slash ? "" : "/", v3 ? "" : "v3/");
         }
         gu_request(u, "POST", url);
         free(url);
@@ -799,16 +808,15 @@ int hs__glance_new(const struct hs_uploader_env *env, const char *url, struct hs
                    struct hs_err *err)
 {
     struct glance *g;
+    const char *auth = getenv("OS_AUTH_URL");
 
     if (!env->http)
         return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "no HTTP client for glance");
     if (url && strncmp(url, "http://", 7) && strncmp(url, "https://", 8))
         return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
                           "glance endpoint '%s' is not an http:// or https:// URL", url);
-    if (!url && !getenv("OS_AUTH_URL"))
-        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
-                          "target 'glance' needs OS_AUTH_URL and the other OS_* variables (or "
-                          "glance:URL)");
+    if (!url && (!auth || !*auth))
+        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "%s", NEEDS_OS_AUTH);
     g = hs__calloc(1, sizeof(*g));
     g->http = env->http;
     g->keystone = url == NULL;
