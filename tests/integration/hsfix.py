@@ -54,11 +54,21 @@ def fix_kvm_node():
 
 
 def stop_at_exit(pidfile):
-    """Stop a daemon this process started, by its PID, when the tests end."""
+    """Stop a daemon this process started, by its PID, when the tests end, and
+    wait until it is gone: a next test program must not find it exiting."""
     import atexit
     with open(pidfile) as f:
         pid = int(f.read().strip())
-    atexit.register(lambda: os.kill(pid, signal.SIGTERM))
+
+    def stop():
+        os.kill(pid, signal.SIGTERM)
+        for i in range(300):
+            try:
+                os.kill(pid, signal.SIGKILL if i == 200 else 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+    atexit.register(stop)
 
 
 def ensure_libvirtd():
@@ -69,12 +79,15 @@ def ensure_libvirtd():
     if sh("pgrep", "-x", "virtlogd", check=False).returncode != 0:
         sh("virtlogd", "-d")
         stop_at_exit("/run/virtlogd.pid")
-    if sh("pgrep", "-x", "libvirtd", check=False).returncode != 0:
-        sh("libvirtd", "-d")
-        stop_at_exit("/run/libvirtd.pid")
+    started = False
     for _ in range(600):  # a first start probes QEMU: seconds
         if sh("virsh", "-c", URI, "version", check=False).returncode == 0:
             return
+        # none running, or one still exiting (then start once it is gone)
+        if not started and sh("pgrep", "-x", "libvirtd", check=False).returncode != 0:
+            sh("libvirtd", "-d")
+            stop_at_exit("/run/libvirtd.pid")
+            started = True
         time.sleep(0.1)
     raise RuntimeError("libvirtd did not come up")
 
