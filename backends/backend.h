@@ -43,6 +43,10 @@ struct hs_capture {
     enum hs_quiesce quiesce;
     char warning[256]; /* for the job's events (e.g. "not quiesced: ..."); set by the backend */
     double frozen_ms;  /* freeze-to-thaw time; < 0 when not frozen */
+    /* How long hotsnap kept the guest from running or writing: cold, save to
+     * restore; live, freeze (or the backup call) to thaw; mirror, the block
+     * job aborts. < 0 when the guest was not touched (offline). */
+    double stall_ms;
     void (*on_progress)(struct hs_capture *cap, uint64_t done, uint64_t total);
     int domain_gone; /* the domain was destroyed or crashed by someone else */
     void *priv;      /* backend state */

@@ -25,6 +25,7 @@ struct cold {
     int saved;       /* the managed save succeeded */
     int uncertain;   /* the save's outcome is unknown (connection lost during it) */
     size_t detached; /* host devices detached so far */
+    uint64_t t_down; /* hrtime the save began */
 };
 
 /* Worker: attach again the first @n host devices. Errors are recorded, not fatal. */
@@ -64,6 +65,7 @@ static int cold_save(struct hs_virt_call *call, virConnectPtr conn)
             return rc;
         }
     }
+    c->t_down = uv_hrtime();
     if (virDomainManagedSave(cap->dom, flags) < 0) {
         rc = hs_err_virt(&call->err, -EIO, "managed save of domain '%s' failed", cap->info->name);
         if (virConnectIsAlive(conn) != 1)
@@ -141,6 +143,7 @@ static int cold_restore(struct hs_virt_call *call, virConnectPtr conn)
                                "hotsnap run tries again",
                                cap->info->name);
         c->saved = 0;
+        cap->stall_ms = (double)(uv_hrtime() - c->t_down) / 1e6;
     } else if (state == VIR_DOMAIN_SHUTOFF && c->saved && !cap->domain_gone) {
         return hs_err_set(&call->err, -EIO, HS_ERR_LIBVIRT, 0,
                           "domain '%s' is shut off and its managed-save image is gone; hotsnap "

@@ -85,7 +85,7 @@ static int live_begin(struct hs_virt_call *call, virConnectPtr conn)
     struct live *l = call->data;
     struct hs_capture *cap = l->cap;
     struct hs_err aerr = {0};
-    uint64_t t0 = 0;
+    uint64_t t0 = 0, ts = uv_hrtime();
     int rc, i;
 
     rc = hs__journal_write(cap->journal, l->journal_text);
@@ -122,6 +122,8 @@ static int live_begin(struct hs_virt_call *call, virConnectPtr conn)
     if (l->frozen)
         rc = hs_err_virt(&call->err, -EIO, "cannot thaw the filesystems of domain '%s'",
                          cap->info->name);
+    else
+        cap->stall_ms = (double)(uv_hrtime() - ts) / 1e6;
     return rc;
 }
 

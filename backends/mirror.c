@@ -107,11 +107,14 @@ static int mirror_copy(struct hs_virt_call *call, virConnectPtr conn)
 static int mirror_abort(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct mirror *m = call->data;
+    uint64_t t0 = uv_hrtime();
 
     /* no pivot: the guest stays on its own disk, the delta keeps the copy */
     if (virDomainBlockJobAbort(m->cap->dom, cur_disk(m), 0) < 0)
         return hs_err_virt(&call->err, -EIO, "cannot end the block copy of disk '%s' of '%s'",
                            cur_disk(m), m->cap->info->name);
+    m->cap->stall_ms =
+        (m->cap->stall_ms < 0 ? 0 : m->cap->stall_ms) + (double)(uv_hrtime() - t0) / 1e6;
     return 0;
 }
 

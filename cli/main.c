@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fnmatch.h>
 #include <getopt.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -381,7 +382,7 @@ static void print_summary(struct cli *cli)
 {
     double secs = (double)(uv_hrtime() - cli->t0) / 1e9;
     uint64_t bytes = total_bytes(cli);
-    char size[32];
+    char size[32], stall[32];
     int i, failed = 0;
     size_t k;
 
@@ -397,6 +398,8 @@ static void print_summary(struct cli *cli)
             cJSON_AddStringToObject(r, "domain", cli->results[i].domain);
             cJSON_AddStringToObject(r, "mode", hs_job_mode(job) ? hs_job_mode(job) : "");
             cJSON_AddNumberToObject(r, "seconds", hs_job_seconds(job));
+            if (hs_job_stall_ms(job) >= 0)
+                cJSON_AddNumberToObject(r, "stall_ms", round(hs_job_stall_ms(job) * 10.0) / 10.0);
             cJSON_AddStringToObject(r, "result", cli->results[i].status ? "failed" : "ok");
             if (hs_job_error(job))
                 cJSON_AddStringToObject(r, "error", hs_job_error(job));
@@ -431,23 +434,27 @@ static void print_summary(struct cli *cli)
         free(s);
         cJSON_Delete(sum);
     } else {
-        hs_cli_out_line(&cli->out, stdout, "\n%-20s %-8s %-36s %-5s %10s %8s  %s\n", "DOMAIN",
-                        "MODE", "IMAGE", "DISK", "SIZE", "TIME", "RESULT");
+        hs_cli_out_line(&cli->out, stdout, "\n%-20s %-8s %-36s %-5s %10s %8s %9s  %s\n", "DOMAIN",
+                        "MODE", "IMAGE", "DISK", "SIZE", "TIME", "STALL", "RESULT");
         for (i = 0; i < cli->nresults; i++) {
             struct hs_job *job = cli->results[i].job;
             const char *err = hs_job_error(job);
             size_t n = hs_job_image_count(job);
 
             failed += cli->results[i].status != 0;
+            stall[0] = '\0';
+            if (hs_job_stall_ms(job) >= 0)
+                snprintf(stall, sizeof(stall), "%.0f ms", hs_job_stall_ms(job));
             for (k = 0; k < (n ? n : 1); k++) {
                 const struct hs_image *img = n ? hs_job_image(job, k) : NULL;
 
                 size[0] = '\0';
                 if (img && img->id)
                     snprintf(size, sizeof(size), "%.1f MiB", (double)img->size / (1024.0 * 1024.0));
-                printf("%-20s %-8s %-36s %-5s %10s %7.1fs  %s\n", cli->results[i].domain,
+                printf("%-20s %-8s %-36s %-5s %10s %7.1fs %9s  %s\n", cli->results[i].domain,
                        hs_job_mode(job) ? hs_job_mode(job) : "-", img && img->id ? img->id : "-",
-                       img ? img->disk : "-", size, hs_job_seconds(job), err ? err : "ok");
+                       img ? img->disk : "-", size, hs_job_seconds(job), k ? "" : stall,
+                       err ? err : "ok");
             }
         }
         for (i = 0; i < cli->nresults; i++) {

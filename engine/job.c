@@ -250,8 +250,11 @@ static void job_publish_state(struct hs_job *job, int waiting)
         cJSON_AddStringToObject(ev, "reason", job->why);
     if (job->err.code)
         cJSON_AddStringToObject(ev, "error", job->err.msg);
-    if (s == HS_JOB_DONE || s == HS_JOB_FAILED)
+    if (s == HS_JOB_DONE || s == HS_JOB_FAILED) {
+        if (hs_job_stall_ms(job) >= 0)
+            cJSON_AddNumberToObject(ev, "stall_ms", round(hs_job_stall_ms(job) * 10.0) / 10.0);
         cJSON_AddItemToObject(ev, "images", job_images_json(job));
+    }
     hs_log(HS_LOG_DEBUG, "job %s: %s%s", job->id, waiting ? "waiting for " : "", job_state_name(s));
     hs__engine_emit(job->eng, ev);
 }
@@ -544,6 +547,8 @@ static void job_captured(struct hs_capture *cap, int status)
         if (cap->frozen_ms >= 0)
             cJSON_AddNumberToObject(ev, "frozen_ms", round(cap->frozen_ms * 10.0) / 10.0);
         cJSON_AddBoolToObject(ev, "quiesced", cap->frozen_ms >= 0);
+        if (cap->stall_ms >= 0)
+            cJSON_AddNumberToObject(ev, "stall_ms", round(cap->stall_ms * 10.0) / 10.0);
         if (cap->warning[0])
             cJSON_AddStringToObject(ev, "warning", cap->warning);
         hs__engine_emit(job->eng, ev);
@@ -570,6 +575,7 @@ static int job_capture(struct hs_job *job)
     cap->err = &job->err;
     cap->quiesce = job->quiesce;
     cap->frozen_ms = -1;
+    cap->stall_ms = -1;
     cap->on_progress = job_capture_progress;
     job_progress_reset(job);
     cap->ndisks = job->ndisks;
@@ -1237,6 +1243,11 @@ const char *hs_job_error(const struct hs_job *job)
 double hs_job_seconds(const struct hs_job *job)
 {
     return (job->t_end ? job->t_end : hs__now()) - job->t_start;
+}
+
+double hs_job_stall_ms(const struct hs_job *job)
+{
+    return job->captured ? job->cap.stall_ms : -1;
 }
 
 size_t hs_job_image_count(const struct hs_job *job)

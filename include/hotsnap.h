@@ -153,6 +153,10 @@ const char *hs_job_domain(const struct hs_job *job);
 const char *hs_job_mode(const struct hs_job *job);  /* backend used, once chosen */
 const char *hs_job_error(const struct hs_job *job); /* NULL unless failed */
 double hs_job_seconds(const struct hs_job *job);
+/* How long the guest was kept from running or writing by this snapshot, in ms
+ * (cold: save to restore; live: freeze or backup start to thaw; mirror: the
+ * block job aborts); < 0 when it was not touched or the capture never ran. */
+double hs_job_stall_ms(const struct hs_job *job);
 size_t hs_job_image_count(const struct hs_job *job);
 const struct hs_image *hs_job_image(const struct hs_job *job, size_t i);
 

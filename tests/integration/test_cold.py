@@ -25,6 +25,10 @@ class ColdTest(GuestTestCase):
         self.assertEqual(run.rc, 0, run.stderr)
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
         self.assertEqual(g.dom.hasManagedSaveImage(), 0)
+        # the downtime: a managed save and a restore, within the job's time
+        [res] = run.summary()["results"]
+        self.assertGreater(res["stall_ms"], 50)
+        self.assertLess(res["stall_ms"], res["seconds"] * 1000)
         [(img, meta)] = self.image_files(run)
         path = os.path.join(self.store, meta["file"])
         same, out = images_identical(path, ref)

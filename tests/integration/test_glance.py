@@ -102,6 +102,12 @@ class GlanceTest(GuestTestCase):
             if g is not doomed:
                 self.assert_published(run, g)
         self.assertEqual(run.summary()["failed"], 1)
+        # the guests it touched were held a short while; the shut-off ones never
+        for g in [run_a] + paused:
+            self.assertEqual(res[g.name]["mode"], "live")
+            self.assertLess(res[g.name]["stall_ms"], 5000)
+        for g in off:
+            self.assertNotIn("stall_ms", res[g.name])
         self.assertEqual(sorted(i["status"] for i in self.glance.images()), ["active"] * 5)
         self.assertEqual(run_a.state(), libvirt.VIR_DOMAIN_RUNNING)
         for g in paused:
