@@ -213,6 +213,7 @@ static int live_capture(struct hs_capture *cap, hs_capture_cb cb)
         cap->disks[i].pit_path =
             hs__asprintf("%s/%s.backup.qcow2", cap->scratch, cap->disks[i].disk->target);
         cap->disks[i].pit_format = hs__strdup("qcow2");
+        cap->disks[i].pit_standalone = 1; /* a full backup: no backing file */
     }
     /* QEMU itself opens the backup targets in the scratch directory */
     if (hs__path_traversable(cap->scratch, cap->err, "scratch directory") < 0)
@@ -411,6 +412,7 @@ static void live_destroy(struct hs_capture *cap)
 
 const struct hs_backend_ops hs_backend_live = {
     .name = "live",
+    .standalone_pit = 1,
     .capture = live_capture,
     .release = live_release,
     .lifecycle = live_lifecycle,

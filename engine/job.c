@@ -100,6 +100,7 @@ struct hs_job {
     int wait_domain;          /* in inspect, behind another job of the same domain */
     struct hs_sched_req slot; /* capture, extract or upload slot; scratch reservation */
     int captured;
+    int adopted; /* the current disk's backup is published unconverted */
     int released;
     int canceled;
     struct hs_err err;
@@ -638,7 +639,11 @@ static void job_convert_exit(struct hs_proc *p, int status)
     int rc;
 
     job->proc = NULL;
-    if (status == -ECANCELED) {
+    if (status < 0 && status != -ECANCELED && job->adopted) {
+        hs_err_set(&job->err, status, HS_ERR_QEMU_IMG, p->exit_status,
+                   "qemu-img check of the backup of disk '%s' of domain '%s' failed: %s",
+                   d->img.disk, job->info.name, hs__proc_stderr(p));
+    } else if (status == -ECANCELED) {
         hs_err_set(&job->err, status, HS_ERR_CANCELED, 0, "snapshot of domain '%s' canceled",
                    job->info.name);
     } else if (status < 0) {
@@ -678,6 +683,25 @@ static int job_extract_next(struct hs_job *job)
     cd = &job->cap.disks[job->cur];
     d->out_path = hs__asprintf("%s/%s.%s", job->scratch, d->img.disk, fmt);
     job_progress_reset(job);
+    job->adopted = cd->pit_standalone && !job->compress && !strcmp(cd->pit_format, fmt);
+    if (job->adopted) {
+        /* a full backup is already the image: check it, no second copy */
+        if (rename(cd->pit_path, d->out_path) < 0)
+            return hs_err_set(&job->err, -errno, HS_ERR_SYS, errno, "cannot move '%s': %s",
+                              cd->pit_path, strerror(errno));
+        argv[n++] = "qemu-img";
+        argv[n++] = "check";
+        argv[n++] = "-q";
+        argv[n++] = "-f";
+        argv[n++] = (char *)fmt;
+        argv[n++] = d->out_path;
+        argv[n] = NULL;
+        rc = hs__proc_spawn(job->eng->loop, argv, 0, NULL, job_convert_exit, job, &job->proc);
+        if (rc < 0)
+            return hs_err_set(&job->err, rc, HS_ERR_QEMU_IMG, 0, "cannot run qemu-img: %s",
+                              uv_strerror(rc));
+        return 0;
+    }
     argv[n++] = "qemu-img";
     argv[n++] = "convert";
     argv[n++] = "-p";
@@ -876,22 +900,26 @@ static void job_slot_granted(struct hs_sched_req *req)
     job_step(req->data);
 }
 
-/* Bytes the extract may write: the allocated size of what it converts. */
+/* Scratch the job may fill, reserved before its capture: the allocated size
+ * of each disk and its backing file (an upper bound for a compact image),
+ * twice for a live backup that must be converted again. */
 static uint64_t job_scratch_estimate(const struct hs_job *job)
 {
+    int twice = job->backend && job->backend->standalone_pit &&
+                (job->format != HS_FORMAT_QCOW2 || job->compress);
     uint64_t total = 0;
     struct stat st;
     size_t i;
 
-    for (i = 0; i < job->cap.ndisks; i++) {
-        const struct hs_capture_disk *cd = &job->cap.disks[i];
+    for (i = 0; i < job->ndisks; i++) {
+        const struct hs_disk *disk = &job->info.disks[job->disks[i].idx];
 
-        if (cd->pit_path && stat(cd->pit_path, &st) == 0)
+        if (disk->source && stat(disk->source, &st) == 0)
             total += (uint64_t)st.st_blocks * 512;
-        if (cd->disk->backing && stat(cd->disk->backing, &st) == 0)
+        if (disk->backing && stat(disk->backing, &st) == 0)
             total += (uint64_t)st.st_blocks * 512;
     }
-    return total;
+    return twice ? 2 * total : total;
 }
 
 /* Capture, extract and upload run only with a slot of their resource. 1 when
@@ -907,7 +935,7 @@ static int job_need_slot(struct hs_job *job, enum hs_res res)
     slot->res = res;
     slot->data = job;
     slot->priority = job->priority;
-    if (res == HS_RES_EXTRACT)
+    if (res == HS_RES_CAPTURE && !slot->reserved)
         slot->scratch = job_scratch_estimate(job);
     rc = hs__sched_acquire(&job->eng->sched, slot, job_slot_granted);
     if (rc == -ENOSPC)

@@ -27,9 +27,32 @@ static void sched_tell(uv_timer_t *t)
 
 static int fits(const struct hs_sched *s, const struct hs_sched_req *req)
 {
+    int up = s->max[HS_RES_UPLOAD];
+
     if (s->max[req->res] && s->used[req->res] >= s->max[req->res])
         return 0;
-    return req->res != HS_RES_EXTRACT || !s->budget || s->reserved + req->scratch <= s->budget;
+    if (req->res != HS_RES_CAPTURE || req->reserved)
+        return 1;
+    /* paced: the jobs holding scratch are the uploads and one more */
+    if (up && s->holders >= up + 1)
+        return 0;
+    return !s->budget || s->reserved + req->scratch <= s->budget;
+}
+
+static void grant(struct hs_sched *s, struct hs_sched_req *req)
+{
+    req->queued = 0;
+    req->held = 1;
+    if (++s->used[req->res] > s->peak[req->res])
+        s->peak[req->res] = s->used[req->res];
+    if (req->res == HS_RES_CAPTURE && !req->reserved) {
+        req->reserved = 1;
+        s->reserved += req->scratch;
+        if (s->reserved > s->peak_reserved)
+            s->peak_reserved = s->reserved;
+        if (++s->holders > s->peak_holders)
+            s->peak_holders = s->holders;
+    }
 }
 
 static void sched_dispatch(struct hs_sched *s)
@@ -42,17 +65,7 @@ static void sched_dispatch(struct hs_sched *s)
         /* only ever the head: a later request never overtakes it */
         while ((req = s->queue[r]) != NULL && fits(s, req)) {
             s->queue[r] = req->next;
-            req->queued = 0;
-            req->held = 1;
-            s->used[r]++;
-            if (s->used[r] > s->peak[r])
-                s->peak[r] = s->used[r];
-            if (r == HS_RES_EXTRACT) {
-                req->reserved = 1;
-                s->reserved += req->scratch;
-                if (s->reserved > s->peak_reserved)
-                    s->peak_reserved = s->reserved;
-            }
+            grant(s, req);
             /* told in the order granted */
             req->next = NULL;
             for (tail = &s->granted; *tail; tail = &(*tail)->next)
@@ -69,7 +82,7 @@ int hs__sched_acquire(struct hs_sched *s, struct hs_sched_req *req, hs_sched_cb 
 {
     struct hs_sched_req **pp;
 
-    if (req->res == HS_RES_EXTRACT && s->budget && req->scratch > s->budget)
+    if (req->res == HS_RES_CAPTURE && !req->reserved && s->budget && req->scratch > s->budget)
         return -ENOSPC;
     req->granted = cb;
     req->seq = ++s->seq;
@@ -98,6 +111,7 @@ void hs__sched_unreserve(struct hs_sched *s, struct hs_sched_req *req)
         return;
     req->reserved = 0;
     s->reserved -= req->scratch;
+    s->holders--;
     sched_dispatch(s);
 }
 

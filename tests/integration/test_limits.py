@@ -19,6 +19,20 @@ def most_at_once(events, state):
     return most
 
 
+def most_holding_scratch(events):
+    """The most jobs at once between the start of their capture and their cleanup."""
+    inside, most = set(), 0
+    for e in events:
+        if e.get("event") != "state":
+            continue
+        if e["state"] == "capture":
+            inside.add(e["job"])
+        elif e["state"] in ("cleanup", "done", "failed"):
+            inside.discard(e["job"])
+        most = max(most, len(inside))
+    return most
+
+
 class LimitsTest(GuestTestCase):
 
     def test_limits_hold_and_every_snapshot_is_made(self):
@@ -32,6 +46,8 @@ class LimitsTest(GuestTestCase):
         self.assertLessEqual(most_at_once(run.events, "capture"), 2)
         self.assertEqual(most_at_once(run.events, "extract"), 1)
         self.assertEqual(most_at_once(run.events, "upload"), 1)
+        # paced: the one uploading and the one ready next, never a third
+        self.assertEqual(most_holding_scratch(run.events), 2)
         self.assertEqual(len([f for f in os.listdir(self.store) if f.endswith(".json")]), 6)
         self.assert_nothing_left()
 

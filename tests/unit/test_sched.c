@@ -8,11 +8,12 @@
 
 static uv_loop_t loop;
 static struct hs_sched s;
-static int order[64], norder;
+static int order[64], norder, told[64];
 
 static void granted(struct hs_sched_req *req)
 {
     order[norder++] = (int)(intptr_t)req->data;
+    told[(intptr_t)req->data] = 1;
 }
 
 static void reset(int captures, int extracts, int uploads, uint64_t budget)
@@ -24,6 +25,7 @@ static void reset(int captures, int extracts, int uploads, uint64_t budget)
     s.max[HS_RES_UPLOAD] = uploads;
     s.budget = budget;
     norder = 0;
+    memset(told, 0, sizeof(told));
 }
 
 static void done(void)
@@ -63,12 +65,12 @@ static void test_limits_and_async_grants(void)
 
 static void test_scratch_budget(void)
 {
-    struct hs_sched_req big = {.res = HS_RES_EXTRACT, .scratch = 70, .data = (void *)1};
-    struct hs_sched_req small = {.res = HS_RES_EXTRACT, .scratch = 40, .data = (void *)2};
-    struct hs_sched_req later = {.res = HS_RES_EXTRACT, .scratch = 10, .data = (void *)3};
-    struct hs_sched_req huge = {.res = HS_RES_EXTRACT, .scratch = 101, .data = (void *)4};
+    struct hs_sched_req big = {.res = HS_RES_CAPTURE, .scratch = 70, .data = (void *)1};
+    struct hs_sched_req small = {.res = HS_RES_CAPTURE, .scratch = 40, .data = (void *)2};
+    struct hs_sched_req later = {.res = HS_RES_CAPTURE, .scratch = 10, .data = (void *)3};
+    struct hs_sched_req huge = {.res = HS_RES_CAPTURE, .scratch = 101, .data = (void *)4};
 
-    reset(0, 4, 0, 100);
+    reset(4, 0, 0, 100);
     CHECK(hs__sched_acquire(&s, &huge, granted) == -ENOSPC); /* can never fit */
     CHECK(hs__sched_acquire(&s, &big, granted) == 0);
     CHECK(hs__sched_acquire(&s, &small, granted) == 0);
@@ -76,7 +78,7 @@ static void test_scratch_budget(void)
     uv_run(&loop, UV_RUN_NOWAIT);
     /* 70 + 40 > 100: small waits, and later (which would fit) does not overtake it */
     CHECK(norder == 1 && order[0] == 1 && s.reserved == 70);
-    /* the slot goes back after the extract, the reservation stays until cleanup */
+    /* the slot goes back after the capture, the reservation stays until cleanup */
     hs__sched_release(&s, &big);
     uv_run(&loop, UV_RUN_NOWAIT);
     CHECK(norder == 1);
@@ -90,7 +92,57 @@ static void test_scratch_budget(void)
     hs__sched_unreserve(&s, &small);
     hs__sched_release(&s, &later);
     hs__sched_unreserve(&s, &later);
-    CHECK(s.reserved == 0 && s.used[HS_RES_EXTRACT] == 0);
+    CHECK(s.reserved == 0 && s.used[HS_RES_CAPTURE] == 0 && s.holders == 0);
+    done();
+}
+
+/* Jobs of capture -> extract -> upload: the scratch holds at most one image
+ * beyond the uploads, and every job gets through. */
+static void test_captures_paced_to_uploads(void)
+{
+    enum { N = 8, UPLOADS = 2 };
+    struct hs_sched_req r[N];
+    int i, step, finished = 0, most_waiting_for_upload = 0;
+
+    reset(4, 2, UPLOADS, 0);
+    memset(r, 0, sizeof(r));
+    for (i = 0; i < N; i++) {
+        r[i].res = HS_RES_CAPTURE;
+        r[i].scratch = 1;
+        r[i].data = (void *)(intptr_t)i;
+        CHECK(hs__sched_acquire(&s, &r[i], granted) == 0);
+    }
+    for (step = 0; step < 1000 && finished < N; step++) {
+        int waiting_for_upload = 0;
+
+        uv_run(&loop, UV_RUN_NOWAIT);
+        CHECK(s.holders <= UPLOADS + 1);
+        CHECK(s.used[HS_RES_CAPTURE] <= UPLOADS + 1); /* paced below its own limit of 4 */
+        for (i = 0; i < N; i++)
+            waiting_for_upload += r[i].res == HS_RES_UPLOAD && r[i].queued;
+        for (i = 0; i < N; i++) {
+            struct hs_sched_req *q = &r[i];
+
+            if (!q->held || !told[i] || (q->res == HS_RES_UPLOAD && step % 3))
+                continue; /* uploads are the slow step */
+            told[i] = 0;
+            norder = 0;
+            hs__sched_release(&s, q);
+            if (q->res == HS_RES_UPLOAD) {
+                hs__sched_unreserve(&s, q);
+                finished++;
+                continue;
+            }
+            q->res = q->res == HS_RES_CAPTURE ? HS_RES_EXTRACT : HS_RES_UPLOAD;
+            CHECK(hs__sched_acquire(&s, q, granted) == 0);
+        }
+        if (waiting_for_upload > most_waiting_for_upload)
+            most_waiting_for_upload = waiting_for_upload;
+    }
+    CHECK(finished == N);
+    CHECK(s.peak_holders == UPLOADS + 1); /* one ready ahead, no more */
+    CHECK(most_waiting_for_upload == 1);
+    CHECK(s.holders == 0 && s.reserved == 0);
     done();
 }
 
@@ -130,7 +182,7 @@ static void test_random_never_exceeds(void)
     srand(7);
     for (i = 0; i < 200; i++) {
         r[i].res = (enum hs_res)(i % HS_RES_NR);
-        r[i].scratch = r[i].res == HS_RES_EXTRACT ? (uint64_t)(rand() % 400) : 0;
+        r[i].scratch = r[i].res == HS_RES_CAPTURE ? (uint64_t)(rand() % 400) : 0;
         r[i].priority = rand() % 3;
         r[i].data = (void *)(intptr_t)(i % 64);
         CHECK(hs__sched_acquire(&s, &r[i], granted) == 0);
@@ -162,6 +214,7 @@ int main(void)
     CHECK(uv_loop_init(&loop) == 0);
     RUN(test_limits_and_async_grants);
     RUN(test_scratch_budget);
+    RUN(test_captures_paced_to_uploads);
     RUN(test_priorities_and_cancel);
     RUN(test_random_never_exceeds);
     CHECK(uv_loop_close(&loop) == 0);
