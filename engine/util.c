@@ -115,8 +115,9 @@ int hs__dir_writable(const char *dir, struct hs_err *err, const char *what)
     if (!S_ISDIR(st.st_mode))
         return hs_err_set(err, -ENOTDIR, HS_ERR_INPUT, ENOTDIR, "%s '%s' is not a directory", what,
                           dir);
-    probe = hs__asprintf("%s/.hotsnap-probe-%d", dir, (int)getpid());
-    fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    /* unique: jobs probe the same directory at once from worker threads */
+    probe = hs__asprintf("%s/.hotsnap-probe-XXXXXX", dir);
+    fd = mkostemp(probe, O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
         free(probe);
