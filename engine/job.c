@@ -97,8 +97,10 @@ struct hs_job {
     uv_timer_t tick; /* backend progress, every second of capture */
     int closing;     /* handles still to close */
     int wait_conn;
-    int wait_domain;          /* in inspect, behind another job of the same domain */
-    struct hs_sched_req slot; /* capture, extract or upload slot; scratch reservation */
+    int wait_domain;           /* in inspect, behind another job of the same domain */
+    struct hs_virt_call icall; /* inspect's libvirt reads */
+    int managed_save;          /* read by inspect */
+    struct hs_sched_req slot;  /* capture, extract or upload slot; scratch reservation */
     int captured;
     int adopted; /* the current disk's backup is published unconverted */
     int released;
@@ -304,23 +306,29 @@ static void job_progress(struct hs_job *job, const char *phase, double pct, uint
 
 /* ---- inspect: everything that can be refused is refused here, before any change ---- */
 
-static int job_lookup(struct hs_job *job)
+/* Worker: find the domain (by name, else UUID), read it and parse it. */
+static int job_inspect_call(struct hs_virt_call *call, virConnectPtr conn)
 {
-    virConnectPtr conn = hs__virt_conn(job->eng->virt);
-    uint64_t t0;
+    struct hs_job *job = call->data;
+    char *xml;
+    int reason, rc;
 
-    if (!conn)
-        return hs_err_set(&job->err, -ENOTCONN, HS_ERR_LIBVIRT, 0,
-                          "not connected to libvirt at '%s'", hs__virt_uri(job->eng->virt));
-    t0 = hs__virt_quick_begin();
-    job->dom = virDomainLookupByName(conn, job->domain_arg);
+    if (!job->dom)
+        job->dom = virDomainLookupByName(conn, job->domain_arg);
     if (!job->dom)
         job->dom = virDomainLookupByUUIDString(conn, job->domain_arg);
-    hs__virt_quick_end(t0, "virDomainLookupByName");
     if (!job->dom)
-        return hs_err_set(&job->err, -ENOENT, HS_ERR_INPUT, 0, "domain '%s' not found",
+        return hs_err_set(&call->err, -ENOENT, HS_ERR_INPUT, 0, "domain '%s' not found",
                           job->domain_arg);
-    return 0;
+    xml = virDomainGetXMLDesc(job->dom, 0);
+    if (!xml || virDomainGetState(job->dom, &job->cap.dom_state, &reason, 0) < 0) {
+        free(xml);
+        return hs_err_virt(&call->err, -EIO, "cannot read domain '%s'", job->domain_arg);
+    }
+    job->managed_save = virDomainHasManagedSaveImage(job->dom, 0) == 1;
+    rc = hs__domain_parse(xml, &job->info, &call->err);
+    free(xml);
+    return rc;
 }
 
 static cJSON *job_props(struct hs_job *job, struct hs_job_disk *d)
@@ -402,42 +410,26 @@ static int job_domain_busy(struct hs_job *job)
     return 0;
 }
 
-/* 0 done (advance), 1 waiting for another job of the domain, < 0 failed. */
-static int job_inspect(struct hs_job *job)
+/* On the loop, once the domain is read: 0 done (advance), 1 waiting for
+ * another job of the domain, < 0 failed. */
+static int job_inspected_check(struct hs_job *job)
 {
     struct hs_select_in sel;
-    int state, reason, managed_save, n, rc;
-    char *xml;
+    int n, rc;
     int *idx;
-    uint64_t t0;
 
-    if (job->err.code) /* canceled while it waited */
-        return job->err.code;
-    if (!job->dom && (rc = job_lookup(job)) < 0)
-        return rc;
-    if (job_domain_busy(job))
-        return 1; /* waits: another job of ours works on this domain */
-    t0 = hs__virt_quick_begin();
-    xml = virDomainGetXMLDesc(job->dom, 0);
-    if (!xml || virDomainGetState(job->dom, &state, &reason, 0) < 0) {
-        free(xml);
-        return hs_err_virt(&job->err, -EIO, "cannot read domain '%s'", job->domain_arg);
+    if (job_domain_busy(job)) {
+        hs__domain_info_clear(&job->info); /* read again when it is free */
+        return 1;                          /* another job of ours works on this domain */
     }
-    managed_save = virDomainHasManagedSaveImage(job->dom, 0) == 1;
-    hs__virt_quick_end(t0, "domain inspection");
-    rc = hs__domain_parse(xml, &job->info, &job->err);
-    free(xml);
-    if (rc < 0)
-        return rc;
     sel.mode = job->mode;
     sel.domain = job->info.name;
-    sel.state = state;
-    sel.managed_save = managed_save;
+    sel.state = job->cap.dom_state;
+    sel.managed_save = job->managed_save;
     sel.has_backup = hs__virt_has_backup(job->eng->virt);
     job->backend = job->eng->select_backend(&sel, job->why, sizeof(job->why), &job->err);
     if (!job->backend)
         return job->err.code;
-    job->cap.dom_state = state;
     idx = hs__calloc(job->info.ndisks, sizeof(int));
     n = hs__domain_select(&job->info, job->all_disks, idx, &job->err);
     if (n > 0)
@@ -458,14 +450,54 @@ static int job_inspect(struct hs_job *job)
     return 0;
 }
 
+static void job_inspected(struct hs_virt_call *call, int status)
+{
+    struct hs_job *job = call->data;
+
+    if (status < 0 && !job->err.code)
+        hs_err_adopt(&job->err, &call->err, status);
+    if (!job->err.code && job_inspected_check(job) == 1) {
+        job->wait_domain = 1;
+        return;
+    }
+    job_advance(job);
+}
+
+/* Read the domain on the worker pool: with many jobs, libvirt's round trips
+ * must not hold the loop. 0, or < 0 (recorded) when nothing runs. */
+static int job_inspect(struct hs_job *job)
+{
+    int rc;
+
+    if (job->err.code) /* canceled while it waited */
+        return job->err.code;
+    job->icall.data = job;
+    rc = hs__virt_queue(job->eng->virt, &job->icall, job_inspect_call, job_inspected);
+    if (rc < 0)
+        return hs_err_set(&job->err, rc, HS_ERR_LIBVIRT, 0, "not connected to libvirt at '%s'",
+                          hs__virt_uri(job->eng->virt));
+    return 0;
+}
+
 /* ---- prepare: the journal, then the scratch directory it names ---- */
 
+/* Worker: the file system can take milliseconds a file (ext4 looking for a
+ * free inode among many just deleted), which a loop with many jobs cannot give. */
 static void job_prepare_work(uv_work_t *w)
 {
     struct hs_job *job = hs_container_of(w, struct hs_job, work);
-    char *text = hs__journal_render(job->journal);
-    int rc;
+    char *text;
+    int rc = hs__journal_open(job->eng->state_dir, job->id, &job->journal, &job->err);
 
+    if (rc < 0) {
+        job->work_rc = rc;
+        return;
+    }
+    cJSON_AddStringToObject(job->journal->doc, "domain", job->info.name);
+    cJSON_AddStringToObject(job->journal->doc, "uuid", job->info.uuid);
+    cJSON_AddStringToObject(job->journal->doc, "scratch", job->scratch);
+    cJSON_AddNumberToObject(job->journal->doc, "started", job->t_start);
+    text = hs__journal_render(job->journal);
     rc = hs__mkdir_p(job->scratch_root, 0711);
     if (rc == 0 && hs__dir_writable(job->scratch_root, &job->err, "scratch directory") < 0)
         rc = job->err.code;
@@ -508,15 +540,7 @@ static int job_queue(struct hs_job *job, uv_work_cb fn)
 
 static int job_prepare(struct hs_job *job)
 {
-    int rc = hs__journal_open(job->eng->state_dir, job->id, &job->journal, &job->err);
-
-    if (rc < 0)
-        return rc;
     job->scratch = hs__asprintf("%s/%s", job->scratch_root, job->id);
-    cJSON_AddStringToObject(job->journal->doc, "domain", job->info.name);
-    cJSON_AddStringToObject(job->journal->doc, "uuid", job->info.uuid);
-    cJSON_AddStringToObject(job->journal->doc, "scratch", job->scratch);
-    cJSON_AddNumberToObject(job->journal->doc, "started", job->t_start);
     return job_queue(job, job_prepare_work);
 }
 
@@ -968,11 +992,8 @@ static void job_step(struct hs_job *job)
         job_advance(job);
         return;
     case HS_JOB_INSPECT:
-        if (job_inspect(job) == 1) {
-            job->wait_domain = 1;
-            return;
-        }
-        job_advance(job);
+        if (job_inspect(job) < 0)
+            job_advance(job);
         return;
     case HS_JOB_PREPARE:
         rc = job_prepare(job);
