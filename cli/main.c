@@ -89,7 +89,7 @@ static void usage(FILE *f)
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
         "\n"
         "limits on what snapshots share (a job holds each only while it uses it):\n"
-        "      --max-captures N   libvirt captures at once (default 4)\n"
+        "      --max-captures N   libvirt captures at once (default 2)\n"
         "      --max-extracts N   qemu-img converts at once (default 2)\n"
         "      --max-uploads N    uploads at once (default 4)\n"
         "      --scratch-budget SIZE  scratch images may take at once, e.g. 20G (default:\n"

@@ -76,7 +76,7 @@ int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs
         return rc;
     }
     hs__sched_init(&eng->sched, loop);
-    eng->sched.max[HS_RES_CAPTURE] = opts->max_captures > 0 ? opts->max_captures : 4;
+    eng->sched.max[HS_RES_CAPTURE] = opts->max_captures > 0 ? opts->max_captures : 2;
     eng->sched.max[HS_RES_EXTRACT] = opts->max_extracts > 0 ? opts->max_extracts : 2;
     eng->sched.max[HS_RES_UPLOAD] = opts->max_uploads > 0 ? opts->max_uploads : 4;
     eng->sched.budget =

@@ -70,7 +70,7 @@ struct hs_engine_opts {
     void *log_data;
     enum hs_log_level log_level;
     /* limits on shared resources; 0: the default */
-    int max_captures;        /* libvirt capture jobs at once (default 4) */
+    int max_captures;        /* libvirt capture jobs at once (default 2) */
     int max_extracts;        /* qemu-img converts at once (default 2) */
     int max_uploads;         /* uploads at once (default 4) */
     uint64_t scratch_budget; /* bytes of scratch the images may take at once
