@@ -97,10 +97,11 @@ struct hs_job {
     uv_timer_t tick; /* backend progress, every second of capture */
     int closing;     /* handles still to close */
     int wait_conn;
-    int wait_domain;           /* in inspect, behind another job of the same domain */
-    struct hs_virt_call icall; /* inspect's libvirt reads */
-    int managed_save;          /* read by inspect */
-    struct hs_sched_req slot;  /* capture, extract or upload slot; scratch reservation */
+    int wait_domain;             /* in inspect, behind another job of the same domain */
+    struct hs_virt_call icall;   /* inspect's libvirt reads */
+    struct hs_domain_info *read; /* what the worker read, for the loop to take */
+    int managed_save;            /* read by inspect */
+    struct hs_sched_req slot;    /* capture, extract or upload slot; scratch reservation */
     int captured;
     int adopted; /* the current disk's backup is published unconverted */
     int released;
@@ -326,7 +327,9 @@ static int job_inspect_call(struct hs_virt_call *call, virConnectPtr conn)
         return hs_err_virt(&call->err, -EIO, "cannot read domain '%s'", job->domain_arg);
     }
     job->managed_save = virDomainHasManagedSaveImage(job->dom, 0) == 1;
-    rc = hs__domain_parse(xml, &job->info, &call->err);
+    /* parsed aside: the loop may read job->info (hs_job_domain) meanwhile */
+    job->read = hs__calloc(1, sizeof(*job->read));
+    rc = hs__domain_parse(xml, job->read, &call->err);
     free(xml);
     return rc;
 }
@@ -454,6 +457,12 @@ static void job_inspected(struct hs_virt_call *call, int status)
 {
     struct hs_job *job = call->data;
 
+    if (job->read) {
+        hs__domain_info_clear(&job->info);
+        job->info = *job->read;
+        free(job->read);
+        job->read = NULL;
+    }
     if (status < 0 && !job->err.code)
         hs_err_adopt(&job->err, &call->err, status);
     if (!job->err.code && job_inspected_check(job) == 1) {
