@@ -26,7 +26,9 @@
 
 #define GLANCE_BACKOFF_MS 500
 #define GLANCE_BACKOFF_MAX_MS 8000
-#define GLANCE_CHUNK (256 * 1024)
+/* curl's upload buffer and our reads. 256 KiB was no faster alone (241 MB/s
+ * at 64 KiB against curl -T's 230) and cost 270 KiB per open upload. */
+#define GLANCE_CHUNK (64 * 1024)
 
 struct glance {
     struct hs_http *http;
