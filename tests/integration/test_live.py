@@ -1,4 +1,5 @@
 """Live snapshots of writing guests: one consistent instant, and the guest runs on."""
+import json
 import os
 import signal
 import time
@@ -61,6 +62,18 @@ class LiveTest(GuestTestCase):
         sh("qemu-img", "convert", "-U", "-O", "qcow2", g.disks[0].path, copy)
         ok, msg = check_images(g.BLOCKS, copy)
         self.assertFalse(ok, msg)
+
+    def test_a_compressed_image_is_converted_from_the_backup(self):
+        # qcow2 as it is is the backup itself; compressed, it is converted again
+        g = self.writer("live-compress")
+        run = self.live_snapshot(g, "--compress")
+        [(img, meta)] = self.image_files(run)
+        path = os.path.join(self.store, meta["file"])
+        ok, msg = check_images(g.BLOCKS, path)
+        self.assertTrue(ok, msg)
+        check = json.loads(sh("qemu-img", "check", "--output=json", path).stdout)
+        self.assertGreater(check.get("compressed-clusters", 0), 0)
+        self.assert_nothing_left()
 
     def test_mirror_is_consistent(self):
         g = self.writer("live-mirror")
