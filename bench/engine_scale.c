@@ -14,6 +14,8 @@
  *
  * usage: hs-bench-engine jobs N
  *        hs-bench-engine uploads N http://127.0.0.1:PORT
+ * HS_BENCH_EXTRACTS: qemu-img at once (default 2, the engine's default);
+ * HS_BENCH_TRACE: print every tick more than 20 ms late, with the job counts.
  */
 #include <errno.h>
 #include <stdio.h>
