@@ -100,6 +100,9 @@ struct hs_job {
     int wait_domain;             /* in inspect, behind another job of the same domain */
     struct hs_virt_call icall;   /* inspect's libvirt reads */
     struct hs_domain_info *read; /* what the worker read, for the loop to take */
+    uint64_t seq;                /* start order */
+    int inspecting;              /* the read is in flight */
+    int inspect_deferred;        /* read, waiting for older jobs to settle first */
     int managed_save;            /* read by inspect */
     struct hs_sched_req slot;    /* capture, extract or upload slot; scratch reservation */
     int captured;
@@ -453,10 +456,38 @@ static int job_inspected_check(struct hs_job *job)
     return 0;
 }
 
+/* Whether a job started before @job is still reading its domain. */
+static int job_older_inspecting(const struct hs_job *job)
+{
+    const struct hs_job *other;
+
+    for (other = job->eng->jobs; other; other = other->next)
+        if (other->inspecting && other->seq < job->seq)
+            return 1;
+    return 0;
+}
+
+/* Decide on a job whose domain is read. Reads finish in any order on the
+ * worker pool; jobs settle in the order they were started, so jobs of one
+ * domain run in that order. */
+static void job_inspect_settle(struct hs_job *job)
+{
+    if (!job->err.code && job_older_inspecting(job)) {
+        job->inspect_deferred = 1;
+        return;
+    }
+    if (!job->err.code && job_inspected_check(job) == 1) {
+        job->wait_domain = 1;
+        return;
+    }
+    job_advance(job);
+}
+
 static void job_inspected(struct hs_virt_call *call, int status)
 {
-    struct hs_job *job = call->data;
+    struct hs_job *job = call->data, *other;
 
+    job->inspecting = 0;
     if (job->read) {
         hs__domain_info_clear(&job->info);
         job->info = *job->read;
@@ -465,11 +496,14 @@ static void job_inspected(struct hs_virt_call *call, int status)
     }
     if (status < 0 && !job->err.code)
         hs_err_adopt(&job->err, &call->err, status);
-    if (!job->err.code && job_inspected_check(job) == 1) {
-        job->wait_domain = 1;
-        return;
+    job_inspect_settle(job);
+    /* jobs that finished reading before this one may settle now, in order */
+    for (other = job->eng->jobs; other; other = other->next) {
+        if (other->inspect_deferred && !job_older_inspecting(other)) {
+            other->inspect_deferred = 0;
+            job_inspect_settle(other);
+        }
     }
-    job_advance(job);
 }
 
 /* Read the domain on the worker pool: with many jobs, libvirt's round trips
@@ -485,6 +519,7 @@ static int job_inspect(struct hs_job *job)
     if (rc < 0)
         return hs_err_set(&job->err, rc, HS_ERR_LIBVIRT, 0, "not connected to libvirt at '%s'",
                           hs__virt_uri(job->eng->virt));
+    job->inspecting = 1;
     return 0;
 }
 
@@ -1146,12 +1181,14 @@ static int job_fail_start(struct hs_job *job, char *errbuf, size_t errlen)
 int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts, hs_job_cb cb,
                       void *data, struct hs_job **out, char *errbuf, size_t errlen)
 {
+    static uint64_t job_seq;
     struct hs_job *job = hs__calloc(1, sizeof(*job));
     struct hs_uploader_env env;
     char *target = NULL;
     int rc;
 
     job->eng = eng;
+    job->seq = ++job_seq;
     hs__uuid4(job->id);
     job->t_start = hs__now();
     job->domain_arg = hs__strdup(opts->domain ? opts->domain : "");
@@ -1224,8 +1261,8 @@ void hs_job_cancel(struct hs_job *job)
         job->up->ops->cancel(&job->req);
     if (job->state == HS_JOB_CAPTURE && job->backend->cancel)
         job->backend->cancel(&job->cap);
-    if (job->wait_domain) {
-        job->wait_domain = 0;
+    if (job->wait_domain || job->inspect_deferred) {
+        job->wait_domain = job->inspect_deferred = 0;
         uv_timer_start(&job->kick, job_kick_cb, 0, 0);
     }
     if (job->slot.queued) {
