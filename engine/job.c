@@ -102,7 +102,7 @@ struct hs_job {
     struct hs_domain_info *read; /* what the worker read, for the loop to take */
     uint64_t seq;                /* start order */
     int inspecting;              /* the read is in flight */
-    int inspect_deferred;        /* read, waiting for older jobs to settle first */
+    int inspect_deferred;        /* read, in line to settle after older jobs */
     int managed_save;            /* read by inspect */
     struct hs_sched_req slot;    /* capture, extract or upload slot; scratch reservation */
     int captured;
@@ -456,36 +456,28 @@ static int job_inspected_check(struct hs_job *job)
     return 0;
 }
 
-/* Whether a job started before @job is still reading its domain. */
-static int job_older_inspecting(const struct hs_job *job)
+/* Reads finish in any order on the worker pool; jobs settle in the order
+ * they were started, so jobs of one domain run in that order. The next to
+ * settle: the oldest job that has read its domain, once no older job is
+ * still reading; NULL when none may yet. */
+static struct hs_job *job_next_to_settle(struct hs_engine *eng)
 {
-    const struct hs_job *other;
+    struct hs_job *j, *first = NULL;
+    uint64_t reading = UINT64_MAX;
 
-    for (other = job->eng->jobs; other; other = other->next)
-        if (other->inspecting && other->seq < job->seq)
-            return 1;
-    return 0;
-}
-
-/* Decide on a job whose domain is read. Reads finish in any order on the
- * worker pool; jobs settle in the order they were started, so jobs of one
- * domain run in that order. */
-static void job_inspect_settle(struct hs_job *job)
-{
-    if (!job->err.code && job_older_inspecting(job)) {
-        job->inspect_deferred = 1;
-        return;
+    for (j = eng->jobs; j; j = j->next) {
+        if (j->inspecting && j->seq < reading)
+            reading = j->seq;
+        if (j->inspect_deferred && (!first || j->seq < first->seq))
+            first = j;
     }
-    if (!job->err.code && job_inspected_check(job) == 1) {
-        job->wait_domain = 1;
-        return;
-    }
-    job_advance(job);
+    return first && first->seq < reading ? first : NULL;
 }
 
 static void job_inspected(struct hs_virt_call *call, int status)
 {
-    struct hs_job *job = call->data, *other;
+    struct hs_job *job = call->data;
+    struct hs_engine *eng = job->eng;
 
     job->inspecting = 0;
     if (job->read) {
@@ -496,13 +488,13 @@ static void job_inspected(struct hs_virt_call *call, int status)
     }
     if (status < 0 && !job->err.code)
         hs_err_adopt(&job->err, &call->err, status);
-    job_inspect_settle(job);
-    /* jobs that finished reading before this one may settle now, in order */
-    for (other = job->eng->jobs; other; other = other->next) {
-        if (other->inspect_deferred && !job_older_inspecting(other)) {
-            other->inspect_deferred = 0;
-            job_inspect_settle(other);
-        }
+    job->inspect_deferred = 1; /* read: in line to settle */
+    while ((job = job_next_to_settle(eng)) != NULL) {
+        job->inspect_deferred = 0;
+        if (!job->err.code && job_inspected_check(job) == 1)
+            job->wait_domain = 1;
+        else
+            job_advance(job);
     }
 }
 

@@ -346,7 +346,7 @@ static void define_domain(void)
     virDomainFree(dom);
 }
 
-static int order_done[2];
+static int order_done[3];
 static int order_seq;
 
 static void order_cb(struct hs_job *job, int status, void *data)
@@ -355,26 +355,30 @@ static void order_cb(struct hs_job *job, int status, void *data)
     CHECK(status == 0);
 }
 
-/* Two jobs of one domain run one after the other, in the order given. */
+/* Three jobs of one domain run one after the other, in the order given,
+ * whatever order their domain reads finish in. */
 static void test_same_domain_serialized(void)
 {
     struct hs_snapshot_opts o = {.domain = "hs-unit", .target = "fake:x"};
-    struct hs_job *a, *b;
+    struct hs_job *j[3];
     char err[256];
+    int i;
 
-    order_done[0] = order_done[1] = order_seq = 0;
+    order_done[0] = order_done[1] = order_done[2] = order_seq = 0;
     t.pit_path = src_path;
     t.captures = t.releases = t.uploads = 0;
-    CHECK(hs_snapshot_start(eng, &o, order_cb, (void *)0, &a, err, sizeof(err)) == 0);
-    CHECK(hs_snapshot_start(eng, &o, order_cb, (void *)1, &b, err, sizeof(err)) == 0);
-    while (!order_done[0] || !order_done[1]) {
+    for (i = 0; i < 3; i++)
+        CHECK(hs_snapshot_start(eng, &o, order_cb, (void *)(intptr_t)i, &j[i], err, sizeof(err)) ==
+              0);
+    while (!order_done[0] || !order_done[1] || !order_done[2]) {
         uv_run(&loop, UV_RUN_ONCE);
-        CHECK(t.captures <= 1 || order_done[0]); /* b captures only after a is done */
+        /* the next captures only after the one before is done */
+        CHECK(t.captures <= 1 + (order_done[0] != 0) + (order_done[1] != 0));
     }
-    CHECK(order_done[0] == 1 && order_done[1] == 2);
-    CHECK(t.captures == 2);
-    hs_job_free(a);
-    hs_job_free(b);
+    CHECK(order_done[0] == 1 && order_done[1] == 2 && order_done[2] == 3);
+    CHECK(t.captures == 3);
+    for (i = 0; i < 3; i++)
+        hs_job_free(j[i]);
 }
 
 static void closed(struct hs_engine *e, void *data)
