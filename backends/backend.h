@@ -25,9 +25,6 @@ struct hs_capture_disk {
     const struct hs_disk *disk; /* borrowed from cap->info */
     char *pit_path;             /* the point-in-time file to convert (owned) */
     char *pit_format;           /* its format (owned) */
-    /* The file is a standalone image in the scratch, of hotsnap's own: when
-     * the image wanted has its format, it is published as it is, unconverted. */
-    int pit_standalone;
 };
 
 /* One per job; the job owns it and everything it points to but priv. */
@@ -57,7 +54,9 @@ struct hs_capture {
 
 struct hs_backend_ops {
     const char *name;
-    /* capture writes a full standalone copy of each disk into the scratch */
+    /* capture writes a full standalone qcow2 copy of each disk into the
+     * scratch, hotsnap's own: when a plain qcow2 is wanted, it is published
+     * as it is, unconverted */
     int standalone_pit;
     /* Make every disk's point-in-time file readable; @cb when done or failed.
      * Returns 0 when @cb will run, or a negative errno with cap->err set. */

@@ -213,7 +213,6 @@ static int live_capture(struct hs_capture *cap, hs_capture_cb cb)
         cap->disks[i].pit_path =
             hs__asprintf("%s/%s.backup.qcow2", cap->scratch, cap->disks[i].disk->target);
         cap->disks[i].pit_format = hs__strdup("qcow2");
-        cap->disks[i].pit_standalone = 1; /* a full backup: no backing file */
     }
     /* QEMU itself opens the backup targets in the scratch directory */
     if (hs__path_traversable(cap->scratch, cap->err, "scratch directory") < 0)

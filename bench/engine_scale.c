@@ -94,7 +94,6 @@ static int fake_capture(struct hs_capture *cap, hs_capture_cb cb)
         cap->disks[i].pit_path =
             hs__asprintf("%s/%s.pit.qcow2", cap->scratch, cap->disks[i].disk->target);
         cap->disks[i].pit_format = hs__strdup("qcow2");
-        cap->disks[i].pit_standalone = 1;
         if (link(template_path, cap->disks[i].pit_path) < 0)
             return hs_err_set(cap->err, -errno, HS_ERR_SYS, errno, "link: %s", strerror(errno));
     }

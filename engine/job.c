@@ -652,6 +652,14 @@ static int job_capture(struct hs_job *job)
 
 /* ---- extract: qemu-img convert of each point-in-time file, then qemu-img info ---- */
 
+/* A live backup that already is the image wanted (plain qcow2) is published
+ * as it is: renamed and checked, not copied again. */
+static int job_adopts_backup(const struct hs_job *job)
+{
+    return job->backend && job->backend->standalone_pit && job->format == HS_FORMAT_QCOW2 &&
+           !job->compress;
+}
+
 static int job_extract_next(struct hs_job *job);
 
 static void job_convert_progress(struct hs_proc *p, double pct)
@@ -743,7 +751,7 @@ static int job_extract_next(struct hs_job *job)
     cd = &job->cap.disks[job->cur];
     d->out_path = hs__asprintf("%s/%s.%s", job->scratch, d->img.disk, fmt);
     job_progress_reset(job);
-    job->adopted = cd->pit_standalone && !job->compress && !strcmp(cd->pit_format, fmt);
+    job->adopted = job_adopts_backup(job);
     if (job->adopted) {
         /* a full backup is already the image: check it, no second copy */
         if (rename(cd->pit_path, d->out_path) < 0)
@@ -965,8 +973,7 @@ static void job_slot_granted(struct hs_sched_req *req)
  * twice for a live backup that must be converted again. */
 static uint64_t job_scratch_estimate(const struct hs_job *job)
 {
-    int twice = job->backend && job->backend->standalone_pit &&
-                (job->format != HS_FORMAT_QCOW2 || job->compress);
+    int twice = job->backend && job->backend->standalone_pit && !job_adopts_backup(job);
     uint64_t total = 0;
     struct stat st;
     size_t i;
