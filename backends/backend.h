@@ -27,11 +27,12 @@ struct hs_capture_disk {
     char *pit_format;           /* its format (owned) */
 };
 
-/* One per job; the job owns it and everything it points to but priv. */
+/* One per job; the job owns it and everything it points to but priv.
+ * Backends reach the domain through their libvirt calls (hs__virt_queue with
+ * info->uuid: the domain looked up on the call's own connection). */
 struct hs_capture {
     uv_loop_t *loop;
     struct hs_virt *virt;
-    virDomainPtr dom;
     const char *job_id;
     const struct hs_domain_info *info;
     int dom_state; /* VIR_DOMAIN_* when the job began */
@@ -63,14 +64,19 @@ struct hs_backend_ops {
     int (*capture)(struct hs_capture *cap, hs_capture_cb cb);
     /* Undo what capture changed on the domain; @cb when done. Returns 0 when
      * @cb will run, 1 when there was nothing to undo (no @cb), or a negative
-     * errno with cap->err set (no @cb). */
+     * errno with cap->err set (no @cb). Release looks at what is there on the
+     * connection it runs on and undoes what is hotsnap's, so it may be called
+     * again: -ENOTCONN (returned, or given to @cb, cap->err untouched) means
+     * the connection was down or lost, and the job calls release again once
+     * libvirt is back. */
     int (*release)(struct hs_capture *cap, hs_capture_cb cb);
     /* A lifecycle event of the domain while the job owns it. */
     void (*lifecycle)(struct hs_capture *cap, int event, int detail);
     /* Block job and domain job events of the domain (optional). */
     void (*block_job)(struct hs_capture *cap, const char *disk, int type, int status);
     void (*job_completed)(struct hs_capture *cap, int operation, const char *errmsg);
-    /* Cancel a capture in flight (optional); its cb still runs. */
+    /* Cancel a capture in flight (optional); its cb still runs, also when
+     * libvirt is away (the job cancels a capture libvirt does not come back to). */
     void (*cancel)(struct hs_capture *cap);
     /* libvirt's connection came back (optional): events may have been lost. */
     void (*reconnected)(struct hs_capture *cap);
@@ -79,7 +85,26 @@ struct hs_backend_ops {
     void (*progress)(struct hs_capture *cap);
     /* Free priv; NULL-safe on a capture never started. */
     void (*destroy)(struct hs_capture *cap);
+    /* Recovery (worker thread, on @conn): undo what a dead run's job of
+     * this backend left, exactly as its journal @doc records it and nothing
+     * else; say what was done in @entry ("action", or "error"). Optional:
+     * without it there is nothing to undo. */
+    void (*recover)(virConnectPtr conn, const cJSON *doc, cJSON *entry);
 };
+
+/* Every backend, NULL-terminated (recovery finds a journal's backend here). */
+extern const struct hs_backend_ops *const hs__backends[];
+
+/* Recovery helpers (worker thread). A string of the journal, or NULL. */
+const char *hs__jstr(const cJSON *doc, const char *key);
+/* The journal's domain on @conn; NULL (with "action" said in @entry) when it
+ * no longer exists. */
+virDomainPtr hs__recover_domain(virConnectPtr conn, const cJSON *doc, cJSON *entry);
+
+/* cold's mark, shared by its capture, release and recovery (worker thread) */
+int hs__cold_mark(virDomainPtr dom, const char *job_id);
+void hs__cold_unmark(virDomainPtr dom);
+int hs__cold_save_is_ours(virDomainPtr dom, const char *job_id);
 
 extern const struct hs_backend_ops hs_backend_offline;
 extern const struct hs_backend_ops hs_backend_cold;
@@ -89,6 +114,9 @@ extern const struct hs_backend_ops hs_backend_mirror;
 /* The disks are at rest (shut off, or saved): each disk's own file is its
  * point-in-time file. */
 void hs__capture_in_place(struct hs_capture *cap);
+
+/* What a VIR_DOMAIN_SHUTOFF_* reason says happened ("destroyed", ...). */
+const char *hs__shutoff_reason(int reason);
 
 /* A lifecycle event that means the domain stopped or crashed under the job:
  * records it (cap->domain_gone, the job's error) and returns 1; else 0. */

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <libvirt/virterror.h>
 
 #include "backend.h"
@@ -36,7 +37,8 @@ struct mirror {
     size_t cur;
     unsigned long long capacity;
     struct hs_proc *proc;
-    int copying; /* a block job of ours may exist on disk cur */
+    int copying; /* a block job of ours runs on disk cur */
+    size_t started; /* disks whose copy was asked for: release looks at them */
     int ready;
     int failed_event;
     int busy; /* a worker call or child in flight */
@@ -62,9 +64,9 @@ static void mirror_call_done(struct hs_virt_call *call, int status)
 
     m->busy = 0;
     if (status < 0) {
+        /* a copy that failed or was lost may still have started: release looks */
         hs_err_adopt(m->cap->err, &call->err, status);
-        if (m->step == MIRROR_COPY)
-            m->copying = 0;
+        m->copying = 0;
         mirror_fail(m, status);
         return;
     }
@@ -81,7 +83,7 @@ static int mirror_size(struct hs_virt_call *call, virConnectPtr conn)
     if (rc < 0)
         return hs_err_set(&call->err, rc, HS_ERR_SYS, -rc, "cannot write the journal: %s",
                           strerror(-rc));
-    if (virDomainGetBlockInfo(m->cap->dom, cur_disk(m), &bi, 0) < 0)
+    if (virDomainGetBlockInfo(call->dom, cur_disk(m), &bi, 0) < 0)
         return hs_err_virt(&call->err, -EIO, "cannot read disk '%s' of domain '%s'", cur_disk(m),
                            m->cap->info->name);
     m->capacity = bi.capacity;
@@ -91,11 +93,13 @@ static int mirror_size(struct hs_virt_call *call, virConnectPtr conn)
 static int mirror_copy(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct mirror *m = call->data;
+    char *file = hs__xml_escape(m->cap->disks[m->cur].pit_path);
     char *xml = hs__asprintf("<disk type='file'><source file='%s'/><driver type='qcow2'/></disk>",
-                             m->cap->disks[m->cur].pit_path);
+                             file);
     int rc = 0;
 
-    if (virDomainBlockCopy(m->cap->dom, cur_disk(m), xml, NULL, 0,
+    free(file);
+    if (virDomainBlockCopy(call->dom, cur_disk(m), xml, NULL, 0,
                            VIR_DOMAIN_BLOCK_COPY_SHALLOW | VIR_DOMAIN_BLOCK_COPY_REUSE_EXT |
                                VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB) < 0)
         rc = hs_err_virt(&call->err, -EIO, "block copy of disk '%s' of domain '%s' did not start",
@@ -110,7 +114,7 @@ static int mirror_abort(struct hs_virt_call *call, virConnectPtr conn)
     uint64_t t0 = uv_hrtime();
 
     /* no pivot: the guest stays on its own disk, the delta keeps the copy */
-    if (virDomainBlockJobAbort(m->cap->dom, cur_disk(m), 0) < 0)
+    if (virDomainBlockJobAbort(call->dom, cur_disk(m), 0) < 0)
         return hs_err_virt(&call->err, -EIO, "cannot end the block copy of disk '%s' of '%s'",
                            cur_disk(m), m->cap->info->name);
     m->cap->stall_ms =
@@ -136,7 +140,7 @@ static void mirror_created(struct hs_proc *p, int status)
 
 static int mirror_queue(struct mirror *m, hs_virt_work_fn fn)
 {
-    int rc = hs__virt_queue(m->cap->virt, &m->call, fn, mirror_call_done);
+    int rc = hs__virt_queue(m->cap->virt, &m->call, m->cap->info->uuid, fn, mirror_call_done);
 
     if (rc < 0)
         return hs_err_set(m->cap->err, rc, HS_ERR_LIBVIRT, 0, "libvirt connection lost");
@@ -196,6 +200,7 @@ static void mirror_next(struct mirror *m)
         m->step = MIRROR_COPY;
         m->ready = 0;
         m->copying = 1;
+        m->started = m->cur + 1;
         rc = mirror_queue(m, mirror_copy);
         break;
     case MIRROR_COPY:
@@ -209,6 +214,7 @@ static void mirror_next(struct mirror *m)
         break;
     case MIRROR_ABORT:
         m->copying = 0;
+        m->started = m->cur; /* this disk's copy is over */
         if (m->cap->err->code) {
             mirror_fail(m, m->cap->err->code);
             return;
@@ -319,19 +325,33 @@ static void mirror_cancel(struct hs_capture *cap)
         mirror_next(m); /* sees the error, aborts the copy */
 }
 
-/* Worker: no block job of ours is left on any disk. */
+/* Worker: no block copy of ours is left on any disk: a copy is ours when it
+ * mirrors into our delta (the domain XML's <mirror>). */
 static int mirror_cleanup(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct mirror *m = call->data;
     virDomainBlockJobInfo info;
     size_t i;
+    int k;
 
-    for (i = 0; i < m->cap->ndisks; i++) {
+    for (i = 0; i < m->started; i++) {
         const char *disk = m->cap->disks[i].disk->target;
+        char *xml = virDomainGetXMLDesc(call->dom, 0), *dest;
 
-        if (virDomainGetBlockJobInfo(m->cap->dom, disk, &info, 0) == 1 &&
-            virDomainBlockJobAbort(m->cap->dom, disk, 0) < 0)
+        if (!xml)
+            return hs_err_virt(&call->err, -EIO, "cannot read domain '%s'", m->cap->info->name);
+        dest = hs__domain_xml_mirror(xml, disk);
+        free(xml);
+        if (!dest || strcmp(dest, m->cap->disks[i].pit_path)) {
+            free(dest);
+            continue;
+        }
+        free(dest);
+        if (virDomainBlockJobAbort(call->dom, disk, 0) < 0)
             return hs_err_virt(&call->err, -EIO, "cannot end the block copy of disk '%s'", disk);
+        /* the abort concludes asynchronously: leave no job behind */
+        for (k = 0; k < 100 && virDomainGetBlockJobInfo(call->dom, disk, &info, 0) == 1; k++)
+            usleep(100 * 1000);
     }
     return 0;
 }
@@ -340,8 +360,12 @@ static void mirror_cleaned(struct hs_virt_call *call, int status)
 {
     struct mirror *m = call->data;
 
-    if (status < 0)
+    if (status == 0 || status == -ESRCH) {
+        m->started = 0;
+        status = 0;
+    } else if (status != -ENOTCONN) {
         hs_err_adopt(m->cap->err, &call->err, status);
+    }
     m->cb(m->cap, status);
 }
 
@@ -349,10 +373,11 @@ static int mirror_release(struct hs_capture *cap, hs_capture_cb cb)
 {
     struct mirror *m = cap->priv;
 
-    if (!m || !m->copying || cap->domain_gone)
+    if (!m || !m->started || cap->domain_gone)
         return 1;
     m->cb = cb;
-    return hs__virt_queue(cap->virt, &m->call, mirror_cleanup, mirror_cleaned);
+    /* -ENOTCONN: the job calls again once the connection is back */
+    return hs__virt_queue(cap->virt, &m->call, cap->info->uuid, mirror_cleanup, mirror_cleaned);
 }
 
 static void mirror_destroy(struct hs_capture *cap)
@@ -365,6 +390,43 @@ static void mirror_destroy(struct hs_capture *cap)
     cap->priv = NULL;
 }
 
+/* Worker: a dead run's mirror job: every block copy into its scratch ended. */
+static void mirror_recover(virConnectPtr conn, const cJSON *doc, cJSON *entry)
+{
+    const char *scratch = hs__jstr(doc, "scratch");
+    virDomainPtr dom = hs__recover_domain(conn, doc, entry);
+    virDomainBlockJobInfo info;
+    struct hs_err err = {0};
+    const cJSON *d;
+    char *xml, *dest;
+    int did = 0, k;
+
+    if (!dom)
+        return;
+    cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(doc, "disks")) {
+        if (!cJSON_IsString(d) || !scratch || virDomainIsActive(dom) != 1)
+            continue;
+        xml = virDomainGetXMLDesc(dom, 0);
+        dest = hs__domain_xml_mirror(xml, d->valuestring);
+        free(xml);
+        if (hs__path_in_dir(dest, scratch)) {
+            if (virDomainBlockJobAbort(dom, d->valuestring, 0) < 0)
+                hs_err_virt(&err, -EIO, "cannot end the block copy of disk '%s'", d->valuestring);
+            for (k = 0; k < 100 && virDomainGetBlockJobInfo(dom, d->valuestring, &info, 0) == 1;
+                 k++)
+                usleep(100 * 1000);
+            did = 1;
+        }
+        free(dest);
+    }
+    if (err.code)
+        cJSON_AddStringToObject(entry, "error", err.msg);
+    else
+        cJSON_AddStringToObject(entry, "action",
+                                did ? "block copy ended" : "none: no copy of the dead run was left");
+    virDomainFree(dom);
+}
+
 const struct hs_backend_ops hs_backend_mirror = {
     .name = "mirror",
     .capture = mirror_capture,
@@ -374,4 +436,5 @@ const struct hs_backend_ops hs_backend_mirror = {
     .cancel = mirror_cancel,
     .reconnected = mirror_reconnected,
     .destroy = mirror_destroy,
+    .recover = mirror_recover,
 };

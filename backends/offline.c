@@ -26,7 +26,7 @@ static int offline_check(struct hs_virt_call *call, virConnectPtr conn)
     int state, reason;
     size_t i;
 
-    if (virDomainGetState(cap->dom, &state, &reason, 0) < 0)
+    if (virDomainGetState(call->dom, &state, &reason, 0) < 0)
         return hs_err_virt(&call->err, -EIO, "cannot read the state of domain '%s'",
                            cap->info->name);
     if (state != VIR_DOMAIN_SHUTOFF)
@@ -65,7 +65,7 @@ static int offline_capture(struct hs_capture *cap, hs_capture_cb cb)
     o->cb = cb;
     o->call.data = o;
     cap->priv = o;
-    rc = hs__virt_queue(cap->virt, &o->call, offline_check, offline_checked);
+    rc = hs__virt_queue(cap->virt, &o->call, cap->info->uuid, offline_check, offline_checked);
     if (rc < 0)
         return hs_err_set(cap->err, rc, HS_ERR_LIBVIRT, 0,
                           "libvirt connection lost before the snapshot of '%s' began",

@@ -52,6 +52,33 @@ static const char *stopped_detail(int detail)
     return "stopped";
 }
 
+const char *hs__shutoff_reason(int reason)
+{
+    switch ((virDomainShutoffReason)reason) {
+    case VIR_DOMAIN_SHUTOFF_UNKNOWN:
+        return "stopped";
+    case VIR_DOMAIN_SHUTOFF_SHUTDOWN:
+        return "shut down";
+    case VIR_DOMAIN_SHUTOFF_DESTROYED:
+        return "destroyed";
+    case VIR_DOMAIN_SHUTOFF_CRASHED:
+        return "crashed";
+    case VIR_DOMAIN_SHUTOFF_MIGRATED:
+        return "migrated away";
+    case VIR_DOMAIN_SHUTOFF_SAVED:
+        return "saved";
+    case VIR_DOMAIN_SHUTOFF_FAILED:
+        return "stopped by a host failure";
+    case VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT:
+        return "reverted to a snapshot";
+    case VIR_DOMAIN_SHUTOFF_DAEMON:
+        return "stopped by libvirtd";
+    case VIR_DOMAIN_SHUTOFF_LAST:
+        break;
+    }
+    return "stopped";
+}
+
 void hs__capture_in_place(struct hs_capture *cap)
 {
     size_t i;
@@ -71,6 +98,27 @@ int hs__backend_domain_gone(struct hs_capture *cap, int event, int detail)
                cap->info->name,
                event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : stopped_detail(detail));
     return 1;
+}
+
+const struct hs_backend_ops *const hs__backends[] = {
+    &hs_backend_live, &hs_backend_mirror, &hs_backend_cold, &hs_backend_offline, NULL,
+};
+
+const char *hs__jstr(const cJSON *doc, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
+
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+virDomainPtr hs__recover_domain(virConnectPtr conn, const cJSON *doc, cJSON *entry)
+{
+    const char *uuid = hs__jstr(doc, "uuid");
+    virDomainPtr dom = uuid ? virDomainLookupByUUIDString(conn, uuid) : NULL;
+
+    if (!dom)
+        cJSON_AddStringToObject(entry, "action", "none: the domain no longer exists");
+    return dom;
 }
 
 const struct hs_backend_ops *hs__backend_select(const struct hs_select_in *in, char *why,

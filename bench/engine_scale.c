@@ -306,7 +306,8 @@ int main(int argc, char **argv)
         o.token = "bench";
     }
     o.quiesce = HS_QUIESCE_OFF;
-    uv_run(&loop, UV_RUN_NOWAIT);
+    while (!hs_engine_connected(eng)) /* connects on the worker pool */
+        uv_run(&loop, UV_RUN_ONCE);
     rss0 = status_kib("VmRSS:");
     t0 = t_begin = hs__now();
     uv_timer_init(&loop, &tick);

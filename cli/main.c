@@ -35,8 +35,9 @@ struct cli {
     const char *match; /* --match GLOB */
     const char *from;  /* --from FILE */
     uint64_t t0;       /* when the snapshots started */
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     int signals;
+    int interrupted; /* a signal came before any snapshot started */
     uint64_t last_sigint;
     struct result {
         struct hs_job *job;
@@ -487,6 +488,7 @@ static void finish(struct cli *cli)
     if (cli->signals) {
         uv_close((uv_handle_t *)&cli->sigint, NULL);
         uv_close((uv_handle_t *)&cli->sigterm, NULL);
+        uv_close((uv_handle_t *)&cli->sighup, NULL);
         cli->signals = 0;
     }
     for (i = 0; i < cli->nresults; i++)
@@ -508,11 +510,19 @@ static void job_done(struct hs_job *job, int status, void *data)
     finish(cli);
 }
 
+/* SIGINT, SIGTERM and SIGHUP (the terminal went away) all end the run the
+ * same way: every job is canceled cleanly, guests get back what they had.
+ * Handled from the start: a signal during recovery lets recovery finish and
+ * starts nothing. */
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct cli *cli = h->data;
     uint64_t now = uv_now(&cli->loop);
 
+    if (!cli->running) {
+        cli->interrupted = 1;
+        return;
+    }
     if (signum == SIGINT && cli->last_sigint && now - cli->last_sigint < 5000)
         hs_cli_out_line(&cli->out, stderr,
                         "hotsnap: still cleaning up %d snapshot(s): restoring domains and "
@@ -520,7 +530,10 @@ static void on_signal(uv_signal_t *h, int signum)
                         cli->running);
     else
         hs_cli_out_line(&cli->out, stderr, "hotsnap: %s: canceling %d snapshot(s)\n",
-                        signum == SIGINT ? "interrupted" : "terminated", cli->running);
+                        signum == SIGINT   ? "interrupted"
+                        : signum == SIGHUP ? "hung up"
+                                           : "terminated",
+                        cli->running);
     if (signum == SIGINT)
         cli->last_sigint = now;
     hs_engine_cancel_all(cli->eng);
@@ -588,20 +601,18 @@ static int from_line(struct cli *cli, const char *path, int lineno, char *line, 
     return 1;
 }
 
-static int start_snapshots(struct cli *cli)
+/* Start the snapshots asked for on @list (taken); -1 when they run, else
+ * the exit status. */
+static int start_snapshots(struct cli *cli, cJSON *list)
 {
     char err[768], *text = NULL, *line, *save = NULL;
-    cJSON *list = hs_engine_list(cli->eng, err, sizeof(err)), *d;
+    cJSON *d;
     cJSON **docs = NULL;
     struct want *wants;
     const char **names;
     int i, j, n = 0, nw = 0, ndocs = 0, lineno = 0, rc = EXIT_USAGE;
     size_t cap;
 
-    if (!list) {
-        fprintf(stderr, "hotsnap: %s\n", err);
-        return EXIT_FAILED;
-    }
     if (cli->from) {
         FILE *f = strcmp(cli->from, "-") ? fopen(cli->from, "re") : stdin;
         size_t len = 0;
@@ -698,26 +709,14 @@ cleanup:
     free(names);
     free(text);
     cJSON_Delete(list);
-    if (rc != -1)
-        return rc;
-    uv_signal_init(&cli->loop, &cli->sigint);
-    uv_signal_init(&cli->loop, &cli->sigterm);
-    cli->sigint.data = cli->sigterm.data = cli;
-    uv_signal_start(&cli->sigint, on_signal, SIGINT);
-    uv_signal_start(&cli->sigterm, on_signal, SIGTERM);
-    cli->signals = 1;
-    return -1; /* running */
+    return rc; /* -1: running */
 }
 
-static int do_list(struct cli *cli)
+static int do_list(struct cli *cli, cJSON *list)
 {
-    char err[768], *s;
-    cJSON *list = hs_engine_list(cli->eng, err, sizeof(err)), *d, *disk;
+    cJSON *d, *disk;
+    char *s;
 
-    if (!list) {
-        fprintf(stderr, "hotsnap: %s\n", err);
-        return EXIT_FAILED;
-    }
     if (cli->out.json) {
         s = cJSON_PrintUnformatted(list);
         printf("%s\n", s);
@@ -745,11 +744,40 @@ static int do_list(struct cli *cli)
     return 0;
 }
 
+static void listed(struct hs_engine *eng, int status, cJSON *list, const char *error, void *data)
+{
+    struct cli *cli = data;
+    int rc;
+
+    if (status < 0) {
+        fprintf(stderr, "hotsnap: %s\n", error);
+        rc = EXIT_FAILED;
+    } else if (cli->interrupted) {
+        cJSON_Delete(list);
+        rc = EXIT_FAILED;
+    } else if (!strcmp(cli->command, "list")) {
+        rc = do_list(cli, list);
+    } else {
+        rc = start_snapshots(cli, list);
+        if (rc < 0)
+            return; /* jobs running; job_done finishes */
+    }
+    cli->exit_code = rc;
+    finish(cli);
+}
+
 static void recovered(struct hs_engine *eng, int status, const cJSON *report, void *data)
 {
     struct cli *cli = data;
     const cJSON *e;
     int rc;
+
+    if (!report) {
+        fprintf(stderr, "hotsnap: %s\n", hs_engine_error(eng));
+        cli->exit_code = EXIT_USAGE;
+        finish(cli);
+        return;
+    }
 
     cJSON_ArrayForEach(e, report) {
         const char *dom = cJSON_GetStringValue(cJSON_GetObjectItem(e, "domain"));
@@ -773,17 +801,17 @@ static void recovered(struct hs_engine *eng, int status, const cJSON *report, vo
     }
     if (status < 0)
         fprintf(stderr, "hotsnap: recovery failed: %s\n", uv_strerror(status));
-    if (!strcmp(cli->command, "snapshot")) {
-        rc = start_snapshots(cli);
-        if (rc < 0)
-            return; /* jobs running; job_done finishes */
-    } else if (!strcmp(cli->command, "list")) {
-        rc = do_list(cli);
-    } else {
-        rc = status < 0 ? EXIT_FAILED : 0;
+    if (!strcmp(cli->command, "recover") || cli->interrupted) {
+        cli->exit_code = status < 0 || cli->interrupted ? EXIT_FAILED : 0;
+        finish(cli);
+        return;
     }
-    cli->exit_code = rc;
-    finish(cli);
+    rc = hs_engine_list(eng, listed, cli);
+    if (rc < 0) {
+        fprintf(stderr, "hotsnap: not connected to libvirt: %s\n", uv_strerror(rc));
+        cli->exit_code = EXIT_FAILED;
+        finish(cli);
+    }
 }
 
 int main(int argc, char **argv)
@@ -808,6 +836,14 @@ int main(int argc, char **argv)
         uv_loop_close(&cli.loop);
         return EXIT_USAGE;
     }
+    uv_signal_init(&cli.loop, &cli.sigint);
+    uv_signal_init(&cli.loop, &cli.sigterm);
+    uv_signal_init(&cli.loop, &cli.sighup);
+    cli.sigint.data = cli.sigterm.data = cli.sighup.data = &cli;
+    uv_signal_start(&cli.sigint, on_signal, SIGINT);
+    uv_signal_start(&cli.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&cli.sighup, on_signal, SIGHUP);
+    cli.signals = 1;
     rc = hs_engine_recover(cli.eng, recovered, &cli);
     if (rc < 0) {
         fprintf(stderr, "hotsnap: cannot start recovery: %s\n", uv_strerror(rc));

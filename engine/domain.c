@@ -282,3 +282,128 @@ int hs__domain_select(const struct hs_domain_info *info, int all_disks, int *idx
     }
     return n;
 }
+
+/* ---- what libvirt runs for us ---- */
+
+static xmlDocPtr xml_read(const char *xml)
+{
+    return xml ? xmlReadMemory(xml, (int)strlen(xml), "libvirt.xml", NULL,
+                               XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING)
+               : NULL;
+}
+
+/* Whether an attribute named @attr of @node, its siblings or anything below
+ * them names a path under @dir. */
+static int any_attr(xmlNodePtr node, const char *attr, const char *dir)
+{
+    xmlNodePtr c;
+    char *v;
+    int hit = 0;
+
+    for (c = node; c && !hit; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        v = xml_prop(c, attr);
+        hit = hs__path_in_dir(v, dir);
+        free(v);
+        if (!hit)
+            hit = any_attr(c->children, attr, dir);
+    }
+    return hit;
+}
+
+int hs__backup_xml_in_dir(const char *xml, const char *dir)
+{
+    xmlDocPtr doc = xml_read(xml);
+    xmlNodePtr root;
+    int hit;
+
+    if (!doc)
+        return 0;
+    root = xmlDocGetRootElement(doc);
+    /* push targets and pull scratch files are file='...', the NBD socket socket='...' */
+    hit = root && (any_attr(root, "file", dir) || any_attr(root, "socket", dir));
+    xmlFreeDoc(doc);
+    return hit;
+}
+
+char *hs__domain_xml_mirror(const char *xml, const char *target)
+{
+    xmlDocPtr doc = xml_read(xml);
+    xmlNodePtr devices, n, mirror;
+    char *dev, *file = NULL;
+
+    if (!doc)
+        return NULL;
+    devices = xml_child(xmlDocGetRootElement(doc), "devices");
+    for (n = devices ? devices->children : NULL; n && !file; n = n->next) {
+        if (n->type != XML_ELEMENT_NODE || strcmp((const char *)n->name, "disk"))
+            continue;
+        dev = xml_prop(xml_child(n, "target"), "dev");
+        mirror = dev && !strcmp(dev, target) ? xml_child(n, "mirror") : NULL;
+        free(dev);
+        if (mirror) {
+            file = xml_prop(xml_child(mirror, "source"), "file");
+            if (!file)
+                file = xml_prop(mirror, "file");
+        }
+    }
+    xmlFreeDoc(doc);
+    return file;
+}
+
+int hs__domain_xml_marked(const char *xml, const char *job_id)
+{
+    xmlDocPtr doc = xml_read(xml);
+    xmlNodePtr md, c;
+    char *id;
+    int hit = 0;
+
+    if (!doc)
+        return 0;
+    md = xml_child(xmlDocGetRootElement(doc), "metadata");
+    for (c = md ? md->children : NULL; c && !hit; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE || !c->ns || !c->ns->href ||
+            strcmp((const char *)c->ns->href, HS_MARK_NS))
+            continue;
+        id = xml_prop(c, "id");
+        hit = id && !strcmp(id, job_id);
+        free(id);
+    }
+    xmlFreeDoc(doc);
+    return hit;
+}
+
+char *hs__xml_escape(const char *s)
+{
+    size_t n = 0;
+    const char *p;
+    char *out, *o;
+
+    for (p = s; *p; p++)
+        n += *p == '&' ? 5 : *p == '<' || *p == '>' ? 4 : *p == '\'' || *p == '"' ? 6 : 1;
+    out = o = hs__calloc(1, n + 1);
+    for (p = s; *p; p++) {
+        switch (*p) {
+        case '&':
+            o = stpcpy(o, "&amp;");
+            break;
+        case '<':
+            o = stpcpy(o, "&lt;");
+            break;
+        case '>':
+            o = stpcpy(o, "&gt;");
+            break;
+        case '\'':
+            o = stpcpy(o, "&apos;");
+            break;
+        case '"':
+            o = stpcpy(o, "&quot;");
+            break;
+        default:
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+    return out;
+}

@@ -50,4 +50,23 @@ int hs__domain_root_disk(const struct hs_domain_info *info);
 int hs__domain_select(const struct hs_domain_info *info, int all_disks, int *idx,
                       struct hs_err *err);
 
+/* What libvirt runs for hotsnap, told by the XML (any thread). */
+
+/* Whether a backup job's XML (virDomainBackupGetXMLDesc) is one hotsnap
+ * started in @dir: a target, a scratch file or the NBD socket lies there. */
+int hs__backup_xml_in_dir(const char *xml, const char *dir);
+/* The file disk @target of a domain XML is mirrored into (a block copy), or
+ * NULL. Caller frees. */
+char *hs__domain_xml_mirror(const char *xml, const char *target);
+/* Whether a domain XML carries hotsnap's job mark with @job_id. */
+int hs__domain_xml_marked(const char *xml, const char *job_id);
+
+/* hotsnap's mark on a domain it holds (live metadata, so that a managed-save
+ * image it made can be told from another's) */
+#define HS_MARK_NS "https://hotsnap.dev/xmlns/job/1"
+#define HS_MARK_PREFIX "hotsnap"
+
+/* @s escaped for an XML attribute or text (&, <, >, ' and "). Caller frees. */
+char *hs__xml_escape(const char *s);
+
 #endif

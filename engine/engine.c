@@ -45,6 +45,28 @@ static uint64_t engine_default_budget(const char *dir)
     return (uint64_t)sv.f_bavail * sv.f_frsize / 10 * 9;
 }
 
+/* The libvirt connection came up, failed to, or was lost. */
+static void engine_virt_state(void *data, int up, const struct hs_err *err)
+{
+    struct hs_engine *eng = data;
+    hs_recover_cb cb;
+
+    if (up) {
+        eng->ever_up = 1;
+        eng->conn_error[0] = '\0';
+        if (eng->recover_pending)
+            hs__engine_recover_start(eng);
+        return;
+    }
+    snprintf(eng->conn_error, sizeof(eng->conn_error), "%s", err ? err->msg : "not connected");
+    if (!eng->ever_up && eng->recover_pending) {
+        /* the first attempt failed: the front end decides whether to wait */
+        eng->recover_pending = 0;
+        cb = eng->recover_cb;
+        cb(eng, -ECONNREFUSED, NULL, eng->recover_data);
+    }
+}
+
 int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs_engine **out,
                    char *errbuf, size_t errlen)
 {
@@ -57,10 +79,13 @@ int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs
     eng->loop = loop;
     eng->state_dir = hs__strdup(opts->state_dir ? opts->state_dir : HS_DEFAULT_STATE_DIR);
     eng->select_backend = hs__backend_select;
+    eng->backends = hs__backends;
     eng->new_uploader = hs__uploader_new;
     eng->on_event = opts->on_event;
     eng->event_data = opts->event_data;
-    rc = hs__virt_open(loop, opts->uri ? opts->uri : HS_DEFAULT_URI, &eng->virt, &err);
+    snprintf(eng->conn_error, sizeof(eng->conn_error), "not connected yet");
+    rc = hs__virt_open(loop, opts->uri ? opts->uri : HS_DEFAULT_URI, engine_virt_state, eng,
+                       &eng->virt, &err);
     if (rc < 0) {
         hs_err_copy(&err, errbuf, errlen);
         free(eng->state_dir);
@@ -93,6 +118,16 @@ int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs
 double hs_engine_max_stall_ms(const struct hs_engine *eng)
 {
     return eng->max_stall_ms;
+}
+
+const char *hs_engine_error(const struct hs_engine *eng)
+{
+    return hs__virt_up(eng->virt) ? NULL : eng->conn_error;
+}
+
+int hs_engine_connected(const struct hs_engine *eng)
+{
+    return hs__virt_up(eng->virt);
 }
 
 void hs__engine_emit(struct hs_engine *eng, cJSON *ev)
@@ -169,7 +204,17 @@ void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data)
 
 /* ---- list ---- */
 
-static cJSON *engine_list_domain(struct hs_engine *eng, virDomainPtr dom)
+struct engine_list {
+    struct hs_virt_call call;
+    struct hs_engine *eng;
+    int has_backup;
+    cJSON *list;
+    hs_list_cb cb;
+    void *data;
+};
+
+/* Worker: one domain as `hotsnap list` shows it. */
+static cJSON *engine_list_domain(struct engine_list *l, virDomainPtr dom)
 {
     struct hs_domain_info info;
     struct hs_err err = {0};
@@ -197,8 +242,8 @@ static cJSON *engine_list_domain(struct hs_engine *eng, virDomainPtr dom)
     sel.domain = info.name;
     sel.state = state;
     sel.managed_save = managed_save;
-    sel.has_backup = hs__virt_has_backup(eng->virt);
-    be = eng->select_backend(&sel, why, sizeof(why), &err);
+    sel.has_backup = l->has_backup;
+    be = l->eng->select_backend(&sel, why, sizeof(why), &err);
     cJSON_AddStringToObject(o, "mode", be ? be->name : "none");
     cJSON_AddStringToObject(o, "reason", be ? why : err.msg);
     root = hs__domain_root_disk(&info);
@@ -218,29 +263,51 @@ static cJSON *engine_list_domain(struct hs_engine *eng, virDomainPtr dom)
     return o;
 }
 
-cJSON *hs_engine_list(struct hs_engine *eng, char *errbuf, size_t errlen)
+static int engine_list_work(struct hs_virt_call *call, virConnectPtr conn)
 {
-    virConnectPtr conn = hs__virt_conn(eng->virt);
+    struct engine_list *l = call->data;
     virDomainPtr *doms = NULL;
-    cJSON *arr;
     int n, i;
-    uint64_t t0 = hs__virt_quick_begin();
 
-    if (!conn || (n = virConnectListAllDomains(conn, &doms, 0)) < 0) {
-        struct hs_err err = {0};
-
-        hs_err_virt(&err, -EIO, "cannot list the domains of '%s'", hs__virt_uri(eng->virt));
-        hs_err_copy(&err, errbuf, errlen);
-        return NULL;
-    }
-    arr = cJSON_CreateArray();
+    n = virConnectListAllDomains(conn, &doms, 0);
+    if (n < 0)
+        return hs_err_virt(&call->err, -EIO, "cannot list the domains of '%s'",
+                           hs__virt_uri(l->eng->virt));
+    l->list = cJSON_CreateArray();
     for (i = 0; i < n; i++) {
-        cJSON_AddItemToArray(arr, engine_list_domain(eng, doms[i]));
+        cJSON_AddItemToArray(l->list, engine_list_domain(l, doms[i]));
         virDomainFree(doms[i]);
     }
     free(doms);
-    hs__virt_quick_end(t0, "domain list");
-    return arr;
+    return 0;
+}
+
+static void engine_listed(struct hs_virt_call *call, int status)
+{
+    struct engine_list *l = call->data;
+
+    if (status < 0) {
+        cJSON_Delete(l->list);
+        l->list = NULL;
+    }
+    l->cb(l->eng, status, l->list, status < 0 ? call->err.msg : NULL, l->data);
+    free(l);
+}
+
+int hs_engine_list(struct hs_engine *eng, hs_list_cb cb, void *data)
+{
+    struct engine_list *l = hs__calloc(1, sizeof(*l));
+    int rc;
+
+    l->eng = eng;
+    l->cb = cb;
+    l->data = data;
+    l->has_backup = hs__virt_has_backup(eng->virt);
+    l->call.data = l;
+    rc = hs__virt_queue(eng->virt, &l->call, NULL, engine_list_work, engine_listed);
+    if (rc < 0)
+        free(l);
+    return rc;
 }
 
 /* ---- option parsing shared with front ends ---- */

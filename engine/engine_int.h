@@ -20,6 +20,9 @@ typedef int (*hs_uploader_fn)(const struct hs_uploader_env *env, const char *spe
 struct hs_engine {
     uv_loop_t *loop;
     struct hs_virt *virt;
+    int ever_up;           /* the connection has been up once */
+    char conn_error[768];  /* why the last connection attempt failed, or "" */
+    const struct hs_backend_ops *const *backends; /* by name, for recovery */
     struct hs_http *http;
     char *state_dir;
     hs_event_cb on_event;
@@ -34,6 +37,7 @@ struct hs_engine {
     struct hs_virt_call recover_call;
     hs_recover_cb recover_cb;
     void *recover_data;
+    int recover_pending; /* asked for; waits for the connection */
     cJSON *recover_report;
     hs_close_cb close_cb;
     void *close_data;
@@ -45,5 +49,7 @@ void hs__job_set_next(struct hs_job *job, struct hs_job *next);
 /* Publish one event (takes ownership of @ev). */
 void hs__engine_emit(struct hs_engine *eng, cJSON *ev);
 void hs__engine_job_done(struct hs_engine *eng, struct hs_job *job);
+/* Run the recovery asked for, now that libvirt is connected (recover.c). */
+void hs__engine_recover_start(struct hs_engine *eng);
 
 #endif

@@ -26,7 +26,6 @@
 #include "log.h"
 
 #define HS_CONN_WAIT_MS 120000
-#define HS_JOB_STALE_DOMS 4
 #define HS_PROGRESS_MIN_S 0.5
 
 enum hs_job_state {
@@ -69,9 +68,8 @@ struct hs_job {
     int all_disks;
     struct hs_uploader *up;
     /* the domain */
-    virDomainPtr dom;
-    virDomainPtr stale_doms[HS_JOB_STALE_DOMS]; /* of connections since closed */
-    int nstale;
+    unsigned char uuid[VIR_UUID_BUFLEN]; /* read by inspect */
+    int dom_state;                       /* VIR_DOMAIN_*, read by inspect */
     struct hs_domain_info info;
     const struct hs_backend_ops *backend;
     char why[256];
@@ -79,7 +77,7 @@ struct hs_job {
     struct hs_journal *journal;
     char *scratch;
     struct hs_virt_watch watch;
-    int watching;
+    int holds; /* the domain is this job's until it finishes (jobs of one domain wait) */
     /* the images */
     struct hs_job_disk *disks;
     size_t ndisks;
@@ -94,9 +92,10 @@ struct hs_job {
     uv_work_t work;
     int work_rc;
     uv_timer_t kick;
-    uv_timer_t tick; /* backend progress, every second of capture */
-    int closing;     /* handles still to close */
-    int wait_conn;
+    uv_timer_t tick;      /* backend progress, every second of capture */
+    uv_timer_t conn_wait; /* how long a step waits for libvirt to come back */
+    int closing;          /* handles still to close */
+    enum { JOB_WAIT_NONE, JOB_WAIT_INSPECT, JOB_WAIT_CAPTURE, JOB_WAIT_RELEASE } wait_conn;
     int wait_domain;             /* in inspect, behind another job of the same domain */
     struct hs_virt_call icall;   /* inspect's libvirt reads */
     struct hs_domain_info *read; /* what the worker read, for the loop to take */
@@ -314,26 +313,34 @@ static void job_progress(struct hs_job *job, const char *phase, double pct, uint
 static int job_inspect_call(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct hs_job *job = call->data;
-    char *xml;
+    virDomainPtr dom;
+    char *xml = NULL;
     int reason, rc;
 
-    if (!job->dom)
-        job->dom = virDomainLookupByName(conn, job->domain_arg);
-    if (!job->dom)
-        job->dom = virDomainLookupByUUIDString(conn, job->domain_arg);
-    if (!job->dom)
+    dom = virDomainLookupByName(conn, job->domain_arg);
+    if (!dom)
+        dom = virDomainLookupByUUIDString(conn, job->domain_arg);
+    if (!dom) {
+        if (virConnectIsAlive(conn) != 1)
+            return hs_err_virt(&call->err, -EIO, "cannot look up domain '%s'", job->domain_arg);
         return hs_err_set(&call->err, -ENOENT, HS_ERR_INPUT, 0, "domain '%s' not found",
                           job->domain_arg);
-    xml = virDomainGetXMLDesc(job->dom, 0);
-    if (!xml || virDomainGetState(job->dom, &job->cap.dom_state, &reason, 0) < 0) {
-        free(xml);
-        return hs_err_virt(&call->err, -EIO, "cannot read domain '%s'", job->domain_arg);
     }
-    job->managed_save = virDomainHasManagedSaveImage(job->dom, 0) == 1;
+    if (virDomainGetUUID(dom, job->uuid) < 0 || !(xml = virDomainGetXMLDesc(dom, 0)) ||
+        virDomainGetState(dom, &job->dom_state, &reason, 0) < 0) {
+        rc = hs_err_virt(&call->err, -EIO, "cannot read domain '%s'", job->domain_arg);
+        goto cleanup;
+    }
+    job->managed_save = virDomainHasManagedSaveImage(dom, 0) == 1;
     /* parsed aside: the loop may read job->info (hs_job_domain) meanwhile */
     job->read = hs__calloc(1, sizeof(*job->read));
     rc = hs__domain_parse(xml, job->read, &call->err);
+    /* the uploader's check may touch the file system (a probe file): here, not on the loop */
+    if (rc == 0)
+        rc = job->up->ops->check(job->up, &call->err);
+cleanup:
     free(xml);
+    virDomainFree(dom);
     return rc;
 }
 
@@ -405,13 +412,11 @@ static void job_watch_conn(struct hs_virt_watch *w, int up);
  * domain's job lock anyway, and a second backup would wait up to 30 s. */
 static int job_domain_busy(struct hs_job *job)
 {
-    unsigned char uuid[VIR_UUID_BUFLEN];
     struct hs_job *other;
 
-    if (virDomainGetUUID(job->dom, uuid) < 0)
-        return 0;
     for (other = job->eng->jobs; other; other = other->next)
-        if (other != job && other->watching && !memcmp(other->watch.uuid, uuid, sizeof(uuid)))
+        if (other != job && other->holds &&
+            !memcmp(other->watch.uuid, job->uuid, sizeof(job->uuid)))
             return 1;
     return 0;
 }
@@ -421,7 +426,7 @@ static int job_domain_busy(struct hs_job *job)
 static int job_inspected_check(struct hs_job *job)
 {
     struct hs_select_in sel;
-    int n, rc;
+    int n;
     int *idx;
 
     if (job_domain_busy(job)) {
@@ -430,7 +435,7 @@ static int job_inspected_check(struct hs_job *job)
     }
     sel.mode = job->mode;
     sel.domain = job->info.name;
-    sel.state = job->cap.dom_state;
+    sel.state = job->dom_state;
     sel.managed_save = job->managed_save;
     sel.has_backup = hs__virt_has_backup(job->eng->virt);
     job->backend = job->eng->select_backend(&sel, job->why, sizeof(job->why), &job->err);
@@ -443,16 +448,9 @@ static int job_inspected_check(struct hs_job *job)
     free(idx);
     if (n < 0)
         return job->err.code;
-    rc = job->up->ops->check(job->up, &job->err);
-    if (rc < 0)
-        return rc;
-    virDomainGetUUID(job->dom, job->watch.uuid);
-    job->watch.lifecycle = job_watch_lifecycle;
-    job->watch.block_job = job_watch_block_job;
-    job->watch.job_completed = job_watch_job_completed;
-    job->watch.conn = job_watch_conn;
-    hs__virt_watch(job->eng->virt, &job->watch);
-    job->watching = 1;
+    /* its events are this job's from now on */
+    memcpy(job->watch.uuid, job->uuid, sizeof(job->uuid));
+    job->holds = 1;
     return 0;
 }
 
@@ -474,11 +472,36 @@ static struct hs_job *job_next_to_settle(struct hs_engine *eng)
     return first && first->seq < reading ? first : NULL;
 }
 
+static void job_conn_wait(struct hs_job *job, int what);
+
+/* Settle every job whose turn it is. */
+static void job_settle(struct hs_engine *eng)
+{
+    struct hs_job *job;
+
+    while ((job = job_next_to_settle(eng)) != NULL) {
+        job->inspect_deferred = 0;
+        if (!job->err.code && job_inspected_check(job) == 1)
+            job->wait_domain = 1;
+        else
+            job_advance(job);
+    }
+}
+
 static void job_inspected(struct hs_virt_call *call, int status)
 {
     struct hs_job *job = call->data;
     struct hs_engine *eng = job->eng;
 
+    if (status == -ENOTCONN && !job->err.code) {
+        /* nothing was changed: read again once libvirt is back (still
+         * "inspecting", so younger jobs of the domain keep their place) */
+        hs__domain_info_clear(job->read);
+        free(job->read);
+        job->read = NULL;
+        job_conn_wait(job, JOB_WAIT_INSPECT);
+        return;
+    }
     job->inspecting = 0;
     if (job->read) {
         hs__domain_info_clear(&job->info);
@@ -489,13 +512,7 @@ static void job_inspected(struct hs_virt_call *call, int status)
     if (status < 0 && !job->err.code)
         hs_err_adopt(&job->err, &call->err, status);
     job->inspect_deferred = 1; /* read: in line to settle */
-    while ((job = job_next_to_settle(eng)) != NULL) {
-        job->inspect_deferred = 0;
-        if (!job->err.code && job_inspected_check(job) == 1)
-            job->wait_domain = 1;
-        else
-            job_advance(job);
-    }
+    job_settle(eng);
 }
 
 /* Read the domain on the worker pool: with many jobs, libvirt's round trips
@@ -507,11 +524,17 @@ static int job_inspect(struct hs_job *job)
     if (job->err.code) /* canceled while it waited */
         return job->err.code;
     job->icall.data = job;
-    rc = hs__virt_queue(job->eng->virt, &job->icall, job_inspect_call, job_inspected);
-    if (rc < 0)
-        return hs_err_set(&job->err, rc, HS_ERR_LIBVIRT, 0, "not connected to libvirt at '%s'",
-                          hs__virt_uri(job->eng->virt));
     job->inspecting = 1;
+    rc = hs__virt_queue(job->eng->virt, &job->icall, NULL, job_inspect_call, job_inspected);
+    if (rc == -ENOTCONN) {
+        job_conn_wait(job, JOB_WAIT_INSPECT);
+        return 0;
+    }
+    if (rc < 0) {
+        job->inspecting = 0;
+        return hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot queue work: %s",
+                          uv_strerror(rc));
+    }
     return 0;
 }
 
@@ -603,6 +626,10 @@ static void job_captured(struct hs_capture *cap, int status)
     cJSON *ev;
 
     uv_timer_stop(&job->tick);
+    if (job->wait_conn == JOB_WAIT_CAPTURE) {
+        job->wait_conn = JOB_WAIT_NONE;
+        uv_timer_stop(&job->conn_wait);
+    }
     if (status == 0) {
         ev = job_event(job, "captured");
         if (cap->frozen_ms >= 0)
@@ -628,7 +655,6 @@ static int job_capture(struct hs_job *job)
 
     cap->loop = job->eng->loop;
     cap->virt = job->eng->virt;
-    cap->dom = job->dom;
     cap->job_id = job->id;
     cap->info = &job->info;
     cap->scratch = job->scratch;
@@ -794,28 +820,23 @@ static int job_extract_next(struct hs_job *job)
 
 /* ---- release ---- */
 
+static int job_release(struct hs_job *job);
+
 static void job_released(struct hs_capture *cap, int status)
 {
     struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
 
+    if (status == -ENOTCONN) {
+        /* lost during the release: it looks again on the next connection */
+        job_conn_wait(job, JOB_WAIT_RELEASE);
+        return;
+    }
     job->released = status == 0;
     job_advance(job);
 }
 
-static void job_conn_timeout(uv_timer_t *t)
-{
-    struct hs_job *job = t->data;
-
-    if (!job->wait_conn)
-        return;
-    job->wait_conn = 0;
-    hs_err_set(&job->err, -ETIMEDOUT, HS_ERR_LIBVIRT, 0,
-               "libvirt did not come back within %d s to restore domain '%s'; the next hotsnap "
-               "run restores it",
-               HS_CONN_WAIT_MS / 1000, job->info.name);
-    job_advance(job);
-}
-
+/* 0 when the release is under way or done (the job advances), < 0 when it
+ * failed to start (recorded; the caller advances). */
 static int job_release(struct hs_job *job)
 {
     int rc;
@@ -832,10 +853,7 @@ static int job_release(struct hs_job *job)
         return 0;
     }
     if (rc == -ENOTCONN) {
-        hs_log(HS_LOG_WARN, "job %s: waiting for libvirt to restore domain '%s'", job->id,
-               job->info.name);
-        job->wait_conn = 1;
-        uv_timer_start(&job->kick, job_conn_timeout, HS_CONN_WAIT_MS, 0);
+        job_conn_wait(job, JOB_WAIT_RELEASE);
         return 0;
     }
     return rc;
@@ -948,10 +966,8 @@ static void job_finish(struct hs_job *job)
     struct hs_job *other;
 
     job->t_end = hs__now();
-    if (job->watching) {
-        hs__virt_unwatch(job->eng->virt, &job->watch);
-        job->watching = 0;
-    }
+    hs__virt_unwatch(job->eng->virt, &job->watch);
+    job->holds = 0;
     hs__engine_job_done(job->eng, job);
     /* the domain is free: jobs waiting for it look again */
     for (other = job->eng->jobs; other; other = other->next) {
@@ -1127,36 +1143,79 @@ static void job_watch_job_completed(struct hs_virt_watch *w, int operation, cons
         job->backend->job_completed(&job->cap, operation, errmsg);
 }
 
-/* A new connection: the domain handle of the old one no longer works. The
- * old handle stays referenced until the job is freed, since a worker call may
- * still hold it. */
-static void job_rebind_domain(struct hs_job *job)
+/* How long a step waits for libvirt to come back, and what it does then. */
+static void job_conn_timeout(uv_timer_t *t)
 {
-    virDomainPtr dom;
+    struct hs_job *job = t->data;
+    int what = job->wait_conn;
+    const char *uri = hs__virt_uri(job->eng->virt);
 
-    if (!job->dom || job->nstale >= HS_JOB_STALE_DOMS)
+    job->wait_conn = JOB_WAIT_NONE;
+    switch (what) {
+    case JOB_WAIT_NONE:
         return;
-    dom = virDomainLookupByUUID(hs__virt_conn(job->eng->virt), job->watch.uuid);
-    if (!dom)
-        return; /* gone: the backend hears of it through its calls */
-    job->stale_doms[job->nstale++] = job->dom;
-    job->dom = job->cap.dom = dom;
+    case JOB_WAIT_INSPECT:
+        hs_err_set(&job->err, -ENOTCONN, HS_ERR_LIBVIRT, 0,
+                   "libvirt at '%s' did not come back within %d s to read domain '%s'", uri,
+                   HS_CONN_WAIT_MS / 1000, job->domain_arg);
+        job->inspecting = 0;
+        job->inspect_deferred = 1;
+        job_settle(job->eng);
+        return;
+    case JOB_WAIT_CAPTURE:
+        hs_err_set(&job->err, -ENOTCONN, HS_ERR_LIBVIRT, 0,
+                   "libvirt at '%s' did not come back within %d s during the capture of domain "
+                   "'%s'",
+                   uri, HS_CONN_WAIT_MS / 1000, job->info.name);
+        if (job->backend->cancel)
+            job->backend->cancel(&job->cap); /* its capture callback still comes */
+        return;
+    case JOB_WAIT_RELEASE:
+        hs_err_set(&job->err, -ETIMEDOUT, HS_ERR_LIBVIRT, 0,
+                   "libvirt at '%s' did not come back within %d s to restore domain '%s'; the "
+                   "next hotsnap run restores it",
+                   uri, HS_CONN_WAIT_MS / 1000, job->info.name);
+        job_advance(job);
+        return;
+    }
+}
+
+static void job_conn_wait(struct hs_job *job, int what)
+{
+    hs_log(HS_LOG_WARN, "job %s: waiting for libvirt to come back (domain '%s')", job->id,
+           hs_job_domain(job));
+    job->wait_conn = what;
+    uv_timer_start(&job->conn_wait, job_conn_timeout, HS_CONN_WAIT_MS, 0);
 }
 
 static void job_watch_conn(struct hs_virt_watch *w, int up)
 {
     struct hs_job *job = hs_container_of(w, struct hs_job, watch);
-    cJSON *ev = job_event(job, "libvirt");
+    int what = job->wait_conn;
+    cJSON *ev;
 
-    cJSON_AddStringToObject(ev, "connection", up ? "up" : "down");
-    hs__engine_emit(job->eng, ev);
-    if (up)
-        job_rebind_domain(job);
-    if (up && job_owns_domain(job) && job->backend->reconnected)
+    if (job->state != HS_JOB_QUEUED) {
+        ev = job_event(job, "libvirt");
+        cJSON_AddStringToObject(ev, "connection", up ? "up" : "down");
+        hs__engine_emit(job->eng, ev);
+    }
+    if (!up) {
+        /* a capture libvirt does not come back to is given up */
+        if (job->state == HS_JOB_CAPTURE && job->captured && !what)
+            job_conn_wait(job, JOB_WAIT_CAPTURE);
+        return;
+    }
+    if (what) {
+        job->wait_conn = JOB_WAIT_NONE;
+        uv_timer_stop(&job->conn_wait);
+    }
+    if (job_owns_domain(job) && job->backend->reconnected)
         job->backend->reconnected(&job->cap);
-    if (up && job->wait_conn) {
-        job->wait_conn = 0;
-        uv_timer_stop(&job->kick);
+    if (what == JOB_WAIT_INSPECT) {
+        job->inspecting = 0;
+        if (job_inspect(job) < 0)
+            job_advance(job);
+    } else if (what == JOB_WAIT_RELEASE) {
         if (job_release(job) < 0)
             job_advance(job);
     }
@@ -1237,7 +1296,14 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
 
     uv_timer_init(eng->loop, &job->kick);
     uv_timer_init(eng->loop, &job->tick);
-    job->kick.data = job->tick.data = job;
+    uv_timer_init(eng->loop, &job->conn_wait);
+    job->kick.data = job->tick.data = job->conn_wait.data = job;
+    /* connection news from the start; domain events once inspect names the domain */
+    job->watch.lifecycle = job_watch_lifecycle;
+    job->watch.block_job = job_watch_block_job;
+    job->watch.job_completed = job_watch_job_completed;
+    job->watch.conn = job_watch_conn;
+    hs__virt_watch(eng->virt, &job->watch);
     job->state = HS_JOB_QUEUED;
     job->next = eng->jobs;
     eng->jobs = job;
@@ -1264,8 +1330,16 @@ void hs_job_cancel(struct hs_job *job)
         job->wait_domain = job->inspect_deferred = 0;
         uv_timer_start(&job->kick, job_kick_cb, 0, 0);
     }
-    if (job->slot.queued) {
-        /* waiting for a slot: leave the queue and take the way out */
+    if (job->wait_conn == JOB_WAIT_INSPECT) {
+        /* nothing was touched: no need to wait for libvirt */
+        job->wait_conn = JOB_WAIT_NONE;
+        uv_timer_stop(&job->conn_wait);
+        job->inspecting = 0;
+        uv_timer_start(&job->kick, job_kick_cb, 0, 0);
+    }
+    if (job->slot.queued || job->slot.pending) {
+        /* waiting for a slot, or granted one not yet told: give it back and
+         * take the way out */
         hs__sched_cancel(&job->eng->sched, &job->slot);
         uv_timer_start(&job->kick, job_kick_cb, 0, 0);
     }
@@ -1293,10 +1367,6 @@ static void job_kick_closed(uv_handle_t *h)
     if (job->backend && job->backend->destroy)
         job->backend->destroy(&job->cap);
     hs__domain_info_clear(&job->info);
-    if (job->dom)
-        virDomainFree(job->dom);
-    while (job->nstale > 0)
-        virDomainFree(job->stale_doms[--job->nstale]);
     hs__uploader_free(job->up);
     free(job->domain_arg);
     free(job->tmpl);
@@ -1309,9 +1379,10 @@ void hs_job_free(struct hs_job *job)
 {
     if (!job)
         return;
-    job->closing = 2;
+    job->closing = 3;
     uv_close((uv_handle_t *)&job->kick, job_kick_closed);
     uv_close((uv_handle_t *)&job->tick, job_kick_closed);
+    uv_close((uv_handle_t *)&job->conn_wait, job_kick_closed);
 }
 
 const char *hs_job_id(const struct hs_job *job)

@@ -1,10 +1,11 @@
 /*
  * Recovery: finish what a dead hotsnap run left. Each journal whose lock can
- * be taken belongs to a run that is gone; for a cold job that got as far as
- * the managed save, the domain is started again from its save image in the
- * state it had, its host devices are attached again, and the scratch
- * directory is removed. Runs on the worker pool; it may wait for a libvirt
- * job the dead run started (a save still in progress) to end.
+ * be taken belongs to a run that is gone. The dead run's qemu-img children
+ * are ended, the journal's backend undoes exactly what the journal records
+ * (backend->recover: a save image, backup or block copy hotsnap made, told by
+ * its mark or its scratch directory; never another tool's), and the scratch
+ * directory is removed. Runs on the worker pool; a backend may wait for a
+ * libvirt job the dead run started (a save still in progress) to end.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -20,27 +21,6 @@
 #include "util.h"
 #define HS_LOG_TAG "recover"
 #include "log.h"
-
-#define HS_RECOVER_JOB_WAIT_S 120
-
-static const char *jstr(const cJSON *doc, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
-
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Wait (on the worker) while libvirt still runs a job the dead run started. */
-static void recover_wait_job(virDomainPtr dom)
-{
-    int i;
-
-    for (i = 0; i < HS_RECOVER_JOB_WAIT_S * 5; i++) {
-        if (hs__virt_job_active(dom) != 1)
-            return;
-        usleep(200 * 1000);
-    }
-}
 
 /* Does process @pid have an argument under @dir? (a child of the dead run) */
 static int proc_uses(const char *pid, const char *dir)
@@ -99,86 +79,11 @@ static int recover_kill_children(const char *scratch)
     return n;
 }
 
-static void recover_cold(virConnectPtr conn, const cJSON *doc, cJSON *entry)
+static int recover_one(struct hs_engine *eng, virConnectPtr conn, const char *dir,
+                       const char *file, cJSON *report)
 {
-    const char *uuid = jstr(doc, "uuid"), *resume = jstr(doc, "resume");
-    const cJSON *devs = cJSON_GetObjectItemCaseSensitive(doc, "hostdevs"), *dev;
-    virDomainPtr dom = uuid ? virDomainLookupByUUIDString(conn, uuid) : NULL;
-    int state, reason, paused = resume && !strcmp(resume, "paused");
-    struct hs_err err = {0};
-
-    if (!dom) {
-        cJSON_AddStringToObject(entry, "action", "none: the domain no longer exists");
-        return;
-    }
-    recover_wait_job(dom);
-    if (virDomainGetState(dom, &state, &reason, 0) < 0) {
-        hs_err_virt(&err, -EIO, "cannot read the domain state");
-        cJSON_AddStringToObject(entry, "error", err.msg);
-    } else if (state == VIR_DOMAIN_SHUTOFF && virDomainHasManagedSaveImage(dom, 0) == 1) {
-        if (virDomainCreateWithFlags(dom, paused ? VIR_DOMAIN_START_PAUSED : 0) < 0) {
-            hs_err_virt(&err, -EIO, "cannot restore the domain");
-            cJSON_AddStringToObject(entry, "error", err.msg);
-        } else {
-            cJSON_AddStringToObject(entry, "action",
-                                    paused ? "restored, paused" : "restored, running");
-            cJSON_ArrayForEach(dev, devs) {
-                if (cJSON_IsString(dev) &&
-                    virDomainAttachDeviceFlags(dom, dev->valuestring, VIR_DOMAIN_AFFECT_LIVE) < 0)
-                    hs_err_virt(&err, -EIO, "cannot attach a host device again");
-            }
-            if (err.code)
-                cJSON_AddStringToObject(entry, "error", err.msg);
-        }
-    } else {
-        cJSON_AddStringToObject(entry, "action", "none: the domain was not left saved");
-    }
-    virDomainFree(dom);
-}
-
-/* A live or mirror job left by a dead run: no backup or block job, nothing frozen. */
-static void recover_live(virConnectPtr conn, const cJSON *doc, cJSON *entry, int mirror)
-{
-    const char *uuid = jstr(doc, "uuid");
-    const cJSON *disks = cJSON_GetObjectItemCaseSensitive(doc, "disks"), *d;
-    virDomainPtr dom = uuid ? virDomainLookupByUUIDString(conn, uuid) : NULL;
-    virDomainBlockJobInfo bj;
-    struct hs_err err = {0};
-    int did = 0;
-
-    if (!dom) {
-        cJSON_AddStringToObject(entry, "action", "none: the domain no longer exists");
-        return;
-    }
-    if (virDomainIsActive(dom) == 1) {
-        if (!mirror && hs__virt_job_active(dom) == 1) {
-            if (virDomainAbortJob(dom) < 0)
-                hs_err_virt(&err, -EIO, "cannot abort the backup job");
-            recover_wait_job(dom); /* the abort concludes asynchronously */
-            did = 1;
-        }
-        cJSON_ArrayForEach(d, disks) {
-            if (!cJSON_IsString(d) || virDomainGetBlockJobInfo(dom, d->valuestring, &bj, 0) != 1)
-                continue;
-            if (virDomainBlockJobAbort(dom, d->valuestring, 0) < 0)
-                hs_err_virt(&err, -EIO, "cannot end the block copy of disk '%s'", d->valuestring);
-            did = 1;
-        }
-        /* a thaw when nothing is frozen is harmless; a frozen guest is not */
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "quiesce")))
-            virDomainFSThaw(dom, NULL, 0, 0);
-    }
-    if (err.code)
-        cJSON_AddStringToObject(entry, "error", err.msg);
-    else
-        cJSON_AddStringToObject(entry, "action",
-                                did ? (mirror ? "block copy ended" : "backup job aborted")
-                                    : "none: no job of the dead run was left");
-    virDomainFree(dom);
-}
-
-static int recover_one(virConnectPtr conn, const char *dir, const char *file, cJSON *report)
-{
+    const struct hs_backend_ops *ops;
+    size_t i;
     char *path = hs__asprintf("%s/%s", dir, file);
     char *lock = hs__asprintf("%s/%.*s.lock", dir, (int)(strlen(file) - 5), file);
     char *text = NULL;
@@ -198,16 +103,18 @@ static int recover_one(virConnectPtr conn, const char *dir, const char *file, cJ
         cJSON_AddItemToArray(report, entry);
         goto cleanup;
     }
-    backend = jstr(doc, "backend");
-    scratch = jstr(doc, "scratch");
-    if (jstr(doc, "domain"))
-        cJSON_AddStringToObject(entry, "domain", jstr(doc, "domain"));
+    backend = hs__jstr(doc, "backend");
+    scratch = hs__jstr(doc, "scratch");
+    if (hs__jstr(doc, "domain"))
+        cJSON_AddStringToObject(entry, "domain", hs__jstr(doc, "domain"));
     if (recover_kill_children(scratch) > 0)
         cJSON_AddStringToObject(entry, "killed", "qemu-img children of the dead run");
-    if (backend && !strcmp(backend, "cold"))
-        recover_cold(conn, doc, entry);
-    else if (backend && (!strcmp(backend, "live") || !strcmp(backend, "mirror")))
-        recover_live(conn, doc, entry, !strcmp(backend, "mirror"));
+    ops = NULL;
+    for (i = 0; backend && eng->backends[i]; i++)
+        if (!strcmp(eng->backends[i]->name, backend))
+            ops = eng->backends[i];
+    if (ops && ops->recover)
+        ops->recover(conn, doc, entry);
     else if (backend)
         cJSON_AddStringToObject(entry, "action", "none: nothing to undo for this backend");
     else
@@ -247,11 +154,12 @@ static int recover_work(struct hs_virt_call *call, virConnectPtr conn)
     while ((de = readdir(d)) != NULL) {
         len = strlen(de->d_name);
         if (len > 5 && !strcmp(de->d_name + len - 5, ".json"))
-            recover_one(conn, dir, de->d_name, eng->recover_report);
+            recover_one(eng, conn, dir, de->d_name, eng->recover_report);
     }
     closedir(d);
     free(dir);
-    return 0;
+    /* lost on the way: the journals not undone stay, and it runs again */
+    return virConnectIsAlive(conn) == 1 ? 0 : -EIO;
 }
 
 static void recover_done(struct hs_virt_call *call, int status)
@@ -260,14 +168,32 @@ static void recover_done(struct hs_virt_call *call, int status)
     cJSON *report = eng->recover_report;
 
     eng->recover_report = NULL;
+    if (status == -ENOTCONN) {
+        /* lost halfway: run it again once libvirt is back (journals stay until undone) */
+        cJSON_Delete(report);
+        eng->recover_pending = 1;
+        return;
+    }
     eng->recover_cb(eng, status, report, eng->recover_data);
     cJSON_Delete(report);
+}
+
+void hs__engine_recover_start(struct hs_engine *eng)
+{
+    int rc;
+
+    eng->recover_call.data = eng;
+    rc = hs__virt_queue(eng->virt, &eng->recover_call, NULL, recover_work, recover_done);
+    eng->recover_pending = rc < 0; /* down again: the next connect runs it */
 }
 
 int hs_engine_recover(struct hs_engine *eng, hs_recover_cb cb, void *data)
 {
     eng->recover_cb = cb;
     eng->recover_data = data;
-    eng->recover_call.data = eng;
-    return hs__virt_queue(eng->virt, &eng->recover_call, recover_work, recover_done);
+    if (hs__virt_up(eng->virt))
+        hs__engine_recover_start(eng);
+    else
+        eng->recover_pending = 1;
+    return 0;
 }

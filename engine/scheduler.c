@@ -21,6 +21,7 @@ static void sched_tell(uv_timer_t *t)
     while ((req = s->granted) != NULL) {
         s->granted = req->next;
         req->next = NULL;
+        req->pending = 0;
         req->granted(req);
     }
 }
@@ -42,6 +43,7 @@ static int fits(const struct hs_sched *s, const struct hs_sched_req *req)
 static void grant(struct hs_sched *s, struct hs_sched_req *req)
 {
     req->queued = 0;
+    req->pending = 1;
     req->held = 1;
     if (++s->used[req->res] > s->peak[req->res])
         s->peak[req->res] = s->used[req->res];
@@ -138,6 +140,7 @@ void hs__sched_cancel(struct hs_sched *s, struct hs_sched_req *req)
         return;
     }
     if (unlink_req(&s->granted, req)) {
+        req->pending = 0;
         hs__sched_release(s, req);
         hs__sched_unreserve(s, req);
     }

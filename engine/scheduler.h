@@ -32,6 +32,7 @@ struct hs_sched_req {
     int priority;     /* higher first */
     uint64_t seq;     /* arrival order */
     int queued;
+    int pending;  /* granted, not yet told */
     int held;     /* the slot */
     int reserved; /* the scratch reservation (kept after the slot) */
     hs_sched_cb granted;

@@ -277,3 +277,12 @@ void hs__hex(const unsigned char *b, unsigned n, char *out)
     }
     out[2 * n] = '\0';
 }
+
+int hs__path_in_dir(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    return path && !strncmp(path, dir, n) && path[n] == '/';
+}

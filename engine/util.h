@@ -34,6 +34,8 @@ char *hs__read_file(const char *path, size_t max);
 char *hs__strdup(const char *s);
 void *hs__calloc(size_t n, size_t size);
 char *hs__asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Whether @path lies below directory @dir. */
+int hs__path_in_dir(const char *path, const char *dir);
 /* Lower-case hex of @n bytes into @out (2n + 1 bytes). */
 void hs__hex(const unsigned char *b, unsigned n, char *out);
 

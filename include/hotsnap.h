@@ -78,23 +78,39 @@ struct hs_engine_opts {
 };
 
 /*
- * Connect to libvirt on @loop (registers hotsnap's libvirt event
- * implementation, which binds libvirt to this loop for the process lifetime).
- * Returns 0 or a negative errno with a one-line message in @errbuf.
+ * Open the engine on @loop (registers hotsnap's libvirt event
+ * implementation, which binds libvirt to this loop for the process lifetime)
+ * and start connecting to libvirt on the worker pool; the loop is never held
+ * by libvirt, also when libvirtd is slow or stopped. A lost connection is
+ * made again with backoff. Returns 0 or a negative errno with a one-line
+ * message in @errbuf.
  */
 int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs_engine **out,
                    char *errbuf, size_t errlen);
 
 typedef void (*hs_recover_cb)(struct hs_engine *eng, int status, const cJSON *report, void *data);
 /*
- * Finish what a dead hotsnap run left behind: restore domains it had saved,
- * remove its scratch files. @report lists what was done. Every command
- * should call this before starting jobs.
+ * Once libvirt is connected, finish what a dead hotsnap run left behind:
+ * undo exactly what its journals record (a save image, backup or block copy
+ * hotsnap made, a freeze it did not thaw), end its qemu-img children, remove
+ * its scratch files. @report (borrowed) lists what was done. When the first
+ * connection attempt fails, @cb gets a negative errno, a NULL @report, and
+ * hs_engine_error() says why. Every front end calls this before starting jobs.
  */
 int hs_engine_recover(struct hs_engine *eng, hs_recover_cb cb, void *data);
 
-/* Domains, their disks and the mode each would get. Caller frees (cJSON_Delete). */
-cJSON *hs_engine_list(struct hs_engine *eng, char *errbuf, size_t errlen);
+/* Why the last libvirt connection attempt failed, or NULL while connected. */
+const char *hs_engine_error(const struct hs_engine *eng);
+/* Whether the libvirt connection is up. */
+int hs_engine_connected(const struct hs_engine *eng);
+
+/* @list: the domains, their disks and the mode each would get, owned by the
+ * callback (cJSON_Delete); NULL with @status < 0 and a one-line @error. */
+typedef void (*hs_list_cb)(struct hs_engine *eng, int status, cJSON *list, const char *error,
+                           void *data);
+/* Read the domains on the worker pool; @cb on the loop, never from inside
+ * this call. 0, or a negative errno when nothing was started. */
+int hs_engine_list(struct hs_engine *eng, hs_list_cb cb, void *data);
 
 /* Worst time the loop was kept from running, in ms, since open. */
 double hs_engine_max_stall_ms(const struct hs_engine *eng);

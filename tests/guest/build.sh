@@ -11,8 +11,8 @@ mkdir -p "$out" "$work/bin" "$work/lib/modules" "$work/proc" "$work/sys" "$work/
 cp /bin/busybox "$work/bin/busybox"
 gcc -static -O2 -Wall -o "$work/bin/writer" "$here/writer.c"
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
-    virtio_console; do
-    f=$(find "/lib/modules/$kver/kernel/drivers" -name "$m.ko*" | head -1)
+    virtio_console crc16 crc32c_generic mbcache jbd2 ext4 brd; do
+    f=$(find "/lib/modules/$kver/kernel" -name "$m.ko*" | head -1)
     case $f in
     *.xz) xz -dc "$f" >"$work/lib/modules/$m.ko" ;;
     *.zst) zstd -qdc "$f" >"$work/lib/modules/$m.ko" ;;
@@ -28,7 +28,8 @@ if [ -x /usr/sbin/qemu-ga ]; then
     done
 fi
 cp "$here/init" "$work/init"
-chmod 755 "$work/init"
+cp "$here/fsfreeze-hook" "$work/bin/fsfreeze-hook"
+chmod 755 "$work/init" "$work/bin/fsfreeze-hook"
 (cd "$work" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initrd.img"
 cp "/boot/vmlinuz-$kver" "$out/vmlinuz"
 chmod 644 "$out/vmlinuz" "$out/initrd.img"

@@ -329,11 +329,15 @@ def guest_kernel():
 
 class WriterGuest(Guest):
     """The Debian kernel and a busybox initramfs whose writer rewrites a ring of
-    BLOCKS 4 KiB blocks on its disks, RATE writes a second (checker.py)."""
+    BLOCKS 4 KiB blocks on its disks, RATE writes a second (checker.py). The
+    guest also writes a heartbeat to a small freezable filesystem (it stops
+    while the filesystems are frozen); with agent=True qemu-ga runs, and with
+    freeze_delay=S its fsfreeze hook sleeps S seconds before a freeze."""
 
     BLOCKS = 4096
 
-    def __init__(self, c, name, disks=1, rate=300, size_mb=256, data_mb=4, agent=False):
+    def __init__(self, c, name, disks=1, rate=300, size_mb=256, data_mb=4, agent=False,
+                 freeze_delay=0):
         kernel, initrd = guest_kernel()
         self.c = c
         self.name = PREFIX + name
@@ -349,7 +353,7 @@ class WriterGuest(Guest):
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>%s</kernel><initrd>%s</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 hsw=%s:%d:%d</cmdline>
+    <cmdline>console=ttyS0 quiet panic=-1 hsw=%s:%d:%d%s</cmdline>
   </os>
   <features><tcg><tb-cache unit='MiB'>16</tb-cache></tcg></features>
   <devices>%s
@@ -357,6 +361,7 @@ class WriterGuest(Guest):
     <memballoon model='none'/>
   </devices>
 </domain>""" % (domain_type(), self.name, kernel, initrd, devs, self.BLOCKS, rate,
+                " hsfd=%d" % freeze_delay if freeze_delay else "",
                 "".join(d.xml().replace("type='qcow2'/>", "type='qcow2' cache='none'/>")
                         for d in self.disks), self.console,
                 "<channel type='unix'><source mode='bind'/>"
@@ -366,12 +371,46 @@ class WriterGuest(Guest):
                               "")
         self.dom = c.defineXML(xml)
 
-    def heartbeats(self):
+    def console_lines(self, prefix):
         try:
             with open(self.console, errors="replace") as f:
-                return [int(l.split()[2]) for l in f if l.startswith("HSW hb ")]
+                return [l.strip() for l in f if l.startswith(prefix)]
         except OSError:
             return []
+
+    def heartbeats(self):
+        return [int(l.split()[2]) for l in self.console_lines("HSW hb ")]
+
+    def fs_heartbeats(self):
+        """The heartbeat written to the freezable filesystem."""
+        return [int(l.split()[2]) for l in self.console_lines("HSW fshb ")]
+
+    def assert_fs_writable(self, timeout=20):
+        """The guest's filesystem takes writes again (thawed): its heartbeat moves on."""
+        start = len(self.fs_heartbeats())
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(self.fs_heartbeats()) >= start + 3:
+                return
+            time.sleep(0.2)
+        raise AssertionError("%s: the filesystem heartbeat stopped (frozen?)" % self.name)
+
+    def wait_agent(self, timeout=60):
+        import libvirt_qemu
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                libvirt_qemu.qemuAgentCommand(self.dom, '{"execute":"guest-ping"}', 5, 0)
+                return
+            except libvirt.libvirtError:
+                time.sleep(0.5)
+        raise AssertionError("the guest agent of %s does not answer" % self.name)
+
+    def freeze_status(self):
+        import libvirt_qemu
+        out = libvirt_qemu.qemuAgentCommand(
+            self.dom, '{"execute":"guest-fsfreeze-status"}', 10, 0)
+        return json.loads(out)["return"]
 
     def wait_writing(self, timeout=90):
         """Until the writer has reported twice."""
@@ -634,17 +673,21 @@ project_domain_name = Default
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def restart_libvirtd():
-    """Stop libvirtd (guests keep running) and start it again, by its PID.
-    The new daemon is left running for the rest of the suite; when the suite
-    runs under scripts/test its PID is added to the ones stopped at the end."""
+def restart_libvirtd(sig=signal.SIGTERM, down_s=0):
+    """Stop libvirtd with sig (guests keep running), wait down_s seconds and
+    start it again, by its PID. The new daemon is left running for the rest
+    of the suite; when the suite runs under scripts/test its PID is added to
+    the ones stopped at the end."""
     with open("/run/libvirtd.pid") as f:
         pid = int(f.read().strip())
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, sig)
     for _ in range(300):
         if not os.path.exists("/proc/%d" % pid):
             break
         time.sleep(0.1)
+    time.sleep(down_s)
+    if os.path.exists("/run/libvirtd.pid"):
+        os.unlink("/run/libvirtd.pid")  # a killed daemon leaves it behind
     sh("libvirtd", "-d")
     for _ in range(600):  # a first start probes QEMU: seconds
         if sh("virsh", "-c", URI, "version", check=False).returncode == 0:

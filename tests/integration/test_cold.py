@@ -73,9 +73,12 @@ class ColdTest(GuestTestCase):
         run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
         run.until(state_event("capture"))
         # wait for libvirt's save job to be under way, then pull the plug
-        for _ in range(2000):
-            if job_active(g.dom):
-                break
+        for _ in range(20000):
+            try:
+                if g.dom.jobStats().get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE:
+                    break
+            except libvirt.libvirtError:
+                pass
         else:
             self.fail("the managed save never showed as a libvirt job")
         g.dom.destroy()

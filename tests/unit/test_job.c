@@ -24,6 +24,8 @@ static struct {
     int release_status;
     int upload_status;
     int cancel_at_extract;
+    struct hs_job *cancel_on_extract; /* cancel this job when another enters extract */
+    char captured_domain[64];         /* the last capture's */
     const char *pit_path;
     int captures, releases, uploads, cancels;
     char states[512];
@@ -64,6 +66,7 @@ static void capture_done(void)
 static int fake_capture(struct hs_capture *cap, hs_capture_cb cb)
 {
     t.captures++;
+    snprintf(t.captured_domain, sizeof(t.captured_domain), "%s", cap->info->name);
     CHECK(cap->journal && cap->scratch && cap->ndisks == 1);
     fake_cap = cap;
     fake_cap_cb = cb;
@@ -171,6 +174,11 @@ static void on_event(void *data, const cJSON *ev)
     }
     if (t.cancel_at_extract && !strcmp(state, "extract"))
         hs_job_cancel(t.job);
+    if (t.cancel_on_extract && !strcmp(state, "waiting") &&
+        !strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(ev, "for")), "extract")) {
+        hs_job_cancel(t.cancel_on_extract);
+        t.cancel_on_extract = NULL;
+    }
 }
 
 static void job_cb(struct hs_job *job, int status, void *data)
@@ -329,17 +337,17 @@ static void test_bad_input(void)
 }
 
 /* The mock hypervisor's own domain has no disk format: define one that has. */
-static void define_domain(void)
+static void define_domain(const char *name)
 {
     char xml[1024];
     virDomainPtr dom;
 
     snprintf(xml, sizeof(xml),
-             "<domain type='test'><name>hs-unit</name><memory unit='MiB'>64</memory>"
+             "<domain type='test'><name>%s</name><memory unit='MiB'>64</memory>"
              "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
              "<driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda'/>"
              "</disk></devices></domain>",
-             src_path);
+             name, src_path);
     dom = virDomainDefineXML(hs__virt_conn(eng->virt), xml);
     CHECK(dom != NULL);
     CHECK(virDomainCreate(dom) == 0);
@@ -381,6 +389,46 @@ static void test_same_domain_serialized(void)
         hs_job_free(j[i]);
 }
 
+static int race_status[2];
+
+static void race_cb(struct hs_job *job, int status, void *data)
+{
+    race_status[(intptr_t)data] = status ? status : 1;
+}
+
+/* A cancel that comes after the scheduler granted the capture slot but
+ * before the job was told: the capture never starts. */
+static void test_cancel_racing_a_grant(void)
+{
+    struct hs_snapshot_opts o = {.target = "fake:x"};
+    struct hs_job *j[2];
+    char err[256];
+    int i;
+
+    eng->sched.max[HS_RES_CAPTURE] = 1;
+    t.pit_path = src_path;
+    t.captures = t.releases = t.uploads = 0;
+    race_status[0] = race_status[1] = 0;
+    o.domain = "hs-unit";
+    CHECK(hs_snapshot_start(eng, &o, race_cb, (void *)0, &j[0], err, sizeof(err)) == 0);
+    o.domain = "hs-unit-2";
+    CHECK(hs_snapshot_start(eng, &o, race_cb, (void *)1, &j[1], err, sizeof(err)) == 0);
+    /* the first to hold the slot hands it over when it enters extract; the
+     * other is canceled right then, its grant not yet told */
+    t.cancel_on_extract = NULL;
+    while (!t.captures)
+        uv_run(&loop, UV_RUN_ONCE);
+    t.cancel_on_extract = strcmp(t.captured_domain, "hs-unit") ? j[0] : j[1];
+    while (!race_status[0] || !race_status[1])
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(t.captures == 1);
+    CHECK((race_status[0] == 1) != (race_status[1] == 1));
+    CHECK(race_status[0] == -ECANCELED || race_status[1] == -ECANCELED);
+    eng->sched.max[HS_RES_CAPTURE] = 0;
+    for (i = 0; i < 2; i++)
+        hs_job_free(j[i]);
+}
+
 static void closed(struct hs_engine *e, void *data)
 {
     *(int *)data = 1;
@@ -405,7 +453,10 @@ int main(void)
     CHECK(hs_engine_open(&loop, &opts, &eng, err, sizeof(err)) == 0);
     eng->select_backend = fake_select;
     eng->new_uploader = fake_new_uploader;
-    define_domain();
+    while (!hs_engine_connected(eng)) /* connects on the worker pool */
+        uv_run(&loop, UV_RUN_ONCE);
+    define_domain("hs-unit");
+    define_domain("hs-unit-2");
 
     RUN(test_success);
     RUN(test_capture_failure_still_releases);
@@ -415,6 +466,7 @@ int main(void)
     RUN(test_bad_input);
     RUN(test_same_domain_serialized);
     RUN(test_release_failure_keeps_journal);
+    RUN(test_cancel_racing_a_grant);
 
     uv_close((uv_handle_t *)&fake_timer, NULL);
     hs_engine_close(eng, closed, &done);

@@ -172,6 +172,33 @@ static void test_priorities_and_cancel(void)
     done();
 }
 
+/* A grant made but not yet told can be taken back: its callback never runs,
+ * and the slot goes to the next in line. */
+static void test_cancel_a_grant_not_yet_told(void)
+{
+    struct hs_sched_req a = {.res = HS_RES_CAPTURE, .data = (void *)1};
+    struct hs_sched_req b = {.res = HS_RES_CAPTURE, .data = (void *)2};
+    struct hs_sched_req c = {.res = HS_RES_CAPTURE, .data = (void *)3};
+
+    reset(1, 0, 0, 0);
+    CHECK(hs__sched_acquire(&s, &a, granted) == 0);
+    CHECK(hs__sched_acquire(&s, &b, granted) == 0);
+    CHECK(hs__sched_acquire(&s, &c, granted) == 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(norder == 1 && order[0] == 1);
+    hs__sched_release(&s, &a); /* b is granted now, told on the next iteration */
+    CHECK(b.held && b.pending && !b.queued);
+    hs__sched_cancel(&s, &b);
+    CHECK(!b.held && !b.pending && s.used[HS_RES_CAPTURE] == 1); /* c has it */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(!told[2] && told[3] && norder == 2);
+    hs__sched_release(&s, &c);
+    hs__sched_unreserve(&s, &a);
+    hs__sched_unreserve(&s, &c);
+    CHECK(s.used[HS_RES_CAPTURE] == 0 && s.holders == 0);
+    done();
+}
+
 static void test_random_never_exceeds(void)
 {
     struct hs_sched_req r[200];
@@ -216,6 +243,7 @@ int main(void)
     RUN(test_scratch_budget);
     RUN(test_captures_paced_to_uploads);
     RUN(test_priorities_and_cancel);
+    RUN(test_cancel_a_grant_not_yet_told);
     RUN(test_random_never_exceeds);
     CHECK(uv_loop_close(&loop) == 0);
     return 0;

@@ -1,0 +1,262 @@
+"""Real faults against the promise: whatever happens, a guest hotsnap found
+running is left running (or paused, as found at the moment of capture),
+thawed, with no job of hotsnap's left in libvirt, no scratch file and no
+journal. libvirtd is killed for real (SIGKILL) and started again; hotsnap
+itself is interrupted by real signals."""
+import os
+import signal
+import time
+import unittest
+
+import libvirt
+
+import hsfix
+from hsfix import (GuestTestCase, Run, WriterGuest, check_images, hotsnap, images_identical,
+                   job_active, state_event)
+
+
+class FaultTestCase(GuestTestCase):
+
+    def reconnect(self, *guests):
+        type(self).c = self.c = hsfix.conn()
+        for g in guests:
+            g.c = self.c
+            g.dom = self.c.lookupByName(g.name)
+
+    def writer(self, name, **kw):
+        g = WriterGuest(self.c, name, **kw)
+        self.guests.append(g)
+        g.start()
+        g.wait_writing()
+        return g
+
+    def wait_console(self, g, prefix, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if g.console_lines(prefix):
+                return
+            time.sleep(0.02)
+        self.fail("%s never printed %r" % (g.name, prefix))
+
+    def assert_promise(self, g, state=libvirt.VIR_DOMAIN_RUNNING):
+        """The guest as it was, thawed and writing, no job, nothing left."""
+        self.assertEqual(g.state(), state)
+        self.assertFalse(job_active(g.dom), "a libvirt job was left on %s" % g.name)
+        self.assertEqual(g.dom.hasManagedSaveImage(), 0)
+        if isinstance(g, WriterGuest) and state == libvirt.VIR_DOMAIN_RUNNING:
+            g.assert_fs_writable()
+        self.assert_nothing_left()
+
+
+class LibvirtdKilledTest(FaultTestCase):
+
+    def test_killed_during_the_freeze_of_a_live_snapshot(self):
+        # the freeze hook holds the freeze for 3 s: libvirtd dies inside the
+        # FSFreeze call, the guest freezes after it is gone
+        g = self.writer("kill-freeze", agent=True, freeze_delay=3)
+        g.wait_agent()
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--quiesce", "required",
+                  g.name)
+        self.wait_console(g, "HS-FREEZE-HOOK freeze")
+        hsfix.restart_libvirtd(signal.SIGKILL, down_s=1)
+        run.finish()
+        self.reconnect(g)
+        conn = [e["connection"] for e in run.events if e.get("event") == "libvirt"]
+        self.assertEqual(conn[:2], ["down", "up"])
+        # hotsnap itself thawed the guest once libvirt was back
+        self.assertEqual(g.freeze_status(), "thawed")
+        if run.rc == 0:  # the backup may have run after all: then it is whole
+            [(img, meta)] = self.image_files(run)
+            ok, msg = check_images(g.BLOCKS, os.path.join(self.store, meta["file"]))
+            self.assertTrue(ok, msg)
+        else:
+            self.assertEqual(run.rc, 1, run.stderr)
+            self.assertIn("libvirt connection was lost", run.summary()["results"][0]["error"])
+            self.assertEqual(os.listdir(self.store), [])
+        self.assert_promise(g)
+
+    def test_killed_during_a_quiesced_backup(self):
+        # libvirtd keeps the backup running across its death and restart:
+        # hotsnap looks again and finishes its own run
+        g = self.writer("kill-backup", agent=True, size_mb=1024, data_mb=1000, rate=100)
+        g.wait_agent()
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--quiesce", "required",
+                  g.name)
+        run.until(lambda ev: ev.get("event") == "captured" or
+                  (ev.get("event") == "progress" and ev.get("phase") == "capture"))
+        hsfix.restart_libvirtd(signal.SIGKILL, down_s=1)
+        run.finish()
+        self.reconnect(g)
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        [(img, meta)] = self.image_files(run)
+        ok, msg = check_images(g.BLOCKS, os.path.join(self.store, meta["file"]))
+        self.assertTrue(ok, msg)
+        self.assertEqual(g.freeze_status(), "thawed")
+        self.assert_promise(g)
+
+    def test_killed_during_a_cold_save(self):
+        g = self.guest("kill-cold", size_mb=256, data_mb=64).start()
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
+        run.until(state_event("capture"))
+        for _ in range(20000):
+            try:
+                if g.dom.jobStats().get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE:
+                    break
+            except libvirt.libvirtError:
+                pass
+        else:
+            self.fail("the managed save never showed as a libvirt job")
+        hsfix.restart_libvirtd(signal.SIGKILL, down_s=1)
+        run.finish()
+        self.reconnect(g)
+        conn = [e["connection"] for e in run.events if e.get("event") == "libvirt"]
+        self.assertEqual(conn[:2], ["down", "up"])
+        # either the save was done while libvirt was away (then the run goes
+        # on and publishes), or it was cut short (then it fails cleanly)
+        if run.rc == 0:
+            [(img, meta)] = self.image_files(run)
+            same, out = images_identical(os.path.join(self.store, meta["file"]),
+                                         g.disks[0].path)
+            self.assertTrue(same, out)
+        else:
+            self.assertEqual(run.rc, 1, run.stderr)
+            self.assertIn("libvirt connection was lost", run.summary()["results"][0]["error"])
+        self.assert_promise(g)
+
+
+class SignalTest(FaultTestCase):
+
+    def test_sighup_during_a_cold_snapshot(self):
+        # an SSH session that drops: the guest comes back, nothing is left
+        g = self.guest("hup-cold", size_mb=1024, data_mb=384).start()
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
+        run.until(state_event("extract"))
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)  # saved, off for now
+        run.p.send_signal(signal.SIGHUP)
+        run.finish()
+        self.assertEqual(run.rc, 1)
+        self.assertIn("canceled", run.summary()["results"][0]["error"])
+        self.assertEqual(os.listdir(self.store), [])
+        self.assert_promise(g)
+
+    def test_sigterm_during_recovery_starts_nothing(self):
+        # a killed run left a guest saved; a signal while the next run
+        # recovers lets the recovery finish and starts no snapshot
+        g = self.guest("term-recover", size_mb=1024, data_mb=384).start()
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
+        run.until(state_event("extract"))
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        nxt = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
+        time.sleep(0.05)
+        nxt.p.send_signal(signal.SIGTERM)
+        nxt.finish()
+        self.assertEqual(nxt.rc, 1, nxt.stderr)
+        self.assertEqual([e for e in nxt.events if e.get("event") == "state"], [])
+        self.assertEqual(os.listdir(self.store), [])
+        self.assert_promise(g)
+
+
+class GuestStateTest(FaultTestCase):
+
+    def test_the_state_at_the_moment_of_the_save_comes_back(self):
+        # jobs that wait for the one capture slot find their guests paused or
+        # resumed by the operator meanwhile: each comes back as it was at the
+        # moment of its save (hotsnap is held with SIGSTOP while the operator
+        # acts, so that the jobs surely wait)
+        guests = [self.guest("state-run-%d" % i).start() for i in range(2)] + \
+            [self.guest("state-paused-%d" % i).start(paused=True) for i in range(2)]
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold",
+                  "--max-captures", "1", *[g.name for g in guests])
+        waiting = set()
+        run.until(lambda ev: ev.get("state") == "waiting" and ev.get("for") == "capture" and
+                  (waiting.add(ev["domain"]) or len(waiting) == len(guests)))
+        run.p.send_signal(signal.SIGSTOP)
+        try:
+            started = {e["domain"] for e in run.events if e.get("state") == "capture"}
+            self.assertLessEqual(len(started), 1)
+            expect = {}
+            for g in guests:
+                if g.name in started:
+                    expect[g.name] = g.state()
+                elif g.state() == libvirt.VIR_DOMAIN_RUNNING:
+                    g.dom.suspend()
+                    expect[g.name] = libvirt.VIR_DOMAIN_PAUSED
+                else:
+                    g.dom.resume()
+                    expect[g.name] = libvirt.VIR_DOMAIN_RUNNING
+        finally:
+            run.p.send_signal(signal.SIGCONT)
+        run.finish()
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        # both ways were taken, whichever guest went first
+        self.assertEqual(set(expect.values()),
+                         {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED})
+        for g in guests:
+            self.assert_promise(g, expect[g.name])
+
+
+class RecoveryTest(FaultTestCase):
+
+    def test_list_leaves_another_tools_backup_running(self):
+        # a dead run's journal of the domain (killed while its upload
+        # retried), then another tool backs the domain up: recovery, run by
+        # `hotsnap list`, leaves that backup alone
+        g = self.guest("other-backup", size_mb=1024, data_mb=1000).start()
+        run = Run(self.state, "snapshot", "--to", "glance:http://127.0.0.1:9", "--attempts", "9",
+                  g.name)
+        run.until(state_event("upload"))
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        self.assertEqual(len(os.listdir(os.path.join(self.state, "journal"))), 2)
+        other = os.path.join(self.state, "other")
+        os.makedirs(other)
+        target = os.path.join(other, "vda.qcow2")
+        g.dom.backupBegin("<domainbackup mode='push'><disks><disk name='vda' backup='yes' "
+                          "type='file'><target file='%s'/><driver type='qcow2'/></disk>"
+                          "</disks></domainbackup>" % target, None, 0)
+        try:
+            nxt = hotsnap(self.state, "list")
+            self.assertEqual(nxt.rc, 0, nxt.stderr)
+            rec = [e for e in nxt.events if isinstance(e, dict) and e.get("event") == "recovered"]
+            self.assertEqual(len(rec), 1, nxt.events)
+            self.assertTrue(job_active(g.dom), "another tool's backup was aborted")
+            self.assertIn(target, g.dom.backupGetXMLDesc())
+        finally:
+            if job_active(g.dom):
+                g.dom.abortJob()
+            for _ in range(100):
+                if not job_active(g.dom):
+                    break
+                time.sleep(0.1)
+        self.assert_promise(g)
+
+    def test_recovery_leaves_another_save_image(self):
+        # a killed run left the guest saved; the operator starts it, and
+        # later saves it himself: the next run's recovery leaves that alone
+        g = self.guest("other-save", size_mb=1024, data_mb=384).start()
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
+        run.until(state_event("extract"))
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        time.sleep(0.5)  # the dead run's qemu-img children go with their locks
+        for _ in range(100):
+            try:
+                g.dom.create()
+                break
+            except libvirt.libvirtError:
+                time.sleep(0.2)  # qemu-img of the dead run still holds the disk
+        g.dom.managedSave(0)
+        nxt = hotsnap(self.state, "list")
+        self.assertEqual(nxt.rc, 0, nxt.stderr)
+        rec = [e for e in nxt.events if isinstance(e, dict) and e.get("event") == "recovered"]
+        self.assertEqual(len(rec), 1, nxt.events)
+        self.assertIn("not left saved by hotsnap", rec[0]["action"])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)
+        self.assertEqual(g.dom.hasManagedSaveImage(), 1)  # the operator's, still there
+        g.dom.create()
+        self.assert_promise(g)
+
+
+if __name__ == "__main__":
+    unittest.main()
