@@ -84,9 +84,12 @@ static void usage(FILE *f)
         "                         glance:URL (with --token or OS_TOKEN, or no auth)\n"
         "      --token TOKEN      auth token for glance:URL (OS_TOKEN keeps it out of the\n"
         "                         process list)\n"
-        "      --image-id ID      the image's id (makes the create idempotent; one disk)\n"
+        "      --image-id ID      the image's id (one disk; default: a random UUID, so a\n"
+        "                         retried create never makes a second record)\n"
         "      --max-rate RATE    upload rate limit per image, e.g. 50M (bytes/s)\n"
         "      --attempts N       tries per upload for transient failures (default 5)\n"
+        "      --stall-timeout S  seconds an upload may make no progress before it is\n"
+        "                         retried (default 30)\n"
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
         "\n"
         "limits on what snapshots share (a job holds each only while it uses it):\n"
@@ -172,6 +175,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_SCRATCH_BUDGET,
         OPT_MATCH,
         OPT_FROM,
+        OPT_STALL_TIMEOUT,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -194,6 +198,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"token", required_argument, NULL, OPT_TOKEN},
         {"max-rate", required_argument, NULL, OPT_MAX_RATE},
         {"attempts", required_argument, NULL, OPT_ATTEMPTS},
+        {"stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT},
         {"max-captures", required_argument, NULL, OPT_MAX_CAPTURES},
         {"max-extracts", required_argument, NULL, OPT_MAX_EXTRACTS},
         {"max-uploads", required_argument, NULL, OPT_MAX_UPLOADS},
@@ -300,6 +305,15 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             if (cli->sopts.upload_attempts < 1 || cli->sopts.upload_attempts > 100)
                 die_usage("--attempts '%s' is not a number from 1 to 100", optarg);
             break;
+        case OPT_STALL_TIMEOUT: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+
+            if (end == optarg || *end || v < 1 || v > 3600)
+                die_usage("--stall-timeout '%s' is not a number of seconds from 1 to 3600", optarg);
+            cli->sopts.stall_timeout = (int)v;
+            break;
+        }
         case OPT_SCRATCH:
             cli->sopts.scratch_dir = optarg;
             break;
@@ -824,11 +838,10 @@ int main(int argc, char **argv)
     parse_args(&cli, argc, argv);
     cli.eopts.on_event = on_event;
     cli.eopts.event_data = &cli;
-    if (cli.verbose) {
-        cli.eopts.on_log = on_log;
-        cli.eopts.log_data = &cli;
-        cli.eopts.log_level = HS_LOG_DEBUG;
-    }
+    /* warnings always reach the operator; -v adds the rest */
+    cli.eopts.on_log = on_log;
+    cli.eopts.log_data = &cli;
+    cli.eopts.log_level = cli.verbose ? HS_LOG_DEBUG : HS_LOG_WARN;
     uv_loop_init(&cli.loop);
     rc = hs_engine_open(&cli.loop, &cli.eopts, &cli.eng, err, sizeof(err));
     if (rc < 0) {

@@ -23,7 +23,7 @@ static void engine_stall_cb(uv_timer_t *t)
     if (late > eng->max_stall_ms)
         eng->max_stall_ms = late;
     if (late > 100)
-        hs_log(HS_LOG_WARN, "loop stalled for %.0f ms", late);
+        hs_log(HS_LOG_INFO, "loop stalled for %.0f ms", late);
     eng->stall_last = now;
 }
 

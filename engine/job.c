@@ -11,6 +11,8 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -209,6 +211,24 @@ static cJSON *job_event(struct hs_job *job, const char *type)
     cJSON_AddStringToObject(ev, "domain", job->info.name ? job->info.name : job->domain_arg);
     cJSON_AddNumberToObject(ev, "elapsed", round((now - job->t_start) * 1000.0) / 1000.0);
     return ev;
+}
+
+/* Something the operator must see whatever the log level: a warning event
+ * and a warning in the log. */
+static void job_warn(struct hs_job *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void job_warn(struct hs_job *job, const char *fmt, ...)
+{
+    char line[768];
+    cJSON *ev;
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    hs_log(HS_LOG_WARN, "job %s: %s", job->id, line);
+    ev = job_event(job, "warning");
+    cJSON_AddStringToObject(ev, "message", line);
+    hs__engine_emit(job->eng, ev);
 }
 
 static cJSON *job_images_json(const struct hs_job *job)
@@ -871,6 +891,11 @@ static void job_upload_progress(struct hs_upload_req *req)
                  req->sent, req->size);
 }
 
+static void job_upload_warn(struct hs_upload_req *req, const char *msg)
+{
+    job_warn(req->data, "%s", msg);
+}
+
 static void job_uploaded(struct hs_upload_req *req, int status)
 {
     struct hs_job *job = req->data;
@@ -918,6 +943,7 @@ static int job_upload_next(struct hs_job *job)
     req->virtual_size = d->img.virtual_size;
     req->props = job_props(job, d);
     req->on_progress = job_upload_progress;
+    req->on_warn = job_upload_warn;
     req->data = job;
     job_progress_reset(job);
     rc = job->up->ops->begin(job->up, req, job_uploaded);
@@ -945,8 +971,7 @@ static void job_cleanup_done(uv_work_t *w, int status)
     struct hs_job *job = hs_container_of(w, struct hs_job, work);
 
     if (job->work_rc < 0)
-        hs_log(HS_LOG_WARN, "job %s: cannot remove scratch '%s': %s", job->id, job->scratch,
-               strerror(-job->work_rc));
+        job_warn(job, "cannot remove scratch '%s': %s", job->scratch, strerror(-job->work_rc));
     /* The journal goes once the domain is as it was and the scratch is gone;
      * else it stays for the next run to finish the job. */
     if ((job->captured && !job->released) || job->work_rc < 0)
@@ -1289,6 +1314,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     env.image_id = opts->image_id;
     env.max_rate = opts->max_rate;
     env.attempts = opts->upload_attempts;
+    env.stall_s = opts->stall_timeout > 0 ? opts->stall_timeout : HS_DEFAULT_STALL_TIMEOUT;
     rc = eng->new_uploader(&env, opts->target ? opts->target : target, &job->up, &job->err);
     free(target);
     if (rc < 0)

@@ -286,3 +286,23 @@ int hs__path_in_dir(const char *path, const char *dir)
         n--;
     return path && !strncmp(path, dir, n) && path[n] == '/';
 }
+
+const char *hs__url_redact(const char *url, char *buf, size_t len)
+{
+    const char *host = url ? strstr(url, "://") : NULL, *at, *end;
+
+    if (!url)
+        return "";
+    if (!host) {
+        snprintf(buf, len, "%s", url);
+        return buf;
+    }
+    host += 3;
+    end = host + strcspn(host, "/?#");
+    at = memchr(host, '@', (size_t)(end - host));
+    if (!at)
+        snprintf(buf, len, "%s", url);
+    else
+        snprintf(buf, len, "%.*s***%s", (int)(host - url), url, at);
+    return buf;
+}

@@ -36,6 +36,8 @@ void *hs__calloc(size_t n, size_t size);
 char *hs__asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Whether @path lies below directory @dir. */
 int hs__path_in_dir(const char *path, const char *dir);
+/* @url with any "user:password@" replaced by "***@", for messages. */
+const char *hs__url_redact(const char *url, char *buf, size_t len);
 /* Lower-case hex of @n bytes into @out (2n + 1 bytes). */
 void hs__hex(const unsigned char *b, unsigned n, char *out);
 

@@ -24,6 +24,7 @@ extern "C" {
 
 #define HS_DEFAULT_URI "qemu:///system"
 #define HS_DEFAULT_STATE_DIR "/var/lib/hotsnap"
+#define HS_DEFAULT_STALL_TIMEOUT 30 /* seconds */
 
 enum hs_log_level {
     HS_LOG_ERROR,
@@ -138,6 +139,8 @@ struct hs_snapshot_opts {
     const char *token;    /* an auth token for glance:URL */
     uint64_t max_rate;    /* bytes/s per upload; 0 unlimited */
     int upload_attempts;  /* tries for transient failures; 0: 5 */
+    int stall_timeout;    /* seconds an HTTP transfer may make no progress before it counts
+                             as a transient failure; 0: 30 */
     int priority;         /* higher is served first when resources are short */
 };
 

@@ -1,17 +1,31 @@
 /*
- * Glance (image API v2) on curl multi: create the record, stream the file
- * (sha512 computed as the bytes go out, bounded memory), read the image
- * back and compare size and os_hash_value (Glance's default algorithm,
- * sha512; with another one configured, size only, and a warning). Transient failures (5xx,
- * connection errors) are retried with exponential backoff and jitter, on a
- * fresh record from byte 0; a failed upload deletes the record it created.
+ * Glance (image API v2) on curl multi. Every record hotsnap makes has an id
+ * it chose itself, so a create retried after a lost answer is a 409 on its
+ * own id, never a second record; and every record made is accounted for:
+ * published, deleted, or reported as left behind.
  *
- *   auth (Keystone, when no endpoint was given) -> create -> upload -> verify
+ *   [auth] -> create -> upload -> verify -> done
  *
- * Credentials and tokens are never logged or put in messages.
+ * - Auth is a precondition of every request: a token near its end is renewed
+ *   first, and a 401 renews it once and repeats the same step.
+ * - create: 201; or 409 -> adopt: a record with our id that is ours (same
+ *   hotsnap_job and hotsnap_disk) is taken up where it is; else the id is
+ *   someone else's.
+ * - upload: a transient failure (5xx, connection error, no progress for the
+ *   stall timeout) -> backoff -> check the record: queued -> upload again into
+ *   it; active with every byte sent -> verify; saving -> check again later;
+ *   anything else -> the record is doomed and a new one made.
+ * - verify: active, size, and sha512 (Glance's default algorithm; with
+ *   another one, size only, with a warning). Only this step succeeds.
+ * - On failure or cancel every doomed record is deleted; one that cannot be
+ *   is reported (a warning and req->left_behind).
+ *
+ * The bytes are hashed as they go out (bounded memory). Credentials and
+ * tokens are never logged or put in messages.
  */
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +33,7 @@
 #include <openssl/evp.h>
 
 #include "http.h"
+#include "keystone.h"
 #include "uploader.h"
 #include "util.h"
 #define HS_LOG_TAG "glance"
@@ -29,6 +44,7 @@
 /* curl's upload buffer and our reads: 254 MB/s alone against curl -T's 268
  * (bench/upload.py); 256 KiB cost 270 KiB per open upload (engine-scale). */
 #define GLANCE_CHUNK (64 * 1024)
+#define GLANCE_MAX_DOOMED 8
 
 struct glance {
     struct hs_http *http;
@@ -37,22 +53,29 @@ struct glance {
     double token_expires; /* 0: never */
     double token_issued;
     int keystone;   /* authenticate from OS_* variables */
-    char *image_id; /* client-chosen id */
+    char *image_id; /* the operator's id for the (only) image */
     uint64_t max_rate;
     int attempts;
+    int stall_s;
 };
 
 enum glance_step {
     G_AUTH,
     G_CREATE,
+    G_ADOPT, /* create said 409: is the record with our id ours? */
     G_UPLOAD,
+    G_CHECK,  /* after a failed upload: what became of the record? */
     G_INFO,   /* plain upload forbidden (403): does Glance offer glance-direct import? */
     G_STAGE,  /* import: the data to the staging area */
     G_IMPORT, /* import: run it */
     G_VERIFY,
-    G_DELETE,       /* after a failure, or before a retry */
-    G_DELETE_STALE, /* a record whose delete failed while Glance was away */
+    G_DELETE, /* the doomed records, one request each */
     G_DONE,
+};
+
+static const char *const step_names[] = {
+    "authentication for the upload", "creation", "creation", "upload", "check", "import discovery",
+    "staging", "import", "check", "deletion", "upload",
 };
 
 struct glance_up {
@@ -60,14 +83,19 @@ struct glance_up {
     struct hs_upload_req *req;
     struct glance *g;
     enum glance_step step;
-    char id[64];
-    int created;
+    enum glance_step resume;       /* what auth or a backoff leads back to */
+    enum glance_step after_delete; /* where a pass over the doomed records leads */
+    char id[64];                   /* the current record's id */
+    int have;                      /* the current record exists: made or adopted */
+    int records;                   /* ids chosen so far */
+    char doomed[GLANCE_MAX_DOOMED][64];
+    int ndoomed;
+    int del_i; /* the doomed record being deleted in this pass */
     int attempt;
-    int reauthed;
+    int saw_saving; /* the last check found the record still saving */
+    int reauthed;   /* a 401 renewed the token for this step already */
     int canceled;
-    int retry_after_delete;
-    char stale[64]; /* a record to delete once Glance answers again */
-    int importing;  /* the data goes by glance-direct import, not by a plain upload */
+    int importing; /* the data goes by glance-direct import, not by a plain upload */
     double import_deadline;
     char forbidden[512]; /* the 403 that sent us to import, reported if import is not offered */
     FILE *f;
@@ -147,25 +175,24 @@ static int gu_http_error(struct glance_up *u, const char *what, long status)
                       msg[0] ? ": " : "", msg, rid);
 }
 
-/* ---- auth (Keystone v3) ---- */
+static void gu_warn(struct glance_up *u, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void gu_warn(struct glance_up *u, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    hs_log(HS_LOG_WARN, "%s", line);
+    if (u->req->on_warn)
+        u->req->on_warn(u->req, line);
+}
+
+/* ---- auth ---- */
 
 #define NEEDS_OS_AUTH                                                                              \
     "target 'glance' needs OS_AUTH_URL and the other OS_* variables (or glance:URL)"
-
-/* OS_AUTH_URL's token endpoint ("/v3" added unless the URL ends with it);
- * NULL when the variable is unset. Caller frees. */
-static char *keystone_tokens_url(void)
-{
-    const char *auth = getenv("OS_AUTH_URL");
-    size_t n = auth ? strlen(auth) : 0;
-    int slash, v3;
-
-    if (!n)
-        return NULL;
-    slash = auth[n - 1] == '/';
-    v3 = n >= 3 + (size_t)slash && !strncmp(auth + n - 3 - slash, "/v3", 3);
-    return hs__asprintf("%s%s%sauth/tokens", auth, slash ? "" : "/", v3 ? "" : "v3/");
-}
 
 static const char *env_or(const char *name, const char *dflt)
 {
@@ -174,96 +201,27 @@ static const char *env_or(const char *name, const char *dflt)
     return v && *v ? v : dflt;
 }
 
-static char *keystone_body(void)
-{
-    cJSON *root = cJSON_CreateObject(), *auth = cJSON_AddObjectToObject(root, "auth");
-    cJSON *id = cJSON_AddObjectToObject(auth, "identity");
-    cJSON *methods = cJSON_AddArrayToObject(id, "methods");
-    const char *acid = env_or("OS_APPLICATION_CREDENTIAL_ID", NULL);
-    char *s;
-
-    if (acid) {
-        cJSON *ac = cJSON_AddObjectToObject(id, "application_credential");
-
-        cJSON_AddItemToArray(methods, cJSON_CreateString("application_credential"));
-        cJSON_AddStringToObject(ac, "id", acid);
-        cJSON_AddStringToObject(ac, "secret", env_or("OS_APPLICATION_CREDENTIAL_SECRET", ""));
-    } else {
-        cJSON *pw = cJSON_AddObjectToObject(id, "password");
-        cJSON *user = cJSON_AddObjectToObject(pw, "user");
-        cJSON *scope = cJSON_AddObjectToObject(auth, "scope");
-        cJSON *proj = cJSON_AddObjectToObject(scope, "project");
-
-        cJSON_AddItemToArray(methods, cJSON_CreateString("password"));
-        cJSON_AddStringToObject(user, "name", env_or("OS_USERNAME", ""));
-        cJSON_AddStringToObject(cJSON_AddObjectToObject(user, "domain"), "name",
-                                env_or("OS_USER_DOMAIN_NAME", "Default"));
-        cJSON_AddStringToObject(user, "password", env_or("OS_PASSWORD", ""));
-        cJSON_AddStringToObject(proj, "name", env_or("OS_PROJECT_NAME", ""));
-        cJSON_AddStringToObject(cJSON_AddObjectToObject(proj, "domain"), "name",
-                                env_or("OS_PROJECT_DOMAIN_NAME", "Default"));
-    }
-    s = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    return s;
-}
-
-static double parse_time(const char *iso)
-{
-    struct tm tm = {0};
-    int y, mo, d, h, mi;
-    double sec;
-
-    if (!iso || sscanf(iso, "%d-%d-%dT%d:%d:%lf", &y, &mo, &d, &h, &mi, &sec) != 6)
-        return 0;
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    return (double)timegm(&tm) + sec;
-}
-
-/* The image endpoint from the token's catalog. */
 static int keystone_parse(struct glance_up *u)
 {
     struct glance *g = u->g;
-    cJSON *j = cJSON_Parse(u->http.body), *tok, *cat, *svc, *ep;
-    const char *iface = env_or("OS_INTERFACE", "public"), *region = env_or("OS_REGION_NAME", NULL);
     char *url = NULL;
+    double expires = 0;
+    int rc;
 
-    tok = cJSON_GetObjectItemCaseSensitive(j, "token");
-    cat = cJSON_GetObjectItemCaseSensitive(tok, "catalog");
-    cJSON_ArrayForEach(svc, cat) {
-        const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(svc, "type"));
-
-        if (!type || strcmp(type, "image"))
-            continue;
-        cJSON_ArrayForEach(ep, cJSON_GetObjectItem(svc, "endpoints")) {
-            const char *i = cJSON_GetStringValue(cJSON_GetObjectItem(ep, "interface"));
-            const char *r = cJSON_GetStringValue(cJSON_GetObjectItem(ep, "region"));
-
-            if (i && !strncmp(iface, i, strlen(i)) && (!region || (r && !strcmp(r, region))) &&
-                !url)
-                url = hs__strdup(cJSON_GetStringValue(cJSON_GetObjectItem(ep, "url")));
-        }
-    }
-    if (!url || !u->http.subject_token[0]) {
-        cJSON_Delete(j);
+    rc = hs__keystone_catalog(u->http.body, env_or("OS_INTERFACE", "public"),
+                              env_or("OS_REGION_NAME", NULL), &url, &expires, &u->req->err);
+    if (rc < 0)
+        return rc;
+    if (!u->http.subject_token[0]) {
         free(url);
-        return hs_err_set(&u->req->err, -EIO, HS_ERR_HTTP, 0,
-                          "Keystone at '%s' gave no %s image endpoint%s%s", getenv("OS_AUTH_URL"),
-                          iface, region ? " in region " : "", region ? region : "");
+        return hs_err_set(&u->req->err, -EIO, HS_ERR_HTTP, 0, "Keystone gave no token");
     }
-    while (*url && url[strlen(url) - 1] == '/')
-        url[strlen(url) - 1] = '\0';
     free(g->url);
     g->url = url;
     free(g->token);
     g->token = hs__strdup(u->http.subject_token);
     g->token_issued = hs__now();
-    g->token_expires = parse_time(cJSON_GetStringValue(cJSON_GetObjectItem(tok, "expires_at")));
-    cJSON_Delete(j);
+    g->token_expires = expires;
     hs_log(HS_LOG_DEBUG, "token from Keystone, image endpoint '%s'", g->url);
     return 0;
 }
@@ -290,6 +248,9 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status);
 
 static void gu_request(struct glance_up *u, const char *method, const char *url)
 {
+    const char *ca = env_or("OS_CACERT", NULL), *cert = env_or("OS_CERT", NULL);
+    const char *key = env_or("OS_KEY", NULL);
+
     u->http.data = u;
     hs__http_req_clear(&u->http);
     hs__http_req_init(&u->http, method, url);
@@ -297,6 +258,15 @@ static void gu_request(struct glance_up *u, const char *method, const char *url)
     hs__http_header(&u->http, "User-Agent: hotsnap");
     if (u->g->token && u->step != G_AUTH)
         hs__http_header(&u->http, "X-Auth-Token: %s", u->g->token);
+    /* a peer that stops answering is a transient failure, not a hang */
+    curl_easy_setopt(u->http.easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(u->http.easy, CURLOPT_LOW_SPEED_TIME, (long)u->g->stall_s);
+    if (ca)
+        curl_easy_setopt(u->http.easy, CURLOPT_CAINFO, ca);
+    if (cert)
+        curl_easy_setopt(u->http.easy, CURLOPT_SSLCERT, cert);
+    if (key)
+        curl_easy_setopt(u->http.easy, CURLOPT_SSLKEY, key);
 }
 
 static size_t gu_read_cb(char *buf, size_t size, size_t n, void *data)
@@ -346,18 +316,26 @@ static int gu_start_upload(struct glance_up *u)
     return 0;
 }
 
+static void gu_hash_done(struct glance_up *u)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len;
+
+    EVP_DigestFinal_ex(u->sha512, md, &len);
+    hs__hex(md, len, u->sha512_hex);
+}
+
 static char *create_body(struct glance_up *u)
 {
     struct hs_upload_req *req = u->req;
     cJSON *b = cJSON_CreateObject(), *it;
     char *s;
 
+    cJSON_AddStringToObject(b, "id", u->id);
     cJSON_AddStringToObject(b, "name", req->name);
     cJSON_AddStringToObject(b, "disk_format", req->format);
     cJSON_AddStringToObject(b, "container_format", "bare");
     cJSON_AddStringToObject(b, "visibility", "private");
-    if (u->g->image_id && u->attempt == 0)
-        cJSON_AddStringToObject(b, "id", u->g->image_id);
     cJSON_ArrayForEach(it, req->props) {
         char num[32];
 
@@ -377,8 +355,30 @@ static char *create_body(struct glance_up *u)
     return s;
 }
 
+/* A record with our id that hotsnap made for this very image: same name and
+ * the same hotsnap_* properties (job id and disk). */
+static int record_is_ours(const struct glance_up *u, const cJSON *rec)
+{
+    const cJSON *it;
+    const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rec, "name"));
+
+    if (!name || strcmp(name, u->req->name))
+        return 0;
+    cJSON_ArrayForEach(it, u->req->props) {
+        const char *v;
+
+        if (strncmp(it->string, "hotsnap_", 8) || !cJSON_IsString(it))
+            continue;
+        v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rec, it->string));
+        if (!v || strcmp(v, it->valuestring))
+            return 0;
+    }
+    return 1;
+}
+
 static void gu_step(struct glance_up *u)
 {
+    const char *id = u->step == G_DELETE ? u->doomed[u->del_i] : u->id;
     char *url;
     int rc = 0;
 
@@ -386,17 +386,16 @@ static void gu_step(struct glance_up *u)
     case G_AUTH: {
         char *body;
 
-        url = keystone_tokens_url();
+        url = hs__keystone_tokens_url();
         if (!url) {
-            hs_err_set(&u->req->err, -EINVAL, HS_ERR_INPUT, 0, "%s", NEEDS_OS_AUTH);
+            u->fail_code = hs_err_set(&u->req->err, -EINVAL, HS_ERR_INPUT, 0, "%s", NEEDS_OS_AUTH);
             u->step = G_DONE;
-            u->fail_code = -EINVAL;
             gu_step(u);
             return;
         }
         gu_request(u, "POST", url);
         free(url);
-        body = keystone_body();
+        body = hs__keystone_body();
         hs__http_header(&u->http, "Content-Type: application/json");
         curl_easy_setopt(u->http.easy, CURLOPT_COPYPOSTFIELDS, body);
         free(body); /* copied: the password does not linger */
@@ -428,26 +427,27 @@ static void gu_step(struct glance_up *u)
         curl_easy_setopt(u->http.easy, CURLOPT_POSTFIELDS,
                          "{\"method\":{\"name\":\"glance-direct\"}}");
         break;
+    case G_ADOPT:
+    case G_CHECK:
     case G_VERIFY:
         url = hs__asprintf("%s/v2/images/%s", u->g->url, u->id);
         gu_request(u, "GET", url);
         free(url);
         break;
     case G_DELETE:
-    case G_DELETE_STALE:
-        url = hs__asprintf("%s/v2/images/%s", u->g->url, u->step == G_DELETE ? u->id : u->stale);
+        url = hs__asprintf("%s/v2/images/%s", u->g->url, id);
         gu_request(u, "DELETE", url);
         free(url);
         break;
     case G_DONE: {
         struct hs_upload_req *req = u->req;
-        int code = u->fail_code;
+        int code = u->fail_code, i;
 
-        if (u->stale[0]) {
-            hs_log(HS_LOG_WARN, "image %s ('%s') could not be deleted; it is left behind", u->stale,
-                   req->name);
-            snprintf(req->left_behind, sizeof(req->left_behind), "%s", u->stale);
-        }
+        for (i = 0; i < u->ndoomed; i++)
+            gu_warn(u, "image record %s ('%s') could not be deleted; it is left behind",
+                    u->doomed[i], req->name);
+        if (u->ndoomed)
+            snprintf(req->left_behind, sizeof(req->left_behind), "%s", u->doomed[0]);
         if (u->f)
             fclose(u->f);
         u->f = NULL;
@@ -466,39 +466,85 @@ static void gu_step(struct glance_up *u)
     if (rc == 0)
         rc = hs__http_start(u->g->http, &u->http, gu_done);
     if (rc < 0) {
-        hs_err_set(&u->req->err, rc, HS_ERR_SYS, -rc, "cannot start an HTTP request");
+        if (!u->req->err.code)
+            hs_err_set(&u->req->err, rc, HS_ERR_SYS, -rc, "cannot start an HTTP request");
         u->fail_code = u->req->err.code;
+        /* nothing more can be sent: what was made stays, and is reported */
+        if (u->have && u->ndoomed < GLANCE_MAX_DOOMED)
+            snprintf(u->doomed[u->ndoomed++], sizeof(u->doomed[0]), "%s", u->id);
         u->step = G_DONE;
         gu_step(u);
     }
 }
 
-/* Leave with the error recorded in the request, deleting the record made. */
-static void gu_fail(struct glance_up *u)
+/* Every request goes through here: a token near its end is renewed first. */
+static void gu_go(struct glance_up *u, enum glance_step step)
 {
-    u->fail_code = u->req->err.code ? u->req->err.code : -EIO;
-    u->step = u->created ? G_DELETE : G_DONE;
+    if (step != G_DONE && step != G_AUTH && token_stale(u->g)) {
+        u->resume = step;
+        step = G_AUTH;
+    }
+    u->step = step;
     gu_step(u);
 }
 
-static void gu_poll_cb(uv_timer_t *t)
+/* The current record is not going to be published: delete it later. */
+static void gu_doom(struct glance_up *u)
 {
-    struct glance_up *u = t->data;
+    if (!u->have)
+        return;
+    u->have = 0;
+    if (u->ndoomed < GLANCE_MAX_DOOMED)
+        snprintf(u->doomed[u->ndoomed++], sizeof(u->doomed[0]), "%s", u->id);
+    else
+        gu_warn(u, "image record %s ('%s') is left behind", u->id, u->req->name);
+}
 
-    u->step = G_VERIFY;
-    gu_step(u);
+static void gu_delete_pass(struct glance_up *u, enum glance_step then)
+{
+    u->after_delete = then;
+    u->del_i = 0;
+    gu_go(u, u->ndoomed ? G_DELETE : then);
+}
+
+/* Leave with the error recorded in the request, deleting every record made. */
+static void gu_fail(struct glance_up *u)
+{
+    u->fail_code = u->req->err.code ? u->req->err.code : -EIO;
+    gu_doom(u);
+    gu_delete_pass(u, G_DONE);
+}
+
+static void gu_canceled(struct glance_up *u)
+{
+    hs_err_clear(&u->req->err);
+    hs_err_set(&u->req->err, -ECANCELED, HS_ERR_CANCELED, 0, "upload of image '%s' canceled",
+               u->req->name);
+    gu_fail(u);
 }
 
 static void gu_backoff_cb(uv_timer_t *t)
 {
     struct glance_up *u = t->data;
 
-    u->step = token_stale(u->g) ? G_AUTH : G_CREATE;
-    gu_step(u);
+    if (u->resume == G_CREATE && u->ndoomed)
+        gu_delete_pass(u, G_CREATE); /* the broken records go before a new one is made */
+    else
+        gu_go(u, u->resume);
 }
 
-/* A transient failure: start over on a fresh record after a backoff, or give up. */
-static void gu_retry(struct glance_up *u, const char *why)
+static uint64_t backoff_ms(int attempt)
+{
+    uint64_t d = GLANCE_BACKOFF_MS;
+    int i;
+
+    for (i = 1; i < attempt && d < GLANCE_BACKOFF_MAX_MS; i++)
+        d <<= 1;
+    return d < GLANCE_BACKOFF_MAX_MS ? d : GLANCE_BACKOFF_MAX_MS;
+}
+
+/* A transient failure: @next after a backoff, or give up after the last attempt. */
+static void gu_retry(struct glance_up *u, const char *why, enum glance_step next)
 {
     unsigned jitter = 0;
     uint64_t delay;
@@ -513,19 +559,29 @@ static void gu_retry(struct glance_up *u, const char *why)
     }
     hs_log(HS_LOG_INFO, "upload of '%s': %s; try %d of %d", u->req->name, why, u->attempt + 1,
            u->g->attempts);
-    delay = GLANCE_BACKOFF_MS << (u->attempt - 1);
-    if (delay > GLANCE_BACKOFF_MAX_MS)
-        delay = GLANCE_BACKOFF_MAX_MS;
+    delay = backoff_ms(u->attempt);
     if (getrandom(&jitter, sizeof(jitter), 0) == sizeof(jitter))
         delay += jitter % (delay / 2 + 1);
-    if (u->created) {
-        /* the old record cannot take data again: delete it, then start over */
-        u->retry_after_delete = 1;
-        u->step = G_DELETE;
-        gu_step(u);
+    u->resume = next;
+    uv_timer_start(&u->backoff, gu_backoff_cb, delay, 0);
+}
+
+/* The current record cannot take the data: doom it and make a new one, with
+ * a new id (Glance does not give a deleted image's id out again). */
+static void gu_replace(struct glance_up *u, const char *why)
+{
+    gu_doom(u);
+    if (u->g->image_id) {
+        hs_err_set(&u->req->err, -EIO, HS_ERR_HTTP, 0,
+                   "upload of image %s ('%s') failed: %s; the record cannot be made again with "
+                   "the same id",
+                   u->id, u->req->name, why);
+        gu_fail(u);
         return;
     }
-    uv_timer_start(&u->backoff, gu_backoff_cb, delay, 0);
+    hs__uuid4(u->id);
+    u->records++;
+    gu_retry(u, why, G_CREATE);
 }
 
 static int transient(CURLcode rc, long status)
@@ -535,70 +591,205 @@ static int transient(CURLcode rc, long status)
     return status >= 500 || status == 0;
 }
 
+static void gu_delete_done(struct glance_up *u, CURLcode rc, long status, const char *why)
+{
+    if (rc == CURLE_OK && (status < 300 || status == 404)) {
+        hs_log(HS_LOG_DEBUG, "image record %s deleted", u->doomed[u->del_i]);
+        u->ndoomed--;
+        memmove(u->doomed[u->del_i], u->doomed[u->del_i + 1],
+                (size_t)(u->ndoomed - u->del_i) * sizeof(u->doomed[0]));
+    } else if (rc == CURLE_OK && status == 401 && u->g->keystone && !u->reauthed) {
+        u->reauthed = 1;
+        free(u->g->token);
+        u->g->token = NULL;
+        gu_go(u, G_DELETE);
+        return;
+    } else {
+        /* Glance is away: kept for the next pass (or reported at the end) */
+        hs_log(HS_LOG_INFO, "image record %s could not be deleted yet: %s", u->doomed[u->del_i],
+               why);
+        u->del_i++;
+    }
+    u->reauthed = 0;
+    if (u->del_i < u->ndoomed) {
+        gu_go(u, G_DELETE);
+        return;
+    }
+    if (u->canceled && (u->after_delete != G_DONE || !u->fail_code)) {
+        /* canceled while tidying up, even after the verify: nothing is kept */
+        gu_canceled(u);
+        return;
+    }
+    gu_go(u, u->after_delete);
+}
+
+/* GET of our id after a 409 on create */
+static void gu_adopt(struct glance_up *u, long status, const cJSON *rec)
+{
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rec, "status"));
+
+    if (status == 200 && record_is_ours(u, rec)) {
+        /* our own create, whose answer was lost */
+        u->have = 1;
+        if (st && !strcmp(st, "queued")) {
+            hs_log(HS_LOG_INFO, "image record %s is ours, from a create retried", u->id);
+            gu_go(u, u->importing ? G_STAGE : G_UPLOAD);
+        } else {
+            gu_replace(u, "the record made by a retried create is not queued");
+        }
+        return;
+    }
+    if (u->g->image_id) {
+        hs_err_set(&u->req->err, -EEXIST, HS_ERR_HTTP, 409,
+                   "creation of image '%s' failed: HTTP 409, image id %s is %s", u->req->name,
+                   u->id, status == 200 ? "taken by another image" : "that of a deleted image");
+        gu_fail(u);
+        return;
+    }
+    hs__uuid4(u->id); /* a random id that was taken: draw again */
+    u->records++;
+    gu_go(u, G_CREATE);
+}
+
+/* GET of the record after an upload failed */
+static void gu_check(struct glance_up *u, long status, const cJSON *rec)
+{
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rec, "status"));
+    char why[128];
+
+    if (status == 404) {
+        u->have = 0; /* gone already */
+        gu_replace(u, "the record is gone");
+        return;
+    }
+    if (st && (!strcmp(st, "saving") || !strcmp(st, "uploading")) && !u->saw_saving) {
+        /* a Glance that lives on puts the record back to queued once it sees
+         * the upload broke; one killed mid-upload leaves it saving for good */
+        u->saw_saving = 1;
+        snprintf(why, sizeof(why), "Glance is still %s the broken upload", st);
+        gu_retry(u, why, G_CHECK);
+        return;
+    }
+    u->saw_saving = 0;
+    if (st && !strcmp(st, "queued")) {
+        gu_go(u, G_UPLOAD); /* the same record takes the data again */
+    } else if (st && !strcmp(st, "active") && u->req->sent == u->req->size) {
+        gu_hash_done(u); /* every byte went out; only the answer was lost */
+        gu_go(u, G_VERIFY);
+    } else {
+        snprintf(why, sizeof(why), "the record is '%s' after a failed upload", st ? st : "?");
+        gu_replace(u, why);
+    }
+}
+
+/* GET of the record after the upload: publish, or fail */
+static void gu_verify(struct glance_up *u, long status, const cJSON *j)
+{
+    struct hs_upload_req *req = u->req;
+    const char *st, *algo, *val, *failed_import;
+    double size;
+
+    st = cJSON_GetStringValue(cJSON_GetObjectItem(j, "status"));
+    failed_import = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_glance_failed_import"));
+    if (u->importing && failed_import && *failed_import) {
+        hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
+                   "glance-direct import of image %s ('%s') failed in Glance", u->id, req->name);
+        gu_fail(u);
+        return;
+    }
+    if (u->importing && st &&
+        (!strcmp(st, "importing") || !strcmp(st, "uploading") || !strcmp(st, "queued")) &&
+        hs__now() < u->import_deadline) {
+        u->resume = G_VERIFY;
+        uv_timer_start(&u->backoff, gu_backoff_cb, 500, 0);
+        return;
+    }
+    algo = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_hash_algo"));
+    val = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_hash_value"));
+    size = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "size"));
+    if (!st || strcmp(st, "active"))
+        hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
+                   "image %s ('%s') is '%s' after its upload, not active", u->id, req->name,
+                   st ? st : "?");
+    else if (isnan(size) || (uint64_t)size != req->size)
+        hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
+                   "image %s ('%s') holds %.0f bytes, %llu were sent", u->id, req->name, size,
+                   (unsigned long long)req->size);
+    else if (!algo || strcmp(algo, "sha512"))
+        gu_warn(u, "image %s ('%s'): Glance hashes with %s, not sha512; checked by size only",
+                u->id, req->name, algo ? algo : "nothing");
+    else if (!val || strcmp(val, u->sha512_hex))
+        hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
+                   "image %s ('%s'): Glance's sha512 differs from the bytes sent", u->id,
+                   req->name);
+    if (req->err.code) {
+        gu_fail(u);
+        return;
+    }
+    /* published: delete what earlier attempts left, then done */
+    u->fail_code = 0;
+    gu_delete_pass(u, G_DONE);
+}
+
 static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
 {
     struct glance_up *u = hr->data;
     struct hs_upload_req *req = u->req;
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned len;
     char why[300];
-    cJSON *j, *it;
+    cJSON *j;
 
-    if (rc != CURLE_OK || status == 0)
+    if (rc == CURLE_OPERATION_TIMEDOUT)
+        snprintf(why, sizeof(why), "no progress for %d s (%s)", u->g->stall_s, hr->errbuf);
+    else if (rc != CURLE_OK || status == 0)
         snprintf(why, sizeof(why), "%s", hr->errbuf[0] ? hr->errbuf : curl_easy_strerror(rc));
     else
         snprintf(why, sizeof(why), "HTTP %ld", status);
 
-    if (u->step == G_DELETE_STALE) {
-        if (rc != CURLE_OK || (status >= 300 && status != 404))
-            hs_log(HS_LOG_WARN, "image %s ('%s') could not be deleted (%s); it is left behind",
-                   u->stale, req->name, why);
-        u->stale[0] = '\0';
-        u->step = token_stale(u->g) ? G_AUTH : G_UPLOAD;
-        gu_step(u);
-        return;
-    }
     if (u->step == G_DELETE) {
-        if ((rc != CURLE_OK || status >= 500) && u->retry_after_delete && !u->canceled) {
-            /* Glance is away: delete it once Glance answers again */
-            snprintf(u->stale, sizeof(u->stale), "%s", u->id);
-        } else if (rc != CURLE_OK || (status >= 300 && status != 404)) {
-            hs_log(HS_LOG_WARN, "image %s ('%s') could not be deleted (%s); it is left behind",
-                   u->id, req->name, why);
-            snprintf(req->left_behind, sizeof(req->left_behind), "%s", u->id);
-        }
-        u->created = 0;
-        if (u->retry_after_delete && !u->canceled) {
-            u->retry_after_delete = 0;
-            u->attempt--; /* counted already */
-            gu_retry(u, "retrying");
-            return;
-        }
-        u->step = G_DONE;
-        gu_step(u);
+        gu_delete_done(u, rc, status, why);
         return;
     }
     if (u->canceled || rc == CURLE_ABORTED_BY_CALLBACK) {
-        hs_err_set(&req->err, -ECANCELED, HS_ERR_CANCELED, 0, "upload of image '%s' canceled",
-                   req->name);
-        gu_fail(u);
+        gu_canceled(u);
         return;
     }
     if (transient(rc, status)) {
-        gu_retry(u, why);
-        return;
+        switch (u->step) {
+        case G_UPLOAD:
+            gu_retry(u, why, G_CHECK); /* did any of it arrive? */
+            return;
+        case G_STAGE:
+        case G_IMPORT:
+            gu_replace(u, why);
+            return;
+        case G_AUTH:
+            gu_retry(u, why, u->resume);
+            return;
+        default:
+            gu_retry(u, why, u->step); /* the same request again (create: the same id) */
+            return;
+        }
     }
     if (status == 401 && u->g->keystone && !u->reauthed && u->step != G_AUTH) {
+        /* the token ended early (revoked, clock skew): renew once, same step */
         u->reauthed = 1;
         free(u->g->token);
         u->g->token = NULL;
-        if (u->created) {
-            u->retry_after_delete = 1;
-            u->step = G_DELETE;
-        } else {
-            u->step = G_AUTH;
-        }
-        gu_step(u);
+        gu_go(u, u->step == G_UPLOAD ? G_CHECK : u->step);
+        return;
+    }
+    if (status == 409 && u->step == G_CREATE) {
+        gu_go(u, G_ADOPT);
+        return;
+    }
+    if ((status == 200 || status == 404) && (u->step == G_ADOPT || u->step == G_CHECK)) {
+        j = status == 200 ? cJSON_Parse(hr->body) : NULL;
+        u->reauthed = 0;
+        if (u->step == G_ADOPT)
+            gu_adopt(u, status, j);
+        else
+            gu_check(u, status, j);
+        cJSON_Delete(j);
         return;
     }
     if (status == 403 && u->step == G_UPLOAD && !u->importing) {
@@ -607,55 +798,35 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
         gu_http_error(u, "upload", status);
         snprintf(u->forbidden, sizeof(u->forbidden), "%s", req->err.msg);
         hs_err_clear(&req->err);
-        u->step = G_INFO;
-        gu_step(u);
+        gu_go(u, G_INFO);
         return;
     }
     if (status >= 300) {
-        gu_http_error(u,
-                      u->step == G_AUTH     ? "authentication for the upload"
-                      : u->step == G_CREATE ? "creation"
-                      : u->step == G_UPLOAD ? "upload"
-                      : u->step == G_STAGE  ? "staging"
-                      : u->step == G_IMPORT ? "import"
-                      : u->step == G_INFO   ? "import discovery"
-                                            : "check",
-                      status);
+        gu_http_error(u, step_names[u->step], status);
         gu_fail(u);
         return;
     }
+    u->reauthed = 0;
     switch (u->step) {
     case G_AUTH:
         if (keystone_parse(u) < 0) {
-            u->fail_code = req->err.code;
-            u->step = G_DONE;
-        } else {
-            u->step = G_CREATE;
+            gu_fail(u);
+            return;
         }
-        break;
+        gu_go(u, u->resume);
+        return;
     case G_CREATE:
-        j = cJSON_Parse(hr->body);
-        snprintf(u->id, sizeof(u->id), "%s",
-                 cJSON_GetStringValue(cJSON_GetObjectItem(j, "id")) ?: "");
-        cJSON_Delete(j);
-        if (!u->id[0]) {
-            u->fail_code = hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
-                                      "Glance created image '%s' but gave no id", req->name);
-            u->step = G_DONE;
-            break;
-        }
-        u->created = 1;
+        u->have = 1;
         hs_log(HS_LOG_DEBUG, "image %s created for '%s'", u->id, req->name);
-        u->step = u->stale[0] ? G_DELETE_STALE : token_stale(u->g) ? G_AUTH : G_UPLOAD;
-        break;
+        gu_go(u, u->importing ? G_STAGE : G_UPLOAD);
+        return;
     case G_UPLOAD:
     case G_STAGE:
-        EVP_DigestFinal_ex(u->sha512, md, &len);
-        hs__hex(md, len, u->sha512_hex);
-        u->step = u->importing ? G_IMPORT : G_VERIFY;
-        break;
+        gu_hash_done(u);
+        gu_go(u, u->importing ? G_IMPORT : G_VERIFY);
+        return;
     case G_INFO: {
-        cJSON *m;
+        cJSON *m, *it;
         int offered = 0;
 
         j = cJSON_Parse(hr->body);
@@ -673,68 +844,26 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
         }
         hs_log(HS_LOG_INFO, "upload of '%s' forbidden; using glance-direct import", req->name);
         u->importing = 1;
-        u->step = G_STAGE;
-        break;
+        gu_go(u, G_STAGE);
+        return;
     }
     case G_IMPORT:
         /* the import runs in Glance: wait for the image to become active */
         u->import_deadline = hs__now() + 60 + (double)req->size / 10e6;
-        u->step = G_VERIFY;
-        break;
-    case G_VERIFY: {
-        const char *st, *algo, *val, *failed_import;
-        double size;
-
+        gu_go(u, G_VERIFY);
+        return;
+    case G_VERIFY:
         j = cJSON_Parse(hr->body);
-        st = cJSON_GetStringValue(cJSON_GetObjectItem(j, "status"));
-        failed_import = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_glance_failed_import"));
-        if (u->importing && failed_import && *failed_import) {
-            hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
-                       "glance-direct import of image %s ('%s') failed in Glance", u->id,
-                       req->name);
-            cJSON_Delete(j);
-            gu_fail(u);
-            return;
-        }
-        if (u->importing && st &&
-            (!strcmp(st, "importing") || !strcmp(st, "uploading") || !strcmp(st, "queued")) &&
-            hs__now() < u->import_deadline) {
-            cJSON_Delete(j);
-            uv_timer_start(&u->backoff, gu_poll_cb, 500, 0);
-            return;
-        }
-        algo = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_hash_algo"));
-        val = cJSON_GetStringValue(cJSON_GetObjectItem(j, "os_hash_value"));
-        size = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "size"));
-        if (!st || strcmp(st, "active"))
-            hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
-                       "image %s ('%s') is '%s' after its upload, not active", u->id, req->name,
-                       st ? st : "?");
-        else if (isnan(size) || (uint64_t)size != req->size)
-            hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
-                       "image %s ('%s') holds %.0f bytes, %llu were sent", u->id, req->name, size,
-                       (unsigned long long)req->size);
-        else if (!algo || strcmp(algo, "sha512"))
-            /* md5 as well would cost a second hash of every byte on the loop */
-            hs_log(HS_LOG_WARN,
-                   "image %s ('%s'): Glance hashes with %s, not sha512; checked by "
-                   "size only",
-                   u->id, req->name, algo ? algo : "nothing");
-        else if (!val || strcmp(val, u->sha512_hex))
-            hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
-                       "image %s ('%s'): Glance's sha512 differs from the bytes sent", u->id,
-                       req->name);
+        gu_verify(u, status, j);
         cJSON_Delete(j);
-        u->fail_code = req->err.code;
-        u->step = u->fail_code ? G_DELETE : G_DONE;
-        break;
-    }
+        return;
+    case G_ADOPT:
+    case G_CHECK:
     case G_DELETE:
-    case G_DELETE_STALE:
     case G_DONE:
         break;
     }
-    gu_step(u);
+    gu_fail(u); /* not reached */
 }
 
 static void gu_free(uv_handle_t *h)
@@ -744,6 +873,13 @@ static void gu_free(uv_handle_t *h)
     EVP_MD_CTX_free(u->sha512);
     free(u->body_json);
     free(u);
+}
+
+static void gu_start_cb(uv_timer_t *t)
+{
+    struct glance_up *u = t->data;
+
+    gu_go(u, G_CREATE);
 }
 
 static int glance_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb)
@@ -759,11 +895,16 @@ static int glance_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_up
     u->sha512 = EVP_MD_CTX_new();
     if (!u->sha512)
         abort();
+    if (g->image_id)
+        snprintf(u->id, sizeof(u->id), "%s", g->image_id);
+    else
+        hs__uuid4(u->id);
+    u->records = 1;
     uv_timer_init(up->loop, &u->backoff);
     u->backoff.data = u;
     req->priv = u;
     /* the first request starts on the next iteration: cb never runs inside begin */
-    uv_timer_start(&u->backoff, gu_backoff_cb, 0, 0);
+    uv_timer_start(&u->backoff, gu_start_cb, 0, 0);
     return 0;
 }
 
@@ -776,13 +917,11 @@ static void glance_cancel(struct hs_upload_req *req)
     u->canceled = 1;
     if (uv_is_active((uv_handle_t *)&u->backoff)) {
         uv_timer_stop(&u->backoff);
-        hs_err_set(&req->err, -ECANCELED, HS_ERR_CANCELED, 0, "upload of image '%s' canceled",
-                   req->name);
-        gu_fail(u);
+        gu_canceled(u);
         return;
     }
     if (u->step != G_DELETE)
-        hs__http_cancel(&u->http);
+        hs__http_cancel(&u->http); /* deletes finish: they are the way out */
 }
 
 static int glance_check(struct hs_uploader *up, struct hs_err *err)
@@ -805,14 +944,23 @@ int hs__glance_new(const struct hs_uploader_env *env, const char *url, struct hs
 {
     struct glance *g;
     const char *auth = getenv("OS_AUTH_URL");
+    char red[512];
 
     if (!env->http)
         return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "no HTTP client for glance");
     if (url && strncmp(url, "http://", 7) && strncmp(url, "https://", 8))
         return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
-                          "glance endpoint '%s' is not an http:// or https:// URL", url);
+                          "glance endpoint '%s' is not an http:// or https:// URL",
+                          hs__url_redact(url, red, sizeof(red)));
     if (!url && (!auth || !*auth))
         return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "%s", NEEDS_OS_AUTH);
+    if (!url && strncmp(auth, "http://", 7) && strncmp(auth, "https://", 8))
+        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
+                          "OS_AUTH_URL '%s' is not an http:// or https:// URL",
+                          hs__url_redact(auth, red, sizeof(red)));
+    if (env->image_id && strlen(env->image_id) >= sizeof(((struct glance_up *)0)->id))
+        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0, "image id '%.40s...' is too long",
+                          env->image_id);
     g = hs__calloc(1, sizeof(*g));
     g->http = env->http;
     g->keystone = url == NULL;
@@ -825,6 +973,7 @@ int hs__glance_new(const struct hs_uploader_env *env, const char *url, struct hs
     g->image_id = env->image_id ? hs__strdup(env->image_id) : NULL;
     g->max_rate = env->max_rate;
     g->attempts = env->attempts > 0 ? env->attempts : 5;
+    g->stall_s = env->stall_s > 0 ? env->stall_s : HS_DEFAULT_STALL_TIMEOUT;
     up->ctx = g;
     return 0;
 }

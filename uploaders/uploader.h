@@ -16,6 +16,9 @@ struct hs_uploader;
 struct hs_upload_req;
 typedef void (*hs_upload_cb)(struct hs_upload_req *req, int status);
 typedef void (*hs_upload_progress_cb)(struct hs_upload_req *req);
+/* Something the operator must see (a record left behind, an image checked
+ * by size only): one line, also logged as a warning. */
+typedef void (*hs_upload_warn_cb)(struct hs_upload_req *req, const char *msg);
 
 struct hs_upload_req {
     /* in, borrowed */
@@ -26,12 +29,14 @@ struct hs_upload_req {
     uint64_t virtual_size;
     const cJSON *props;                /* image properties */
     hs_upload_progress_cb on_progress; /* optional */
+    hs_upload_warn_cb on_warn;         /* optional */
     void *data;                        /* the caller's */
     /* out */
     char image_id[64];
     char *location; /* owned by the request; free with hs__upload_req_clear */
     uint64_t sent;
-    char left_behind[64]; /* a record a failed upload could not delete, or "" */
+    char left_behind[64]; /* a record the upload made and could not delete (the first, when
+                             several: each is warned about), or "" */
     struct hs_err err;
     /* the uploader's */
     struct hs_uploader *up;
@@ -57,6 +62,7 @@ struct hs_uploader_env {
     const char *image_id; /* a client-chosen image id, or NULL */
     uint64_t max_rate;    /* bytes/s per upload, 0 = unlimited */
     int attempts;         /* tries per upload for transient failures */
+    int stall_s;          /* seconds without progress before a transfer is retried */
 };
 
 struct hs_uploader {

@@ -216,6 +216,9 @@ void hs__http_req_init(struct hs_http_req *req, const char *method, const char *
     curl_easy_setopt(req->easy, CURLOPT_ERRORBUFFER, req->errbuf);
     curl_easy_setopt(req->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(req->easy, CURLOPT_CONNECTTIMEOUT, 10L);
+    /* a catalog or a redirect may name file:// or worse: only the web */
+    curl_easy_setopt(req->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(req->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     if (!strcmp(method, "HEAD"))
         curl_easy_setopt(req->easy, CURLOPT_NOBODY, 1L);
 }

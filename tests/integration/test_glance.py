@@ -1,6 +1,7 @@
 """Snapshots published to a real Glance (Debian's glance-api on 127.0.0.1)."""
 import hashlib
 import os
+import signal
 import threading
 import time
 import unittest
@@ -143,6 +144,55 @@ class GlanceTest(GuestTestCase):
         self.assert_published(run, g)
         # the record of the broken attempt was deleted once Glance was back
         self.assertEqual(len(self.glance.images()), 1)
+        self.assert_nothing_left()
+
+    def test_glance_stopped_mid_upload_the_same_record_takes_the_data(self):
+        # a Glance that stops answering (SIGSTOP) mid-transfer: after the stall
+        # timeout the transfer counts as failed; once Glance answers again the
+        # record is still queued and the data goes into it again
+        g = self.guest("gl-stall", size_mb=128, data_mb=100)
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--format", "raw",
+                  "--max-rate", "20M", "--stall-timeout", "2", "--attempts", "8", g.name)
+        run.until(lambda ev: ev.get("phase") == "upload" and ev.get("percent", 0) > 10)
+        os.kill(self.glance.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(7)
+        finally:
+            os.kill(self.glance.proc.pid, signal.SIGCONT)
+        run.finish()
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        meta = self.assert_published(run, g)
+        # one record in all: no second record, nothing orphaned
+        self.assertEqual([i["id"] for i in self.glance.images()], [meta["id"]])
+        self.assert_nothing_left()
+
+    def test_glance_stopped_for_good_the_upload_gives_up_and_says_what_is_left(self):
+        # with Glance stopped for good hotsnap must not hang: it gives up after
+        # its attempts, and the record it could not delete is reported without -v
+        g = self.guest("gl-stopped").start()
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--format", "raw",
+                  "--max-rate", "4M", "--stall-timeout", "2", "--attempts", "2", g.name)
+        run.until(lambda ev: ev.get("phase") == "upload" and ev.get("percent", 0) > 2)
+        os.kill(self.glance.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.time()
+            run.finish(timeout=90)
+            ended = time.time() - t0
+        finally:
+            os.kill(self.glance.proc.pid, signal.SIGCONT)
+        self.assertEqual(run.rc, 1, run.stderr)
+        self.assertLess(ended, 60)
+        [res] = run.summary()["results"]
+        self.assertIn("failed after 2 attempts", res["error"])
+        self.assertIn("no progress for 2 s", res["error"])
+        [left] = [i["id"] for i in self.glance.images()]
+        self.assertIn("image record %s is left behind" % left, res["error"])
+        # the operator sees it without -v: on stderr and as a JSON event
+        self.assertIn("warning: ", run.stderr)
+        self.assertIn(left, run.stderr)
+        warnings = [ev for ev in run.events if ev.get("event") == "warning"]
+        self.assertTrue(any(left in ev["message"] for ev in warnings), warnings)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
         self.assert_nothing_left()
 
     def test_glance_down_fails_after_bounded_attempts(self):

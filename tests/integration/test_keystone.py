@@ -1,5 +1,7 @@
 """Glance behind Keystone: OS_* credentials, bad tokens, tokens that expire mid-batch."""
+import hashlib
 import os
+import subprocess
 import unittest
 
 from hsfix import GlanceServer, GuestTestCase, KeystoneServer, Run
@@ -10,8 +12,9 @@ class KeystoneTest(GuestTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        # tokens live 20 s: a batch of several rate-limited uploads outlives one
-        cls.keystone = KeystoneServer(token_expiration=20)
+        # tokens live 15 s: a batch of rate-limited uploads, or one long upload,
+        # outlives several
+        cls.keystone = KeystoneServer(token_expiration=15)
         try:
             cls.glance = GlanceServer(keystone=cls.keystone)
         except Exception:
@@ -40,7 +43,7 @@ class KeystoneTest(GuestTestCase):
     def test_os_variables_and_a_batch_that_outlives_its_token(self):
         g = self.guest("ks-batch", disks=3, size_mb=128, data_mb=100)
         before = self.keystone.token_requests()
-        # three 100 MiB images one after another at 12 MiB/s: ~25 s, past the 20 s token
+        # three 100 MiB images one after another at 12 MiB/s: ~25 s, past the 15 s token
         run = self.run_env(self.keystone.env(), "--to", "glance", "--all-disks", "--format",
                            "raw", "--max-rate", "12M", g.name)
         self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
@@ -56,6 +59,29 @@ class KeystoneTest(GuestTestCase):
         # no credential on stdout or stderr
         self.assertNotIn(KeystoneServer.PASSWORD, run.stderr)
         self.assertNotIn(KeystoneServer.PASSWORD, str(run.events))
+        self.assert_nothing_left()
+
+    def test_one_upload_outlives_its_token(self):
+        # 256 MiB at 8 MiB/s: 32 s in one PUT, two tokens' lives; every request
+        # after it (the verify) needs a token renewed first
+        g = self.guest("ks-long", size_mb=256, data_mb=16)
+        before = self.keystone.token_requests()
+        run = self.run_env(self.keystone.env(), "--to", "glance", "--format", "raw",
+                           "--max-rate", "8M", g.name)
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        [img] = run.summary()["results"][0]["images"]
+        tok = self.keystone.token()
+        meta = self.glance.api("GET", "/v2/images/" + img["id"], token=tok)
+        self.assertEqual(meta["status"], "active")
+        self.assertEqual(meta["size"], 256 << 20)
+        raw = os.path.join(self.state, "disk.raw")
+        subprocess.run(["qemu-img", "convert", "-O", "raw", g.disks[0].path, raw], check=True)
+        with open(raw, "rb") as f:
+            self.assertEqual(meta["os_hash_value"], hashlib.sha512(f.read()).hexdigest())
+        # exactly one record: no second upload from byte 0, nothing orphaned
+        self.assertEqual([i["id"] for i in self.glance.images(token=tok)], [img["id"]])
+        self.assertGreaterEqual(self.keystone.token_requests() - before, 2)
+        self.glance.api("DELETE", "/v2/images/" + img["id"], token=tok)
         self.assert_nothing_left()
 
     def test_upload_forbidden_falls_back_to_import(self):

@@ -44,8 +44,22 @@ static void test_dir_writable_from_many_threads(void)
     CHECK(system(cmd) == 0);
 }
 
+/* A URL with credentials is never echoed as it is. */
+static void test_url_redact(void)
+{
+    char buf[256];
+
+    CHECK(!strcmp(hs__url_redact("http://admin:s3cret@10.0.0.1:9292/v2", buf, sizeof(buf)),
+                  "http://***@10.0.0.1:9292/v2"));
+    CHECK(!strcmp(hs__url_redact("https://user@h/x@y", buf, sizeof(buf)), "https://***@h/x@y"));
+    CHECK(!strcmp(hs__url_redact("http://h:9292/a@b", buf, sizeof(buf)), "http://h:9292/a@b"));
+    CHECK(!strcmp(hs__url_redact("no-scheme@x", buf, sizeof(buf)), "no-scheme@x"));
+    CHECK(!strcmp(hs__url_redact(NULL, buf, sizeof(buf)), ""));
+}
+
 int main(void)
 {
+    RUN(test_url_redact);
     RUN(test_dir_writable_from_many_threads);
     return 0;
 }
