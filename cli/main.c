@@ -90,6 +90,8 @@ static void usage(FILE *f)
         "      --attempts N       tries per upload for transient failures (default 5)\n"
         "      --stall-timeout S  seconds an upload may make no progress before it is\n"
         "                         retried (default 30)\n"
+        "      --store-mode MODE  file mode of images in a dir: store, octal (default 0600:\n"
+        "                         root only; e.g. 0640 to serve the store to a group)\n"
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
         "\n"
         "limits on what snapshots share (a job holds each only while it uses it):\n"
@@ -176,6 +178,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_MATCH,
         OPT_FROM,
         OPT_STALL_TIMEOUT,
+        OPT_STORE_MODE,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -199,6 +202,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"max-rate", required_argument, NULL, OPT_MAX_RATE},
         {"attempts", required_argument, NULL, OPT_ATTEMPTS},
         {"stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT},
+        {"store-mode", required_argument, NULL, OPT_STORE_MODE},
         {"max-captures", required_argument, NULL, OPT_MAX_CAPTURES},
         {"max-extracts", required_argument, NULL, OPT_MAX_EXTRACTS},
         {"max-uploads", required_argument, NULL, OPT_MAX_UPLOADS},
@@ -312,6 +316,17 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             if (end == optarg || *end || v < 1 || v > 3600)
                 die_usage("--stall-timeout '%s' is not a number of seconds from 1 to 3600", optarg);
             cli->sopts.stall_timeout = (int)v;
+            break;
+        }
+        case OPT_STORE_MODE: {
+            char *end;
+            long v = strtol(optarg, &end, 8);
+
+            if (end == optarg || *end || v < 0400 || v > 0666 || !(v & 0400))
+                die_usage("--store-mode '%s' is not a file mode from 0400 to 0666 that root "
+                          "can read",
+                          optarg);
+            cli->sopts.store_mode = (unsigned)v;
             break;
         }
         case OPT_SCRATCH:

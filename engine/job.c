@@ -589,10 +589,22 @@ static void job_prepare_work(uv_work_t *w)
             hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot write the journal '%s': %s",
                        job->journal->path, strerror(-rc));
     }
-    if (rc == 0 && mkdir(job->scratch, 0711) < 0) {
+    /* QEMU (its own user) writes backups here: it may traverse, not list;
+     * what hotsnap writes itself goes below, in root's alone */
+    if (rc == 0 && (mkdir(job->scratch, 0711) < 0 || chmod(job->scratch, 0711) < 0)) {
         rc = -errno;
         hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot create '%s': %s", job->scratch,
                    strerror(-rc));
+    }
+    if (rc == 0) {
+        char *out = hs__asprintf("%s/out", job->scratch);
+
+        if (mkdir(out, 0700) < 0 || chmod(out, 0700) < 0) {
+            rc = -errno;
+            hs_err_set(&job->err, rc, HS_ERR_SYS, -rc, "cannot create '%s': %s", out,
+                       strerror(-rc));
+        }
+        free(out);
     }
     free(text);
     job->work_rc = rc;
@@ -795,7 +807,7 @@ static int job_extract_next(struct hs_job *job)
     }
     d = &job->disks[job->cur];
     cd = &job->cap.disks[job->cur];
-    d->out_path = hs__asprintf("%s/%s.%s", job->scratch, d->img.disk, fmt);
+    d->out_path = hs__asprintf("%s/out/%s.%s", job->scratch, d->img.disk, fmt);
     job_progress_reset(job);
     job->adopted = job_adopts_backup(job);
     if (job->adopted) {
@@ -1306,7 +1318,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     if (!opts->target) {
         /* the default store is ours to create; a named one must exist */
         target = hs__asprintf("dir:%s/images", eng->state_dir);
-        hs__mkdir_p(target + 4, 0755);
+        hs__mkdir_p(target + 4, 0700);
     }
     env.loop = eng->loop;
     env.http = eng->http;
@@ -1315,6 +1327,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     env.max_rate = opts->max_rate;
     env.attempts = opts->upload_attempts;
     env.stall_s = opts->stall_timeout > 0 ? opts->stall_timeout : HS_DEFAULT_STALL_TIMEOUT;
+    env.store_mode = opts->store_mode ? opts->store_mode : 0600;
     rc = eng->new_uploader(&env, opts->target ? opts->target : target, &job->up, &job->err);
     free(target);
     if (rc < 0)

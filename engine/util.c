@@ -185,12 +185,14 @@ int hs__write_atomic(const char *path, const void *data, size_t len, unsigned mo
     ssize_t n;
     int fd, rc = 0;
 
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
         rc = -errno;
         goto cleanup;
     }
-    while (len > 0) {
+    if (fchmod(fd, mode) < 0) /* exactly @mode, whatever the umask */
+        rc = -errno;
+    while (rc == 0 && len > 0) {
         n = write(fd, p, len);
         if (n < 0 && errno == EINTR)
             continue;

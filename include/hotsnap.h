@@ -141,6 +141,8 @@ struct hs_snapshot_opts {
     int upload_attempts;  /* tries for transient failures; 0: 5 */
     int stall_timeout;    /* seconds an HTTP transfer may make no progress before it counts
                              as a transient failure; 0: 30 */
+    /* dir: targets */
+    unsigned store_mode; /* mode of image files and sidecars; 0: 0600 (root only) */
     int priority;         /* higher is served first when resources are short */
 };
 

@@ -3,7 +3,8 @@
  * The image is copied in chunks on the worker pool, hashed (sha256, sha512)
  * as it streams, fsynced and renamed into place; the metadata follows the
  * same way, so a reader never sees half an image, and an image whose .json
- * exists is complete.
+ * exists is complete. Both are root's alone (0600) unless the operator
+ * chose a store mode to serve the store to a group.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,10 +21,16 @@
 
 #define DIR_CHUNK (4u << 20)
 
+struct dir_store {
+    char *dir;
+    unsigned mode; /* of images and sidecars: 0600 unless the operator serves the store */
+};
+
 struct dir_upload {
     uv_work_t work;
     struct hs_upload_req *req;
     const char *dir;
+    unsigned mode;
     char *final_path;
     char *tmp_path;
     char *meta_path;
@@ -43,7 +50,9 @@ struct dir_upload {
 
 static int dir_check(struct hs_uploader *up, struct hs_err *err)
 {
-    return hs__dir_writable(up->ctx, err, "image store");
+    const struct dir_store *st = up->ctx;
+
+    return hs__dir_writable(st->dir, err, "image store");
 }
 
 static int write_all(int fd, const unsigned char *p, size_t n)
@@ -97,7 +106,7 @@ static int dir_write_meta(struct dir_upload *u)
     }
     text = cJSON_Print(m);
     cJSON_Delete(m);
-    rc = hs__write_atomic(u->meta_path, text, strlen(text), 0644);
+    rc = hs__write_atomic(u->meta_path, text, strlen(text), u->mode);
     free(text);
     return rc;
 }
@@ -207,7 +216,8 @@ static void dir_after_work_cb(uv_work_t *w, int status)
 static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb)
 {
     struct dir_upload *u = hs__calloc(1, sizeof(*u));
-    const char *dir = up->ctx;
+    const struct dir_store *st = up->ctx;
+    const char *dir = st->dir;
     int rc;
 
     req->up = up;
@@ -216,6 +226,7 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
     hs__uuid4(req->image_id);
     u->req = req;
     u->dir = dir;
+    u->mode = st->mode;
     u->dst_fd = -1;
     u->final_path = hs__asprintf("%s/%s.%s", dir, req->image_id, req->format);
     u->tmp_path = hs__asprintf("%s/.%s.%s.part", dir, req->image_id, req->format);
@@ -228,8 +239,8 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
         goto fail;
     }
     posix_fadvise(u->src_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    u->dst_fd = open(u->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (u->dst_fd < 0) {
+    u->dst_fd = open(u->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (u->dst_fd < 0 || fchmod(u->dst_fd, u->mode) < 0) {
         rc = -errno;
         hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "cannot create '%s': %s", u->tmp_path,
                    strerror(-rc));
@@ -269,7 +280,21 @@ static void dir_cancel(struct hs_upload_req *req)
 
 static void dir_destroy(struct hs_uploader *up)
 {
-    free(up->ctx);
+    struct dir_store *st = up->ctx;
+
+    free(st->dir);
+    free(st);
+}
+
+int hs__dir_new(const struct hs_uploader_env *env, const char *path, struct hs_uploader *up,
+                struct hs_err *err)
+{
+    struct dir_store *st = hs__calloc(1, sizeof(*st));
+
+    st->dir = hs__strdup(path);
+    st->mode = env->store_mode ? env->store_mode : 0600;
+    up->ctx = st;
+    return 0;
 }
 
 const struct hs_uploader_ops hs_uploader_dir = {

@@ -63,6 +63,7 @@ struct hs_uploader_env {
     uint64_t max_rate;    /* bytes/s per upload, 0 = unlimited */
     int attempts;         /* tries per upload for transient failures */
     int stall_s;          /* seconds without progress before a transfer is retried */
+    unsigned store_mode;  /* dir: file mode of images and sidecars */
 };
 
 struct hs_uploader {
@@ -81,6 +82,9 @@ int hs__uploader_new(const struct hs_uploader_env *env, const char *spec, struct
 /* The glance uploader's constructor (uploaders/glance.c). */
 int hs__glance_new(const struct hs_uploader_env *env, const char *url, struct hs_uploader *up,
                    struct hs_err *err);
+/* The local store's constructor (uploaders/dir.c). */
+int hs__dir_new(const struct hs_uploader_env *env, const char *path, struct hs_uploader *up,
+                struct hs_err *err);
 void hs__uploader_free(struct hs_uploader *up);
 void hs__upload_req_clear(struct hs_upload_req *req);
 

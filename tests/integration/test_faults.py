@@ -258,5 +258,75 @@ class RecoveryTest(FaultTestCase):
         self.assert_promise(g)
 
 
+def readable_by_nobody(path):
+    """Whether the unprivileged user nobody can open @path for reading."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with open(path, "rb") as f:
+                f.read(1)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, st = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(st) == 0
+
+
+class FilesTest(FaultTestCase):
+    """Guests' disks are root's: images, sidecars and scratch copies too."""
+
+    def test_images_and_scratch_are_root_only(self):
+        g = self.guest("files", size_mb=512, data_mb=256).start()
+        # the default store, made by hotsnap
+        run = Run(self.state, "snapshot", "--mode", "live", "--format", "raw", g.name)
+        run.until(lambda ev: ev.get("event") == "captured")
+        run.p.send_signal(signal.SIGSTOP)  # the copies stay where they are
+        try:
+            scratch = os.path.join(self.state, "scratch")
+            files = [os.path.join(d, f) for d, _, fs in os.walk(scratch) for f in fs]
+            self.assertTrue(files, "nothing in the scratch during the job")
+            for f in files:
+                self.assertFalse(readable_by_nobody(f), f)
+        finally:
+            run.p.send_signal(signal.SIGCONT)
+        run.finish()
+        self.assertEqual(run.rc, 0, run.stderr)
+        store = os.path.join(self.state, "images")
+        self.assertEqual(os.stat(store).st_mode & 0o777, 0o700)
+        names = os.listdir(store)
+        self.assertEqual(len(names), 2, names)  # the image and its sidecar
+        for n in names:
+            path = os.path.join(store, n)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600, n)
+            os.chmod(store, 0o755)  # even in a store opened to all, the files stay closed
+            self.assertFalse(readable_by_nobody(path), n)
+        # an operator who serves the store to a group says so
+        run = self.snapshot("--store-mode", "0640", g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        for n in os.listdir(self.store):
+            self.assertEqual(os.stat(os.path.join(self.store, n)).st_mode & 0o777, 0o640, n)
+        bad = self.snapshot("--store-mode", "0777", g.name)
+        self.assertEqual(bad.rc, 2)
+        self.assertIn("--store-mode '0777'", bad.stderr)
+        self.assert_promise(g)
+
+    def test_quote_and_ampersand_in_the_scratch_path(self):
+        # the backup and copy XML carry the scratch path: escaped, it works
+        g = self.guest("xml-esc", data_mb=8).start()
+        scratch = os.path.join(self.state, "it's & <odd>")
+        for mode in ("live", "mirror"):
+            run = self.snapshot("--mode", mode, "--scratch-dir", scratch, g.name)
+            self.assertEqual(run.rc, 0, mode + ": " + run.stderr)
+            [img] = run.summary()["results"][0]["images"]
+            same, out = images_identical(os.path.join(self.store, img["id"] + ".qcow2"),
+                                         g.disks[0].path)
+            self.assertTrue(same, mode + ": " + out)
+            self.assertEqual(os.listdir(scratch), [])
+        self.assert_promise(g)
+
+
 if __name__ == "__main__":
     unittest.main()
