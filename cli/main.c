@@ -417,7 +417,7 @@ static void print_summary(struct cli *cli)
     size_t k;
 
     if (cli->out.json) {
-        cJSON *sum = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(sum, "results");
+        cJSON *sum = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(sum, "results"), *late;
         char *s;
 
         cJSON_AddStringToObject(sum, "event", "summary");
@@ -459,6 +459,10 @@ static void print_summary(struct cli *cli)
         cJSON_AddNumberToObject(sum, "cpu_seconds", cpu_seconds());
         if (cli->verbose)
             cJSON_AddNumberToObject(sum, "max_loop_stall_ms", hs_engine_max_stall_ms(cli->eng));
+        late = cJSON_AddObjectToObject(sum, "loop_lateness_ms");
+        cJSON_AddNumberToObject(late, "p50", hs_engine_loop_lateness_ms(cli->eng, 0.5));
+        cJSON_AddNumberToObject(late, "p99", hs_engine_loop_lateness_ms(cli->eng, 0.99));
+        cJSON_AddNumberToObject(late, "max", round(hs_engine_max_stall_ms(cli->eng) * 10) / 10);
         s = cJSON_PrintUnformatted(sum);
         printf("%s\n", s);
         free(s);

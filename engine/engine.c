@@ -14,14 +14,50 @@
 
 #define HS_STALL_TICK_MS 20
 
+static int late_bucket(double ms)
+{
+    int b = ms < 100 ? (int)(ms * 10) : 1000 + (int)(ms - 100);
+
+    return b < HS_LATE_BUCKETS ? b : HS_LATE_BUCKETS - 1;
+}
+
+static double late_bucket_ms(int b)
+{
+    return b < 1000 ? (b + 1) / 10.0 : 100.0 + (b - 1000) + 1;
+}
+
+double hs_engine_loop_lateness_ms(const struct hs_engine *eng, double q)
+{
+    uint64_t want, seen = 0;
+    int b;
+
+    if (!eng->late_n)
+        return 0;
+    if (q >= 1)
+        return eng->max_stall_ms;
+    want = (uint64_t)(q * (double)eng->late_n) + 1;
+    for (b = 0; b < HS_LATE_BUCKETS; b++) {
+        seen += eng->late_hist[b];
+        if (seen >= want)
+            break;
+    }
+    /* the bucket's upper edge, never above what was seen */
+    return b < HS_LATE_BUCKETS && late_bucket_ms(b) < eng->max_stall_ms ? late_bucket_ms(b)
+                                                                         : eng->max_stall_ms;
+}
+
 static void engine_stall_cb(uv_timer_t *t)
 {
     struct hs_engine *eng = t->data;
     uint64_t now = uv_hrtime();
     double late = (double)(now - eng->stall_last) / 1e6 - HS_STALL_TICK_MS;
 
+    if (late < 0)
+        late = 0;
     if (late > eng->max_stall_ms)
         eng->max_stall_ms = late;
+    eng->late_hist[late_bucket(late)]++;
+    eng->late_n++;
     if (late > 100)
         hs_log(HS_LOG_INFO, "loop stalled for %.0f ms", late);
     eng->stall_last = now;

@@ -17,6 +17,8 @@ typedef const struct hs_backend_ops *(*hs_select_fn)(const struct hs_select_in *
 typedef int (*hs_uploader_fn)(const struct hs_uploader_env *env, const char *spec,
                               struct hs_uploader **out, struct hs_err *err);
 
+#define HS_LATE_BUCKETS 3000
+
 struct hs_engine {
     uv_loop_t *loop;
     struct hs_virt *virt;
@@ -34,6 +36,9 @@ struct hs_engine {
     uv_timer_t stall_timer;
     uint64_t stall_last; /* hrtime of the last tick */
     double max_stall_ms;
+    /* how late each tick came: 0.1 ms buckets below 100 ms, 1 ms up to 2.1 s */
+    uint32_t late_hist[HS_LATE_BUCKETS];
+    uint64_t late_n;
     struct hs_virt_call recover_call;
     hs_recover_cb recover_cb;
     void *recover_data;

@@ -115,6 +115,10 @@ int hs_engine_list(struct hs_engine *eng, hs_list_cb cb, void *data);
 
 /* Worst time the loop was kept from running, in ms, since open. */
 double hs_engine_max_stall_ms(const struct hs_engine *eng);
+/* How late the loop ran a 20 ms timer, at quantile @q (0.5, 0.99; 1: the
+ * worst), in ms, since the engine opened: what every loop callback costs the
+ * others. */
+double hs_engine_loop_lateness_ms(const struct hs_engine *eng, double q);
 
 /* Cancel every running job (their callbacks still run). */
 void hs_engine_cancel_all(struct hs_engine *eng);
