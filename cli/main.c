@@ -854,6 +854,9 @@ int main(int argc, char **argv)
     int rc, i;
 
     signal(SIGPIPE, SIG_IGN);
+    /* libvirt calls, file reads and hashing share libuv's pool (4 threads by
+     * default): enough that a slow managed save never starves the uploads */
+    setenv("UV_THREADPOOL_SIZE", "16", 0);
     parse_args(&cli, argc, argv);
     cli.eopts.on_event = on_event;
     cli.eopts.event_data = &cli;

@@ -20,7 +20,8 @@
  * - On failure or cancel every doomed record is deleted; one that cannot be
  *   is reported (a warning and req->left_behind).
  *
- * The bytes are hashed as they go out (bounded memory). Credentials and
+ * The file is read ahead and hashed on the worker pool (engine/source.c),
+ * two chunks per upload: the loop only hands bytes to curl. Credentials and
  * tokens are never logged or put in messages.
  */
 #include <errno.h>
@@ -30,10 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <openssl/evp.h>
-
 #include "http.h"
 #include "keystone.h"
+#include "source.h"
 #include "uploader.h"
 #include "util.h"
 #define HS_LOG_TAG "glance"
@@ -98,8 +98,8 @@ struct glance_up {
     int importing; /* the data goes by glance-direct import, not by a plain upload */
     double import_deadline;
     char forbidden[512]; /* the 403 that sent us to import, reported if import is not offered */
-    FILE *f;
-    EVP_MD_CTX *sha512;
+    struct hs_source *src; /* the file, read ahead and hashed on the worker pool */
+    int paused;            /* curl waits for the next chunk */
     char sha512_hex[129];
     uv_timer_t backoff;
     int fail_code;
@@ -272,18 +272,31 @@ static void gu_request(struct glance_up *u, const char *method, const char *url)
 static size_t gu_read_cb(char *buf, size_t size, size_t n, void *data)
 {
     struct glance_up *u = data;
-    size_t got;
+    ssize_t got;
 
     if (u->canceled)
         return CURL_READFUNC_ABORT;
-    got = fread(buf, 1, size * n, u->f);
-    if (got == 0 && ferror(u->f))
+    got = hs__source_read(u->src, buf, size * n, &u->req->err);
+    if (got == -EAGAIN) {
+        u->paused = 1; /* gu_source_ready lets curl go on */
+        return CURL_READFUNC_PAUSE;
+    }
+    if (got < 0)
         return CURL_READFUNC_ABORT;
-    EVP_DigestUpdate(u->sha512, buf, got);
-    u->req->sent += got;
+    u->req->sent += (uint64_t)got;
     if (got && u->req->on_progress)
         u->req->on_progress(u->req);
-    return got;
+    return (size_t)got;
+}
+
+static void gu_source_ready(struct hs_source *src, void *data)
+{
+    struct glance_up *u = data;
+
+    if (u->paused && u->http.active) {
+        u->paused = 0;
+        curl_easy_pause(u->http.easy, CURLPAUSE_CONT);
+    }
 }
 
 static int gu_start_upload(struct glance_up *u)
@@ -292,17 +305,15 @@ static int gu_start_upload(struct glance_up *u)
     char *url =
         hs__asprintf("%s/v2/images/%s/%s", u->g->url, u->id, u->importing ? "stage" : "file");
 
-    if (u->f)
-        fclose(u->f);
-    u->f = fopen(req->path, "rbe");
-    if (!u->f) {
+    if (u->src) {
+        hs__source_rewind(u->src);
+    } else if (hs__source_open(req->up->loop, req->path, req->size, gu_source_ready, u, &u->src,
+                               &req->err) < 0) {
         free(url);
-        return hs_err_set(&req->err, -errno, HS_ERR_SYS, errno, "cannot open '%s': %s", req->path,
-                          strerror(errno));
+        return req->err.code;
     }
-    setvbuf(u->f, NULL, _IOFBF, GLANCE_CHUNK);
     req->sent = 0;
-    EVP_DigestInit_ex(u->sha512, EVP_sha512(), NULL);
+    u->paused = 0;
     gu_request(u, "PUT", url);
     free(url);
     hs__http_header(&u->http, "Content-Type: application/octet-stream");
@@ -318,11 +329,9 @@ static int gu_start_upload(struct glance_up *u)
 
 static void gu_hash_done(struct glance_up *u)
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned len;
+    const char *hex = hs__source_sha512(u->src);
 
-    EVP_DigestFinal_ex(u->sha512, md, &len);
-    hs__hex(md, len, u->sha512_hex);
+    snprintf(u->sha512_hex, sizeof(u->sha512_hex), "%s", hex ? hex : "");
 }
 
 static char *create_body(struct glance_up *u)
@@ -448,9 +457,8 @@ static void gu_step(struct glance_up *u)
                     u->doomed[i], req->name);
         if (u->ndoomed)
             snprintf(req->left_behind, sizeof(req->left_behind), "%s", u->doomed[0]);
-        if (u->f)
-            fclose(u->f);
-        u->f = NULL;
+        hs__source_close(u->src);
+        u->src = NULL;
         hs__http_req_clear(&u->http);
         if (code == 0) {
             snprintf(req->image_id, sizeof(req->image_id), "%s", u->id);
@@ -870,7 +878,6 @@ static void gu_free(uv_handle_t *h)
 {
     struct glance_up *u = h->data;
 
-    EVP_MD_CTX_free(u->sha512);
     free(u->body_json);
     free(u);
 }
@@ -892,9 +899,6 @@ static int glance_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_up
     req->sent = 0;
     u->req = req;
     u->g = g;
-    u->sha512 = EVP_MD_CTX_new();
-    if (!u->sha512)
-        abort();
     if (g->image_id)
         snprintf(u->id, sizeof(u->id), "%s", g->image_id);
     else

@@ -1,0 +1,263 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <openssl/evp.h>
+
+#include "source.h"
+#include "util.h"
+
+/* 2 x 256 KiB per upload: curl's 64 KiB reads never wait on a healthy
+ * disk, and four uploads hold 2 MiB */
+#define SRC_CHUNK (256 * 1024)
+#define SRC_NBUF 2
+
+struct src_buf {
+    unsigned char *data;
+    size_t len;
+    size_t off;
+    int full;
+};
+
+struct hs_source {
+    uv_work_t work;
+    uv_loop_t *loop;
+    char *path;
+    int fd;
+    uint64_t size;
+    struct src_buf buf[SRC_NBUF];
+    int head;          /* the buffer the loop reads from */
+    int fill;          /* the buffer a worker fills next */
+    uint64_t fill_off; /* where in the file the next fill starts */
+    uint64_t gen;      /* bumped by rewind */
+    uint64_t work_gen; /* gen of the read in flight */
+    int busy;          /* a read is on the worker pool */
+    int waiting;       /* the loop asked and got -EAGAIN */
+    int closing;
+    int rc;         /* a read failed: negative errno */
+    size_t w_len;   /* worker: bytes read */
+    int w_rc;       /* worker: 0 or negative errno */
+    EVP_MD_CTX *sha512;
+    char w_hex[129]; /* worker: the digest, once the last chunk is in */
+    char hex[129];
+    int hashed;
+    hs_source_ready_cb ready;
+    void *data;
+};
+
+static void src_free(struct hs_source *s)
+{
+    int i;
+
+    for (i = 0; i < SRC_NBUF; i++)
+        free(s->buf[i].data);
+    if (s->fd >= 0)
+        close(s->fd);
+    EVP_MD_CTX_free(s->sha512);
+    free(s->path);
+    free(s);
+}
+
+static void src_hash_final(struct hs_source *s, char *hex)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len;
+
+    EVP_DigestFinal_ex(s->sha512, md, &len);
+    hs__hex(md, len, hex);
+}
+
+/* Hashing is background work: a pool thread that hashes yields to the loop
+ * thread (and to the guests) on a busy host. Linux takes a thread id here. */
+static void src_yield_to_loop(void)
+{
+    static __thread int done;
+
+    if (!done) {
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+        done = 1;
+    }
+}
+
+/* Worker: the next chunk, hashed. */
+static void src_work(uv_work_t *w)
+{
+    struct hs_source *s = hs_container_of(w, struct hs_source, work);
+    struct src_buf *b = &s->buf[s->fill];
+    uint64_t left = s->size - s->fill_off;
+    size_t want = left < SRC_CHUNK ? (size_t)left : SRC_CHUNK, got = 0;
+    ssize_t n;
+
+    src_yield_to_loop();
+    s->w_rc = 0;
+    while (got < want) {
+        n = pread(s->fd, b->data + got, want - got, (off_t)(s->fill_off + got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            s->w_rc = n < 0 ? -errno : -EIO; /* shorter than it was: changed under us */
+            return;
+        }
+        got += (size_t)n;
+    }
+    EVP_DigestUpdate(s->sha512, b->data, got);
+    s->w_len = got;
+    if (s->fill_off + got == s->size)
+        src_hash_final(s, s->w_hex);
+}
+
+static void src_after_work(uv_work_t *w, int status);
+
+static void src_kick(struct hs_source *s)
+{
+    if (s->busy || s->rc || s->fill_off >= s->size || s->buf[s->fill].full)
+        return;
+    s->work_gen = s->gen;
+    if (uv_queue_work(s->loop, &s->work, src_work, src_after_work) < 0) {
+        s->rc = -ENOMEM;
+        return;
+    }
+    s->busy = 1;
+}
+
+static void src_reset(struct hs_source *s)
+{
+    int i;
+
+    for (i = 0; i < SRC_NBUF; i++)
+        s->buf[i].full = 0;
+    s->head = s->fill = 0;
+    s->fill_off = 0;
+    s->rc = 0;
+    s->hashed = 0;
+    EVP_DigestInit_ex(s->sha512, EVP_sha512(), NULL);
+    if (s->size == 0) {
+        src_hash_final(s, s->hex);
+        s->hashed = 1;
+    }
+}
+
+static void src_after_work(uv_work_t *w, int status)
+{
+    struct hs_source *s = hs_container_of(w, struct hs_source, work);
+    struct src_buf *b = &s->buf[s->fill];
+
+    s->busy = 0;
+    if (s->closing) {
+        src_free(s);
+        return;
+    }
+    if (s->work_gen != s->gen) {
+        src_reset(s); /* rewound while the read ran */
+    } else if (status < 0 || s->w_rc < 0) {
+        s->rc = status < 0 ? status : s->w_rc;
+    } else {
+        b->len = s->w_len;
+        b->off = 0;
+        b->full = 1;
+        s->fill_off += s->w_len;
+        s->fill = (s->fill + 1) % SRC_NBUF;
+        if (s->fill_off == s->size) {
+            memcpy(s->hex, s->w_hex, sizeof(s->hex));
+            s->hashed = 1;
+        }
+    }
+    src_kick(s);
+    if (s->waiting && (s->rc || s->buf[s->head].full)) {
+        s->waiting = 0;
+        s->ready(s, s->data);
+    }
+}
+
+int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, hs_source_ready_cb ready,
+                    void *data, struct hs_source **out, struct hs_err *err)
+{
+    struct hs_source *s = hs__calloc(1, sizeof(*s));
+    int i;
+
+    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (s->fd < 0) {
+        int e = errno;
+
+        free(s);
+        return hs_err_set(err, -e, HS_ERR_SYS, e, "cannot open '%s': %s", path, strerror(e));
+    }
+    posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    s->loop = loop;
+    s->path = hs__strdup(path);
+    s->size = size;
+    s->ready = ready;
+    s->data = data;
+    s->sha512 = EVP_MD_CTX_new();
+    if (!s->sha512)
+        abort();
+    for (i = 0; i < SRC_NBUF; i++) {
+        s->buf[i].data = malloc(SRC_CHUNK);
+        if (!s->buf[i].data)
+            abort();
+    }
+    src_reset(s);
+    src_kick(s);
+    *out = s;
+    return 0;
+}
+
+ssize_t hs__source_read(struct hs_source *s, void *buf, size_t len, struct hs_err *err)
+{
+    struct src_buf *b = &s->buf[s->head];
+    size_t n;
+
+    if (s->busy && s->work_gen != s->gen) {
+        s->waiting = 1; /* rewound: nothing before the read in flight ends */
+        return -EAGAIN;
+    }
+    if (s->rc)
+        return hs_err_set(err, s->rc, HS_ERR_SYS, -s->rc, "cannot read '%s': %s", s->path,
+                          s->rc == -EIO ? "it changed while it was read" : strerror(-s->rc));
+    if (!b->full) {
+        if (s->fill_off >= s->size && !s->busy)
+            return 0; /* every byte was handed out */
+        s->waiting = 1;
+        src_kick(s);
+        return -EAGAIN;
+    }
+    n = b->len - b->off < len ? b->len - b->off : len;
+    memcpy(buf, b->data + b->off, n);
+    b->off += n;
+    if (b->off == b->len) {
+        b->full = 0;
+        s->head = (s->head + 1) % SRC_NBUF;
+        src_kick(s);
+    }
+    return (ssize_t)n;
+}
+
+void hs__source_rewind(struct hs_source *s)
+{
+    s->gen++;
+    s->waiting = 0;
+    s->hashed = 0;
+    if (s->busy)
+        return; /* the read in flight is thrown away when it ends */
+    src_reset(s);
+    src_kick(s);
+}
+
+const char *hs__source_sha512(const struct hs_source *s)
+{
+    return s->hashed ? s->hex : NULL;
+}
+
+void hs__source_close(struct hs_source *s)
+{
+    if (!s)
+        return;
+    if (s->busy) {
+        s->closing = 1;
+        return;
+    }
+    src_free(s);
+}

@@ -1,0 +1,137 @@
+/* The read-ahead source: every byte in order, the right sha512, rewind and close at any time. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <openssl/evp.h>
+#include <uv.h>
+
+#include "check.h"
+#include "source.h"
+#include "util.h"
+
+static uv_loop_t loop;
+static char path[] = "/tmp/hs-test-source-XXXXXX";
+static unsigned char *data;
+static size_t size;
+static int readies;
+
+static void ready(struct hs_source *src, void *d)
+{
+    readies++;
+}
+
+static void make_file(size_t n)
+{
+    int fd = mkstemp(path);
+    size_t i;
+
+    CHECK(fd >= 0);
+    data = malloc(n + 1);
+    for (i = 0; i < n; i++)
+        data[i] = (unsigned char)(i * 7 + i / 4096);
+    CHECK(write(fd, data, n) == (ssize_t)n);
+    close(fd);
+    size = n;
+}
+
+static void sha512_hex(const unsigned char *p, size_t n, char *hex)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len;
+
+    EVP_Digest(p, n, md, &len, EVP_sha512(), NULL);
+    hs__hex(md, len, hex);
+}
+
+/* Read everything with reads of @step bytes, the loop turning on -EAGAIN;
+ * stop after @stop bytes. Returns what was read. */
+static size_t drain(struct hs_source *src, unsigned char *out, size_t step, size_t stop)
+{
+    struct hs_err err = {0};
+    size_t got = 0;
+    ssize_t n;
+
+    while (got < stop) {
+        n = hs__source_read(src, out + got, step, &err);
+        if (n == -EAGAIN) {
+            int before = readies;
+
+            while (readies == before)
+                uv_run(&loop, UV_RUN_ONCE);
+            continue;
+        }
+        CHECK(n >= 0);
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return got;
+}
+
+static void test_every_byte_and_the_hash(void)
+{
+    struct hs_source *src;
+    struct hs_err err = {0};
+    unsigned char *out = malloc(size + 1);
+    char want[129];
+
+    sha512_hex(data, size, want);
+    CHECK(hs__source_open(&loop, path, size, ready, NULL, &src, &err) == 0);
+    CHECK(hs__source_sha512(src) == NULL);
+    CHECK(drain(src, out, 65536, size + 1) == size);
+    CHECK(!memcmp(out, data, size));
+    CHECK(hs__source_sha512(src) && !strcmp(hs__source_sha512(src), want));
+    /* again from the start, after an odd partial read and a rewind */
+    hs__source_rewind(src);
+    CHECK(drain(src, out, 1000, 300000) >= 300000);
+    hs__source_rewind(src);
+    CHECK(hs__source_sha512(src) == NULL);
+    CHECK(drain(src, out, 7777, size + 1) == size);
+    CHECK(!memcmp(out, data, size));
+    CHECK(!strcmp(hs__source_sha512(src), want));
+    /* closed with a read in flight: freed once it ends (ASan watches) */
+    hs__source_rewind(src);
+    hs__source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    free(out);
+}
+
+static void test_missing_and_shrunk_files(void)
+{
+    struct hs_source *src;
+    struct hs_err err = {0};
+    unsigned char *out = malloc(size + 1);
+    ssize_t n = 0;
+
+    CHECK(hs__source_open(&loop, "/nonexistent/x", 10, ready, NULL, &src, &err) < 0);
+    CHECK(strstr(err.msg, "/nonexistent/x"));
+    hs_err_clear(&err);
+    /* a file shorter than announced is an error, not a short image */
+    CHECK(hs__source_open(&loop, path, size + 100, ready, NULL, &src, &err) == 0);
+    for (;;) {
+        n = hs__source_read(src, out, 65536, &err);
+        if (n == -EAGAIN)
+            uv_run(&loop, UV_RUN_ONCE);
+        else if (n <= 0)
+            break;
+    }
+    CHECK(n < 0 && strstr(err.msg, "changed while it was read"));
+    CHECK(hs__source_sha512(src) == NULL);
+    hs__source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    free(out);
+}
+
+int main(void)
+{
+    uv_loop_init(&loop);
+    make_file(5 * 1024 * 1024 + 12345);
+    RUN(test_every_byte_and_the_hash);
+    RUN(test_missing_and_shrunk_files);
+    unlink(path);
+    free(data);
+    CHECK(uv_loop_close(&loop) == 0);
+    return 0;
+}
