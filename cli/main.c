@@ -416,6 +416,7 @@ static void print_summary(struct cli *cli)
     int i, failed = 0;
     size_t k;
 
+    hs_cli_out_drain(&cli->out); /* every event before the summary */
     if (cli->out.json) {
         cJSON *sum = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(sum, "results"), *late;
         char *s;
@@ -518,6 +519,7 @@ static void finish(struct cli *cli)
 {
     int i;
 
+    hs_cli_out_stop(&cli->out);
     if (cli->signals) {
         uv_close((uv_handle_t *)&cli->sigint, NULL);
         uv_close((uv_handle_t *)&cli->sigterm, NULL);
@@ -750,6 +752,7 @@ static int do_list(struct cli *cli, cJSON *list)
     cJSON *d, *disk;
     char *s;
 
+    hs_cli_out_drain(&cli->out);
     if (cli->out.json) {
         s = cJSON_PrintUnformatted(list);
         printf("%s\n", s);
@@ -819,21 +822,20 @@ static void recovered(struct hs_engine *eng, int status, const cJSON *report, vo
 
         if (cli->out.json) {
             cJSON *ev = cJSON_Duplicate(e, 1);
-            char *s;
 
             cJSON_AddStringToObject(ev, "event", "recovered");
-            s = cJSON_PrintUnformatted(ev);
-            printf("%s\n", s);
-            free(s);
+            hs_cli_out_event(&cli->out, ev);
             cJSON_Delete(ev);
         } else {
-            fprintf(stderr, "hotsnap: recovered a killed run's job on '%s': %s%s%s\n",
-                    dom ? dom : "?", action ? action : "", error ? "error: " : "",
-                    error ? error : "");
+            hs_cli_out_line(&cli->out, stderr,
+                            "hotsnap: recovered a killed run's job on '%s': %s%s%s\n",
+                            dom ? dom : "?", action ? action : "", error ? "error: " : "",
+                            error ? error : "");
         }
     }
     if (status < 0)
-        fprintf(stderr, "hotsnap: recovery failed: %s\n", uv_strerror(status));
+        hs_cli_out_line(&cli->out, stderr, "hotsnap: recovery failed: %s\n",
+                        uv_strerror(status));
     if (!strcmp(cli->command, "recover") || cli->interrupted) {
         cli->exit_code = status < 0 || cli->interrupted ? EXIT_FAILED : 0;
         finish(cli);
@@ -865,6 +867,7 @@ int main(int argc, char **argv)
     cli.eopts.log_data = &cli;
     cli.eopts.log_level = cli.verbose ? HS_LOG_DEBUG : HS_LOG_WARN;
     uv_loop_init(&cli.loop);
+    hs_cli_out_start(&cli.out, &cli.loop);
     rc = hs_engine_open(&cli.loop, &cli.eopts, &cli.eng, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "hotsnap: %s\n", err);

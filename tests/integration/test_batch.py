@@ -1,12 +1,15 @@
 """Batch selection: --match, --from with per-domain options, the summary."""
+import fcntl
 import json
 import os
 import signal
+import subprocess
+import time
 import unittest
 
 import libvirt
 
-from hsfix import GuestTestCase, Run, hotsnap, job_active
+from hsfix import HOTSNAP, GuestTestCase, Run, hotsnap, job_active
 
 
 class BatchTest(GuestTestCase):
@@ -64,6 +67,38 @@ class BatchTest(GuestTestCase):
         stored = os.listdir(self.store)
         self.assertEqual([f for f in stored if f.startswith(".")], [])
         self.assertEqual(len([f for f in stored if f.endswith(".json")]) * 2, len(stored))
+        self.assert_nothing_left()
+
+    def test_a_stalled_stdout_does_not_hold_the_snapshots(self):
+        # a reader that stops reading (a paused terminal, a slow pipe): the
+        # jobs go on, and every event reaches it once it reads again
+        guests = [self.guest("stdout-%d" % i).start() for i in range(3)]
+        r, w = os.pipe()
+        fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ: one page, full after a dozen events
+        p = subprocess.Popen([HOTSNAP, "--json", "--state-dir", self.state, "snapshot", "--to",
+                              "dir:" + self.store] + [g.name for g in guests],
+                             stdout=w, stderr=subprocess.DEVNULL)
+        os.close(w)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                if len([f for f in os.listdir(self.store) if f.endswith(".json")]) == 3:
+                    break
+                time.sleep(0.2)
+            # every image is published while nobody read a byte
+            self.assertEqual(len([f for f in os.listdir(self.store) if f.endswith(".json")]), 3)
+        finally:
+            with os.fdopen(r) as f:
+                out = f.read()
+            p.wait(60)
+        self.assertEqual(p.returncode, 0)
+        events = [json.loads(line) for line in out.splitlines()]
+        for g in guests:
+            states = [e["state"] for e in events
+                      if e.get("event") == "state" and e.get("domain") == g.name]
+            self.assertEqual(states[-1], "done", states)
+            self.assertIn("upload", states)
+        self.assertEqual(events[-1]["event"], "summary")
         self.assert_nothing_left()
 
     def test_bad_from_file_changes_nothing(self):
