@@ -173,30 +173,6 @@ void hs__engine_emit(struct hs_engine *eng, cJSON *ev)
     cJSON_Delete(ev);
 }
 
-void hs__engine_job_done(struct hs_engine *eng, struct hs_job *job)
-{
-    struct hs_job *prev = NULL, *it;
-
-    for (it = eng->jobs; it; prev = it, it = hs__job_next(it)) {
-        if (it != job)
-            continue;
-        if (prev)
-            hs__job_set_next(prev, hs__job_next(job));
-        else
-            eng->jobs = hs__job_next(job);
-        hs__job_set_next(job, NULL);
-        return;
-    }
-}
-
-void hs_engine_cancel_all(struct hs_engine *eng)
-{
-    struct hs_job *job;
-
-    for (job = eng->jobs; job; job = hs__job_next(job))
-        hs_job_cancel(job);
-}
-
 static void engine_virt_closed(void *data)
 {
     struct hs_engine *eng = data;

@@ -32,7 +32,7 @@ struct hs_engine {
     hs_select_fn select_backend;
     hs_uploader_fn new_uploader;
     struct hs_sched sched;
-    struct hs_job *jobs; /* running jobs */
+    struct hs_job *jobs; /* running jobs: job_order.c's, never walked here */
     uv_timer_t stall_timer;
     uint64_t stall_last; /* hrtime of the last tick */
     double max_stall_ms;
@@ -48,12 +48,8 @@ struct hs_engine {
     void *close_data;
 };
 
-struct hs_job *hs__job_next(struct hs_job *job);
-void hs__job_set_next(struct hs_job *job, struct hs_job *next);
-
 /* Publish one event (takes ownership of @ev). */
 void hs__engine_emit(struct hs_engine *eng, cJSON *ev);
-void hs__engine_job_done(struct hs_engine *eng, struct hs_job *job);
 /* Run the recovery asked for, now that libvirt is connected (recover.c). */
 void hs__engine_recover_start(struct hs_engine *eng);
 

@@ -7,167 +7,25 @@
  * released, the scratch directory is cleaned, and the job ends failed. The
  * visible task states are Nova's: image_snapshot_pending (up to capture),
  * image_pending_upload (extract, release), image_uploading, then done or
- * failed. Every transition is published as one JSON event.
+ * failed. Every transition is published as one JSON event (job_events.c);
+ * jobs of one domain take turns (job_order.c).
  */
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "hotsnap.h"
-#include "engine_int.h"
-#include "domain.h"
-#include "journal.h"
-#include "proc.h"
+#include "job_int.h"
 #include "template.h"
 #include "util.h"
 #define HS_LOG_TAG "job"
 #include "log.h"
 
 #define HS_CONN_WAIT_MS 120000
-#define HS_PROGRESS_MIN_S 0.5
-
-enum hs_job_state {
-    HS_JOB_QUEUED,
-    HS_JOB_INSPECT,
-    HS_JOB_PREPARE,
-    HS_JOB_CAPTURE,
-    HS_JOB_EXTRACT,
-    HS_JOB_RELEASE,
-    HS_JOB_UPLOAD,
-    HS_JOB_CLEANUP,
-    HS_JOB_DONE,
-    HS_JOB_FAILED,
-};
-
-struct hs_job_disk {
-    struct hs_image img; /* the public view; its strings point at the fields below */
-    int idx;             /* index in info.disks */
-    char *name;
-    char *out_path;
-    char *location;
-    char image_id[64];
-};
-
-struct hs_job {
-    struct hs_engine *eng;
-    struct hs_job *next; /* engine's list of running jobs */
-    char id[HS_UUID_LEN];
-    enum hs_job_state state;
-    double t_start, t_end;
-    /* options */
-    char *domain_arg;
-    char *tmpl;
-    char *scratch_root;
-    enum hs_mode mode;
-    enum hs_format format;
-    enum hs_quiesce quiesce;
-    int priority;
-    int compress;
-    int all_disks;
-    struct hs_uploader *up;
-    /* the domain */
-    unsigned char uuid[VIR_UUID_BUFLEN]; /* read by inspect */
-    int dom_state;                       /* VIR_DOMAIN_*, read by inspect */
-    struct hs_domain_info info;
-    const struct hs_backend_ops *backend;
-    char why[256];
-    struct hs_capture cap;
-    struct hs_journal *journal;
-    char *scratch;
-    struct hs_virt_watch watch;
-    int holds; /* the domain is this job's until it finishes (jobs of one domain wait) */
-    /* the images */
-    struct hs_job_disk *disks;
-    size_t ndisks;
-    size_t cur;
-    struct hs_proc *proc;
-    struct hs_upload_req req;
-    int uploading;
-    double progress_t;
-    double progress_pct;
-    double progress_start; /* when the current phase's figures began */
-    /* plumbing */
-    uv_work_t work;
-    int work_rc;
-    uv_timer_t kick;
-    uv_timer_t tick;      /* backend progress, every second of capture */
-    uv_timer_t conn_wait; /* how long a step waits for libvirt to come back */
-    int closing;          /* handles still to close */
-    enum { JOB_WAIT_NONE, JOB_WAIT_INSPECT, JOB_WAIT_CAPTURE, JOB_WAIT_RELEASE } wait_conn;
-    int wait_domain;             /* in inspect, behind another job of the same domain */
-    struct hs_virt_call icall;   /* inspect's libvirt reads */
-    struct hs_domain_info *read; /* what the worker read, for the loop to take */
-    uint64_t seq;                /* start order */
-    int inspecting;              /* the read is in flight */
-    int inspect_deferred;        /* read, in line to settle after older jobs */
-    int managed_save;            /* read by inspect */
-    struct hs_sched_req slot;    /* capture, extract or upload slot; scratch reservation */
-    int captured;
-    int adopted; /* the current disk's backup is published unconverted */
-    int released;
-    int canceled;
-    struct hs_err err;
-    hs_job_cb cb;
-    void *data;
-};
 
 static void job_step(struct hs_job *job);
 static void job_advance(struct hs_job *job);
-
-static const char *job_state_name(enum hs_job_state s)
-{
-    switch (s) {
-    case HS_JOB_QUEUED:
-        return "queued";
-    case HS_JOB_INSPECT:
-        return "inspect";
-    case HS_JOB_PREPARE:
-        return "prepare";
-    case HS_JOB_CAPTURE:
-        return "capture";
-    case HS_JOB_EXTRACT:
-        return "extract";
-    case HS_JOB_RELEASE:
-        return "release";
-    case HS_JOB_UPLOAD:
-        return "upload";
-    case HS_JOB_CLEANUP:
-        return "cleanup";
-    case HS_JOB_DONE:
-        return "done";
-    case HS_JOB_FAILED:
-        return "failed";
-    }
-    return "?";
-}
-
-/* Nova's task_state for each of ours */
-static const char *job_task_state(const struct hs_job *job)
-{
-    switch (job->state) {
-    case HS_JOB_QUEUED:
-    case HS_JOB_INSPECT:
-    case HS_JOB_PREPARE:
-    case HS_JOB_CAPTURE:
-        return "image_snapshot_pending";
-    case HS_JOB_EXTRACT:
-    case HS_JOB_RELEASE:
-        return "image_pending_upload";
-    case HS_JOB_UPLOAD:
-        return "image_uploading";
-    case HS_JOB_CLEANUP:
-        return job->err.code ? "failed" : "image_uploading";
-    case HS_JOB_DONE:
-        return "done";
-    case HS_JOB_FAILED:
-        return "failed";
-    }
-    return "?";
-}
 
 /* The one place that decides where a job goes next. */
 static enum hs_job_state job_next(const struct hs_job *job)
@@ -198,91 +56,13 @@ static enum hs_job_state job_next(const struct hs_job *job)
     return job->state;
 }
 
-static cJSON *job_event(struct hs_job *job, const char *type)
-{
-    cJSON *ev = cJSON_CreateObject();
-    char ts[40];
-    double now = hs__now();
-
-    hs__iso8601(now, ts, sizeof(ts));
-    cJSON_AddStringToObject(ev, "event", type);
-    cJSON_AddStringToObject(ev, "time", ts);
-    cJSON_AddStringToObject(ev, "job", job->id);
-    cJSON_AddStringToObject(ev, "domain", job->info.name ? job->info.name : job->domain_arg);
-    cJSON_AddNumberToObject(ev, "elapsed", round((now - job->t_start) * 1000.0) / 1000.0);
-    return ev;
-}
-
 /* Something the operator must see whatever the log level: a warning event
  * and a warning in the log. */
-static void job_warn(struct hs_job *job, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void job_warn(struct hs_job *job, const char *fmt, ...)
-{
-    char line[768];
-    cJSON *ev;
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    hs_log(HS_LOG_WARN, "job %s: %s", job->id, line);
-    ev = job_event(job, "warning");
-    cJSON_AddStringToObject(ev, "message", line);
-    hs__engine_emit(job->eng, ev);
-}
-
-static cJSON *job_images_json(const struct hs_job *job)
-{
-    cJSON *arr = cJSON_CreateArray(), *o;
-    size_t i;
-
-    for (i = 0; i < job->ndisks; i++) {
-        const struct hs_image *img = &job->disks[i].img;
-
-        if (!img->id)
-            continue;
-        o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "disk", img->disk);
-        cJSON_AddStringToObject(o, "id", img->id);
-        cJSON_AddStringToObject(o, "name", img->name);
-        cJSON_AddStringToObject(o, "format", img->format);
-        cJSON_AddStringToObject(o, "location", img->location);
-        cJSON_AddNumberToObject(o, "size", (double)img->size);
-        cJSON_AddNumberToObject(o, "virtual_size", (double)img->virtual_size);
-        cJSON_AddItemToArray(arr, o);
-    }
-    return arr;
-}
 
 /* Capture, extract and upload each need a slot of their resource. */
 static int job_needs_slot(enum hs_job_state s)
 {
     return s == HS_JOB_CAPTURE || s == HS_JOB_EXTRACT || s == HS_JOB_UPLOAD;
-}
-
-/* The state event; @waiting: the job entered a state whose slot it awaits. */
-static void job_publish_state(struct hs_job *job, int waiting)
-{
-    enum hs_job_state s = job->state;
-    cJSON *ev = job_event(job, "state");
-
-    cJSON_AddStringToObject(ev, "state", waiting ? "waiting" : job_state_name(s));
-    if (waiting)
-        cJSON_AddStringToObject(ev, "for", job_state_name(s));
-    cJSON_AddStringToObject(ev, "task_state", job_task_state(job));
-    if (job->backend)
-        cJSON_AddStringToObject(ev, "mode", job->backend->name);
-    if (s == HS_JOB_PREPARE)
-        cJSON_AddStringToObject(ev, "reason", job->why);
-    if (job->err.code)
-        cJSON_AddStringToObject(ev, "error", job->err.msg);
-    if (s == HS_JOB_DONE || s == HS_JOB_FAILED) {
-        if (hs_job_stall_ms(job) >= 0)
-            cJSON_AddNumberToObject(ev, "stall_ms", round(hs_job_stall_ms(job) * 10.0) / 10.0);
-        cJSON_AddItemToObject(ev, "images", job_images_json(job));
-    }
-    hs_log(HS_LOG_DEBUG, "job %s: %s%s", job->id, waiting ? "waiting for " : "", job_state_name(s));
-    hs__engine_emit(job->eng, ev);
 }
 
 static void job_set_state(struct hs_job *job, enum hs_job_state s)
@@ -293,38 +73,7 @@ static void job_set_state(struct hs_job *job, enum hs_job_state s)
         hs__sched_unreserve(&job->eng->sched, &job->slot);
     job->state = s;
     /* a step that needs a slot is published when it starts (job_step) */
-    job_publish_state(job, job_needs_slot(s) && !job->err.code);
-}
-
-/* A new phase or disk: report its first figure at once, measure its rate from now. */
-static void job_progress_reset(struct hs_job *job)
-{
-    job->progress_t = 0;
-    job->progress_pct = -100;
-    job->progress_start = hs__now();
-}
-
-static void job_progress(struct hs_job *job, const char *phase, double pct, uint64_t bytes,
-                         uint64_t total)
-{
-    double now = hs__now();
-    cJSON *ev;
-
-    if (pct < 100.0 && now - job->progress_t < HS_PROGRESS_MIN_S && pct - job->progress_pct < 5)
-        return;
-    job->progress_t = now;
-    job->progress_pct = pct;
-    ev = job_event(job, "progress");
-    cJSON_AddStringToObject(ev, "phase", phase);
-    cJSON_AddStringToObject(ev, "disk", job->disks[job->cur].img.disk);
-    cJSON_AddNumberToObject(ev, "percent", round(pct * 10.0) / 10.0);
-    if (total) {
-        cJSON_AddNumberToObject(ev, "bytes", (double)bytes);
-        cJSON_AddNumberToObject(ev, "total", (double)total);
-        if (now > job->progress_start)
-            cJSON_AddNumberToObject(ev, "rate", round((double)bytes / (now - job->progress_start)));
-    }
-    hs__engine_emit(job->eng, ev);
+    hs__job_publish_state(job, job_needs_slot(s) && !job->err.code);
 }
 
 /* ---- inspect: everything that can be refused is refused here, before any change ---- */
@@ -428,19 +177,6 @@ static void job_watch_block_job(struct hs_virt_watch *w, const char *disk, int t
 static void job_watch_job_completed(struct hs_virt_watch *w, int operation, const char *errmsg);
 static void job_watch_conn(struct hs_virt_watch *w, int up);
 
-/* Jobs of one domain run one after another: libvirt serialises them on the
- * domain's job lock anyway, and a second backup would wait up to 30 s. */
-static int job_domain_busy(struct hs_job *job)
-{
-    struct hs_job *other;
-
-    for (other = job->eng->jobs; other; other = other->next)
-        if (other != job && other->holds &&
-            !memcmp(other->watch.uuid, job->uuid, sizeof(job->uuid)))
-            return 1;
-    return 0;
-}
-
 /* On the loop, once the domain is read: 0 done (advance), 1 waiting for
  * another job of the domain, < 0 failed. */
 static int job_inspected_check(struct hs_job *job)
@@ -449,7 +185,7 @@ static int job_inspected_check(struct hs_job *job)
     int n;
     int *idx;
 
-    if (job_domain_busy(job)) {
+    if (hs__job_domain_busy(job)) {
         hs__domain_info_clear(&job->info); /* read again when it is free */
         return 1;                          /* another job of ours works on this domain */
     }
@@ -474,24 +210,6 @@ static int job_inspected_check(struct hs_job *job)
     return 0;
 }
 
-/* Reads finish in any order on the worker pool; jobs settle in the order
- * they were started, so jobs of one domain run in that order. The next to
- * settle: the oldest job that has read its domain, once no older job is
- * still reading; NULL when none may yet. */
-static struct hs_job *job_next_to_settle(struct hs_engine *eng)
-{
-    struct hs_job *j, *first = NULL;
-    uint64_t reading = UINT64_MAX;
-
-    for (j = eng->jobs; j; j = j->next) {
-        if (j->inspecting && j->seq < reading)
-            reading = j->seq;
-        if (j->inspect_deferred && (!first || j->seq < first->seq))
-            first = j;
-    }
-    return first && first->seq < reading ? first : NULL;
-}
-
 static void job_conn_wait(struct hs_job *job, int what);
 
 /* Settle every job whose turn it is. */
@@ -499,7 +217,7 @@ static void job_settle(struct hs_engine *eng)
 {
     struct hs_job *job;
 
-    while ((job = job_next_to_settle(eng)) != NULL) {
+    while ((job = hs__job_next_to_settle(eng)) != NULL) {
         job->inspect_deferred = 0;
         if (!job->err.code && job_inspected_check(job) == 1)
             job->wait_domain = 1;
@@ -649,7 +367,7 @@ static void job_capture_progress(struct hs_capture *cap, uint64_t done, uint64_t
 {
     struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
 
-    job_progress(job, "capture", 100.0 * (double)done / (double)total, done, total);
+    hs__job_progress(job, "capture", 100.0 * (double)done / (double)total, done, total);
 }
 
 static void job_captured(struct hs_capture *cap, int status)
@@ -663,7 +381,7 @@ static void job_captured(struct hs_capture *cap, int status)
         uv_timer_stop(&job->conn_wait);
     }
     if (status == 0) {
-        ev = job_event(job, "captured");
+        ev = hs__job_event(job, "captured");
         if (cap->frozen_ms >= 0)
             cJSON_AddNumberToObject(ev, "frozen_ms", round(cap->frozen_ms * 10.0) / 10.0);
         cJSON_AddBoolToObject(ev, "quiesced", cap->frozen_ms >= 0);
@@ -696,7 +414,7 @@ static int job_capture(struct hs_job *job)
     cap->frozen_ms = -1;
     cap->stall_ms = -1;
     cap->on_progress = job_capture_progress;
-    job_progress_reset(job);
+    hs__job_progress_reset(job);
     cap->ndisks = job->ndisks;
     cap->disks = hs__calloc(job->ndisks, sizeof(*cap->disks));
     for (i = 0; i < job->ndisks; i++)
@@ -722,7 +440,7 @@ static int job_extract_next(struct hs_job *job);
 
 static void job_convert_progress(struct hs_proc *p, double pct)
 {
-    job_progress(p->data, "extract", pct, 0, 0);
+    hs__job_progress(p->data, "extract", pct, 0, 0);
 }
 
 static void job_info_exit(struct hs_proc *p, int status)
@@ -783,7 +501,7 @@ static void job_convert_exit(struct hs_proc *p, int status)
         job_advance(job);
         return;
     }
-    job_progress(job, "extract", 100.0, 0, 0);
+    hs__job_progress(job, "extract", 100.0, 0, 0);
     rc = hs__proc_spawn(job->eng->loop, argv, 1 << 20, NULL, job_info_exit, job, &job->proc);
     if (rc < 0) {
         hs_err_set(&job->err, rc, HS_ERR_QEMU_IMG, 0, "cannot run qemu-img: %s", uv_strerror(rc));
@@ -808,7 +526,7 @@ static int job_extract_next(struct hs_job *job)
     d = &job->disks[job->cur];
     cd = &job->cap.disks[job->cur];
     d->out_path = hs__asprintf("%s/out/%s.%s", job->scratch, d->img.disk, fmt);
-    job_progress_reset(job);
+    hs__job_progress_reset(job);
     job->adopted = job_adopts_backup(job);
     if (job->adopted) {
         /* a full backup is already the image: check it, no second copy */
@@ -899,13 +617,13 @@ static void job_upload_progress(struct hs_upload_req *req)
 {
     struct hs_job *job = req->data;
 
-    job_progress(job, "upload", req->size ? 100.0 * (double)req->sent / (double)req->size : 0,
+    hs__job_progress(job, "upload", req->size ? 100.0 * (double)req->sent / (double)req->size : 0,
                  req->sent, req->size);
 }
 
 static void job_upload_warn(struct hs_upload_req *req, const char *msg)
 {
-    job_warn(req->data, "%s", msg);
+    hs__job_warn(req->data, "%s", msg);
 }
 
 static void job_uploaded(struct hs_upload_req *req, int status)
@@ -957,7 +675,7 @@ static int job_upload_next(struct hs_job *job)
     req->on_progress = job_upload_progress;
     req->on_warn = job_upload_warn;
     req->data = job;
-    job_progress_reset(job);
+    hs__job_progress_reset(job);
     rc = job->up->ops->begin(job->up, req, job_uploaded);
     if (rc < 0) {
         cJSON_Delete((cJSON *)req->props);
@@ -983,7 +701,7 @@ static void job_cleanup_done(uv_work_t *w, int status)
     struct hs_job *job = hs_container_of(w, struct hs_job, work);
 
     if (job->work_rc < 0)
-        job_warn(job, "cannot remove scratch '%s': %s", job->scratch, strerror(-job->work_rc));
+        hs__job_warn(job, "cannot remove scratch '%s': %s", job->scratch, strerror(-job->work_rc));
     /* The journal goes once the domain is as it was and the scratch is gone;
      * else it stays for the next run to finish the job. */
     if ((job->captured && !job->released) || job->work_rc < 0)
@@ -1005,7 +723,7 @@ static void job_finish(struct hs_job *job)
     job->t_end = hs__now();
     hs__virt_unwatch(job->eng->virt, &job->watch);
     job->holds = 0;
-    hs__engine_job_done(job->eng, job);
+    hs__job_unlink(job);
     /* the domain is free: jobs waiting for it look again */
     for (other = job->eng->jobs; other; other = other->next) {
         if (other->wait_domain) {
@@ -1081,7 +799,7 @@ static void job_step(struct hs_job *job)
             job_advance(job);
             return;
         }
-        job_publish_state(job, 0); /* it starts now */
+        hs__job_publish_state(job, 0); /* it starts now */
     }
     switch (job->state) {
     case HS_JOB_QUEUED:
@@ -1232,7 +950,7 @@ static void job_watch_conn(struct hs_virt_watch *w, int up)
     cJSON *ev;
 
     if (job->state != HS_JOB_QUEUED) {
-        ev = job_event(job, "libvirt");
+        ev = hs__job_event(job, "libvirt");
         cJSON_AddStringToObject(ev, "connection", up ? "up" : "down");
         hs__engine_emit(job->eng, ev);
     }
@@ -1344,8 +1062,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     job->watch.conn = job_watch_conn;
     hs__virt_watch(eng->virt, &job->watch);
     job->state = HS_JOB_QUEUED;
-    job->next = eng->jobs;
-    eng->jobs = job;
+    hs__job_link(job);
     /* the first step runs on the next loop iteration, never inside this call */
     uv_timer_start(&job->kick, job_kick_cb, 0, 0);
     *out = job;
@@ -1424,52 +1141,11 @@ void hs_job_free(struct hs_job *job)
     uv_close((uv_handle_t *)&job->conn_wait, job_kick_closed);
 }
 
-const char *hs_job_id(const struct hs_job *job)
-{
-    return job->id;
-}
 
-const char *hs_job_domain(const struct hs_job *job)
+void hs_engine_cancel_all(struct hs_engine *eng)
 {
-    return job->info.name ? job->info.name : job->domain_arg;
-}
+    struct hs_job *job;
 
-const char *hs_job_mode(const struct hs_job *job)
-{
-    return job->backend ? job->backend->name : NULL;
-}
-
-const char *hs_job_error(const struct hs_job *job)
-{
-    return job->err.code ? job->err.msg : NULL;
-}
-
-double hs_job_seconds(const struct hs_job *job)
-{
-    return (job->t_end ? job->t_end : hs__now()) - job->t_start;
-}
-
-double hs_job_stall_ms(const struct hs_job *job)
-{
-    return job->captured ? job->cap.stall_ms : -1;
-}
-
-size_t hs_job_image_count(const struct hs_job *job)
-{
-    return job->ndisks;
-}
-
-const struct hs_image *hs_job_image(const struct hs_job *job, size_t i)
-{
-    return i < job->ndisks ? &job->disks[i].img : NULL;
-}
-
-struct hs_job *hs__job_next(struct hs_job *job)
-{
-    return job->next;
-}
-
-void hs__job_set_next(struct hs_job *job, struct hs_job *next)
-{
-    job->next = next;
+    for (job = eng->jobs; job; job = job->next)
+        hs_job_cancel(job);
 }
