@@ -1,0 +1,50 @@
+/*
+ * A qcow2 image written in one sequential pass, for streaming: from the map
+ * of which clusters of a disk hold data, the whole layout is known before
+ * the first byte goes out, and so is the image's exact size (a
+ * Content-Length). The file is
+ *
+ *   header | refcount table | refcount blocks | L1 table | L2 tables | data
+ *
+ * with 64 KiB clusters, 16-bit refcounts, no backing file, every cluster
+ * referenced once, and the data clusters in guest order: a cluster the map
+ * says is a hole or reads as zeros is left unallocated (it reads as zeros).
+ * Metadata is computed cluster by cluster as it is asked for, so a disk of
+ * any size costs one bit of memory per guest cluster. The layout follows
+ * QEMU's docs/interop/qcow2.txt (version 3).
+ */
+#ifndef HS_QCOW2_H
+#define HS_QCOW2_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HS_QCOW2_CLUSTER_BITS 16
+#define HS_QCOW2_CLUSTER (1u << HS_QCOW2_CLUSTER_BITS)
+
+struct hs_qcow2;
+
+/* A plan for a disk of @virtual_size bytes (rounded up to whole 512-byte
+ * sectors, as qcow2 counts them), every cluster a hole until marked. NULL
+ * when the size is 0 or too large for qcow2. */
+struct hs_qcow2 *hs__qcow2_new(uint64_t virtual_size);
+void hs__qcow2_free(struct hs_qcow2 *q);
+/* Mark the clusters that hold any byte of [@off, @off + @len) as data. */
+void hs__qcow2_mark(struct hs_qcow2 *q, uint64_t off, uint64_t len);
+/* Lay the image out: after this, no more marks. */
+void hs__qcow2_plan(struct hs_qcow2 *q);
+
+/* The image's size in bytes, and where its data clusters begin (all before
+ * is metadata). */
+uint64_t hs__qcow2_size(const struct hs_qcow2 *q);
+uint64_t hs__qcow2_data_offset(const struct hs_qcow2 *q);
+/* Guest clusters with data, in order: the n-th data cluster of the image
+ * holds guest bytes [hs__qcow2_data_guest(q, n), + HS_QCOW2_CLUSTER). */
+uint64_t hs__qcow2_data_count(const struct hs_qcow2 *q);
+/* Iterate: @cursor starts at 0; returns the guest offset of the next data
+ * cluster and advances, or UINT64_MAX after the last. */
+uint64_t hs__qcow2_next_data(const struct hs_qcow2 *q, uint64_t *cursor);
+/* The metadata bytes [@off, @off + @len) (within [0, data_offset)) into @buf. */
+void hs__qcow2_meta(const struct hs_qcow2 *q, uint64_t off, void *buf, size_t len);
+
+#endif
