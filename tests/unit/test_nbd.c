@@ -1,0 +1,253 @@
+/* The NBD adapter against a real qemu-nbd: a qcow2 disk exported on a unix
+ * socket, its allocation read by block status, its data by reads several in
+ * flight, streamed into a qcow2 laid out in advance (engine/qcow2.c); the
+ * result must equal the disk (qemu-img compare) and pass qemu-img check. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <libnbd.h>
+#include <uv.h>
+
+#include "check.h"
+#include "nbd.h"
+#include "qcow2.h"
+
+#define C HS_QCOW2_CLUSTER
+#define IN_FLIGHT 8
+
+static uv_loop_t loop;
+static char dir[] = "/tmp/hs-test-nbd-XXXXXX";
+static char disk[256], sock[256], pidfile[256], out[256];
+
+static int sh(const char *cmd)
+{
+    return system(cmd);
+}
+
+static void start_server(void)
+{
+    char cmd[1024];
+    int i;
+
+    snprintf(disk, sizeof(disk), "%s/disk.qcow2", dir);
+    snprintf(sock, sizeof(sock), "%s/nbd.sock", dir);
+    snprintf(pidfile, sizeof(pidfile), "%s/nbd.pid", dir);
+    snprintf(out, sizeof(out), "%s/out.qcow2", dir);
+    snprintf(cmd, sizeof(cmd),
+             "qemu-img create -q -f qcow2 %s 300M && qemu-io -f qcow2 -c 'write -P 0x11 0 1M' "
+             "-c 'write -P 0x22 5M 64k' -c 'write -P 0x33 100M 3M' -c 'write -z 200M 1M' "
+             "-c 'write -P 0x44 299M 1M' %s >/dev/null",
+             disk, disk);
+    CHECK(sh(cmd) == 0);
+    snprintf(cmd, sizeof(cmd), "qemu-nbd -r -t -f qcow2 -k %s -x vda -e 4 --fork --pid-file=%s %s",
+             sock, pidfile, disk);
+    CHECK(sh(cmd) == 0);
+    for (i = 0; i < 100 && access(sock, F_OK) < 0; i++)
+        usleep(50000);
+}
+
+static void stop_server(void)
+{
+    FILE *f = fopen(pidfile, "r");
+    int pid = 0;
+
+    if (f && fscanf(f, "%d", &pid) == 1 && pid > 0)
+        kill(pid, SIGTERM);
+    if (f)
+        fclose(f);
+}
+
+/* ---- one streaming pass ---- */
+
+struct stream {
+    struct hs_nbd *n;
+    struct hs_qcow2 *q;
+    int connected;
+    int status;
+    uint64_t mapped; /* block status answered up to here */
+    int mapping;
+    uint64_t cursor, rank, written;
+    int fd;
+    int reads;
+    int done;
+};
+
+struct read {
+    struct stream *s;
+    uint64_t host;
+    uint8_t buf[C];
+};
+
+static void on_connected(struct hs_nbd *n, int status, void *data)
+{
+    struct stream *s = data;
+
+    s->connected = 1;
+    s->status = status;
+}
+
+static void on_extent(void *data, uint64_t off, uint64_t len, uint32_t flags)
+{
+    struct stream *s = data;
+
+    if (!(flags & LIBNBD_STATE_ZERO))
+        hs__qcow2_mark(s->q, off, len);
+    if (off + len > s->mapped)
+        s->mapped = off + len;
+}
+
+static void on_mapped(struct hs_nbd *n, int status, void *data)
+{
+    struct stream *s = data;
+
+    s->mapping = 0;
+    if (status < 0)
+        s->status = status;
+}
+
+static void read_more(struct stream *s);
+
+static void on_read(struct hs_nbd *n, int status, void *data)
+{
+    struct read *r = data;
+    struct stream *s = r->s;
+
+    CHECK(status == 0);
+    CHECK(pwrite(s->fd, r->buf, C, (off_t)r->host) == C);
+    s->written += C;
+    s->reads--;
+    free(r);
+    read_more(s);
+}
+
+static void read_more(struct stream *s)
+{
+    uint64_t g;
+
+    while (s->reads < IN_FLIGHT) {
+        g = hs__qcow2_next_data(s->q, &s->cursor);
+        if (g == UINT64_MAX) {
+            s->done = !s->reads;
+            return;
+        }
+        struct read *r = calloc(1, sizeof(*r));
+        uint64_t size = hs__nbd_size(s->n), len = size - g < C ? size - g : C;
+
+        r->s = s;
+        r->host = hs__qcow2_data_offset(s->q) + s->rank++ * C;
+        CHECK(hs__nbd_pread(s->n, r->buf, (size_t)len, g, on_read, r) == 0);
+        s->reads++;
+    }
+}
+
+static void test_stream_an_export_into_qcow2(void)
+{
+    struct stream s = {0};
+    struct hs_err err = {0};
+    uint8_t *meta;
+    uint64_t size;
+    char cmd[1024];
+
+    CHECK(hs__nbd_open(&loop, sock, "vda", on_connected, &s, &s.n, &err) == 0);
+    while (!s.connected)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(s.status == 0);
+    size = hs__nbd_size(s.n);
+    CHECK(size == 300u << 20);
+    CHECK(hs__nbd_has_block_status(s.n));
+    s.q = hs__qcow2_new(size);
+    /* the map: the server may answer for less than asked */
+    while (s.mapped < size) {
+        s.mapping = 1;
+        CHECK(hs__nbd_block_status(s.n, s.mapped, size - s.mapped, on_extent, on_mapped, &s) == 0);
+        while (s.mapping)
+            uv_run(&loop, UV_RUN_ONCE);
+        CHECK(s.status == 0);
+    }
+    hs__qcow2_plan(s.q);
+    /* 1 MiB + 64 KiB + 3 MiB + 1 MiB of data; the zeroed MiB is not data */
+    CHECK(hs__qcow2_data_count(s.q) == 16 + 1 + 48 + 16);
+    s.fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(s.fd >= 0);
+    meta = malloc(hs__qcow2_data_offset(s.q));
+    hs__qcow2_meta(s.q, 0, meta, hs__qcow2_data_offset(s.q));
+    CHECK(write(s.fd, meta, hs__qcow2_data_offset(s.q)) == (ssize_t)hs__qcow2_data_offset(s.q));
+    free(meta);
+    read_more(&s);
+    while (!s.done)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(s.written == hs__qcow2_data_count(s.q) * C);
+    close(s.fd);
+    hs__nbd_close(s.n);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    snprintf(cmd, sizeof(cmd), "qemu-img check -q %s && qemu-img compare -q -f qcow2 -F qcow2 %s %s",
+             out, disk, out);
+    CHECK(sh(cmd) == 0);
+    hs__qcow2_free(s.q);
+}
+
+static int canceled;
+
+static void on_canceled(struct hs_nbd *n, int status, void *data)
+{
+    if (status == -ECANCELED)
+        canceled++;
+}
+
+static void test_close_with_reads_in_flight(void)
+{
+    struct stream s = {0};
+    struct hs_err err = {0};
+    static uint8_t buf[4][C];
+    int i;
+
+    CHECK(hs__nbd_open(&loop, sock, "vda", on_connected, &s, &s.n, &err) == 0);
+    while (!s.connected)
+        uv_run(&loop, UV_RUN_ONCE);
+    for (i = 0; i < 4; i++)
+        CHECK(hs__nbd_pread(s.n, buf[i], C, (uint64_t)i * C, on_canceled, NULL) == 0);
+    CHECK(hs__nbd_in_flight(s.n) == 4);
+    hs__nbd_close(s.n);
+    CHECK(canceled == 4);
+    uv_run(&loop, UV_RUN_DEFAULT);
+}
+
+static void test_no_server(void)
+{
+    struct stream s = {0};
+    struct hs_err err = {0};
+    char path[300];
+
+    snprintf(path, sizeof(path), "%s/none.sock", dir);
+    if (hs__nbd_open(&loop, path, "vda", on_connected, &s, &s.n, &err) == 0) {
+        while (!s.connected)
+            uv_run(&loop, UV_RUN_ONCE);
+        CHECK(s.status < 0);
+        hs__nbd_close(s.n);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    } else {
+        CHECK(strstr(err.msg, "none.sock"));
+    }
+}
+
+int main(void)
+{
+    char cmd[300];
+
+    CHECK(mkdtemp(dir));
+    uv_loop_init(&loop);
+    start_server();
+    RUN(test_stream_an_export_into_qcow2);
+    RUN(test_close_with_reads_in_flight);
+    RUN(test_no_server);
+    stop_server();
+    CHECK(uv_loop_close(&loop) == 0);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    sh(cmd);
+    return 0;
+}
