@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+
 #include "http.h"
 #include "keystone.h"
 #include "source.h"
@@ -755,6 +756,10 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
 
     if (u->step == G_DELETE) {
         gu_delete_done(u, rc, status, why);
+        return;
+    }
+    if (!u->canceled && rc == CURLE_ABORTED_BY_CALLBACK && req->err.code) {
+        gu_fail(u); /* the file could not be read: not a cancel */
         return;
     }
     if (u->canceled || rc == CURLE_ABORTED_BY_CALLBACK) {
