@@ -96,6 +96,11 @@ void hs__qcow2_mark(struct hs_qcow2 *q, uint64_t off, uint64_t len)
         q->bits[c / 64] |= 1ull << (c % 64);
 }
 
+int hs__qcow2_has_data(const struct hs_qcow2 *q, uint64_t off)
+{
+    return off < q->vsize && bit(q, off / C);
+}
+
 void hs__qcow2_plan(struct hs_qcow2 *q)
 {
     uint64_t i, w, n, total, rb = 1, rt = 1;

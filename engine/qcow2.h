@@ -31,6 +31,8 @@ struct hs_qcow2 *hs__qcow2_new(uint64_t virtual_size);
 void hs__qcow2_free(struct hs_qcow2 *q);
 /* Mark the clusters that hold any byte of [@off, @off + @len) as data. */
 void hs__qcow2_mark(struct hs_qcow2 *q, uint64_t off, uint64_t len);
+/* Whether the cluster holding guest byte @off is marked as data. */
+int hs__qcow2_has_data(const struct hs_qcow2 *q, uint64_t off);
 /* Lay the image out: after this, no more marks. */
 void hs__qcow2_plan(struct hs_qcow2 *q);
 

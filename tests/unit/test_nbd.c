@@ -13,9 +13,13 @@
 #include <libnbd.h>
 #include <uv.h>
 
+#include <openssl/evp.h>
+
 #include "check.h"
 #include "nbd.h"
+#include "nbd_source.h"
 #include "qcow2.h"
+#include "util.h"
 
 #define C HS_QCOW2_CLUSTER
 #define IN_FLIGHT 8
@@ -235,6 +239,138 @@ static void test_no_server(void)
     }
 }
 
+/* ---- the whole image as a stream (engine/nbd_source.c) ---- */
+
+struct pull {
+    int opened, status, readies;
+};
+
+static void src_opened(struct hs_nbd_source *src, int status, const struct hs_err *err,
+                       void *data)
+{
+    struct pull *p = data;
+
+    p->opened = 1;
+    p->status = status;
+}
+
+static void src_ready(struct hs_nbd_source *src, void *data)
+{
+    ((struct pull *)data)->readies++;
+}
+
+/* Read @max bytes (or all) into @fd in reads of @step; returns the count. */
+static uint64_t pull_into(struct hs_nbd_source *src, struct pull *p, int fd, size_t step,
+                          uint64_t max)
+{
+    static uint8_t buf[200000];
+    struct hs_err err = {0};
+    uint64_t got = 0;
+    ssize_t n;
+
+    while (got < max) {
+        n = hs__nbd_source_read(src, buf, step, &err);
+        if (n == -EAGAIN) {
+            int before = p->readies;
+
+            while (p->readies == before)
+                uv_run(&loop, UV_RUN_ONCE);
+            continue;
+        }
+        CHECK(n >= 0);
+        if (n == 0)
+            break;
+        if (fd >= 0)
+            CHECK(write(fd, buf, (size_t)n) == n);
+        got += (uint64_t)n;
+    }
+    return got;
+}
+
+static void file_sha512(const char *path, char *hex)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned char md[EVP_MAX_MD_SIZE], buf[65536];
+    unsigned len;
+    ssize_t n;
+    int fd = open(path, O_RDONLY);
+
+    CHECK(fd >= 0);
+    EVP_DigestInit_ex(ctx, EVP_sha512(), NULL);
+    while ((n = read(fd, buf, sizeof(buf))) > 0)
+        EVP_DigestUpdate(ctx, buf, (size_t)n);
+    close(fd);
+    EVP_DigestFinal_ex(ctx, md, &len);
+    EVP_MD_CTX_free(ctx);
+    hs__hex(md, len, hex);
+}
+
+static void stream_format(int qcow2)
+{
+    struct pull p = {0};
+    struct hs_nbd_source *src;
+    struct hs_err err = {0};
+    char cmd[1024], hex[129];
+    uint64_t size, got;
+    int fd;
+
+    CHECK(hs__nbd_source_open(&loop, sock, "vda", qcow2, src_opened, src_ready, &p, &src, &err) ==
+          0);
+    while (!p.opened)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(p.status == 0);
+    size = hs__nbd_source_size(src);
+    CHECK(hs__nbd_source_virtual_size(src) == 300u << 20);
+    if (!qcow2)
+        CHECK(size == 300u << 20);
+    /* a retry: part of it, then from byte 0 again */
+    CHECK(pull_into(src, &p, -1, 65536, 3u << 20) >= 3u << 20);
+    hs__nbd_source_rewind(src);
+    CHECK(hs__nbd_source_sha512(src) == NULL);
+    fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    got = pull_into(src, &p, fd, 12345, UINT64_MAX);
+    CHECK(got == size); /* the Content-Length held */
+    close(fd);
+    /* every byte hashed in order, off the loop */
+    while (!hs__nbd_source_sha512(src))
+        uv_run(&loop, UV_RUN_ONCE);
+    file_sha512(out, hex);
+    CHECK(!strcmp(hs__nbd_source_sha512(src), hex));
+    hs__nbd_source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (qcow2) {
+        snprintf(cmd, sizeof(cmd), "qemu-img check -q -f qcow2 %s", out);
+        CHECK(sh(cmd) == 0);
+    }
+    snprintf(cmd, sizeof(cmd), "qemu-img compare -q -f qcow2 -F %s %s %s", qcow2 ? "qcow2" : "raw",
+             disk, out);
+    CHECK(sh(cmd) == 0);
+}
+
+static void test_stream_as_qcow2(void)
+{
+    stream_format(1);
+}
+
+static void test_stream_as_raw(void)
+{
+    stream_format(0);
+}
+
+static void test_close_mid_stream(void)
+{
+    struct pull p = {0};
+    struct hs_nbd_source *src;
+    struct hs_err err = {0};
+
+    CHECK(hs__nbd_source_open(&loop, sock, "vda", 1, src_opened, src_ready, &p, &src, &err) == 0);
+    while (!p.opened)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(pull_into(src, &p, -1, 65536, 2u << 20) >= 2u << 20);
+    hs__nbd_source_close(src); /* reads and a hash in flight: freed when they end (ASan) */
+    uv_run(&loop, UV_RUN_DEFAULT);
+}
+
 int main(void)
 {
     char cmd[300];
@@ -245,6 +381,9 @@ int main(void)
     RUN(test_stream_an_export_into_qcow2);
     RUN(test_close_with_reads_in_flight);
     RUN(test_no_server);
+    RUN(test_stream_as_qcow2);
+    RUN(test_stream_as_raw);
+    RUN(test_close_mid_stream);
     stop_server();
     CHECK(uv_loop_close(&loop) == 0);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);

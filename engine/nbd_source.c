@@ -1,0 +1,472 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <libnbd.h>
+#include <openssl/evp.h>
+
+#include "nbd.h"
+#include "nbd_source.h"
+#include "qcow2.h"
+#include "util.h"
+
+#define C ((uint64_t)HS_QCOW2_CLUSTER)
+#define NS_CHUNK (1u << 20) /* bytes of the image per chunk, a multiple of C */
+#define NS_NBUF 4           /* chunks: 4 MiB of reads in flight per stream */
+#define NS_MAP_STEP (1ull << 30)
+
+struct ns_chunk {
+    struct hs_nbd_source *s;
+    uint8_t *buf;
+    uint64_t off; /* where in the image */
+    size_t len;
+    size_t taken; /* handed to the reader */
+    int reads;    /* NBD reads in flight into it */
+    int used;     /* being filled, or full and not yet done with */
+    int filled;
+    int hashed;
+};
+
+struct hs_nbd_source {
+    uv_loop_t *loop;
+    struct hs_nbd *n;
+    struct hs_qcow2 *q; /* the map (both formats), the layout (qcow2) */
+    int qcow2;
+    uint64_t vsize, size;
+    uint64_t mapped;
+    hs_nbd_source_open_cb opened;
+    hs_nbd_source_ready_cb ready;
+    void *data;
+    struct ns_chunk ch[NS_NBUF];
+    int head;          /* the chunk the reader reads */
+    int fill;          /* the chunk filled next */
+    uint64_t fill_off; /* where the next chunk starts */
+    uint64_t cursor;   /* qcow2: the data cluster iterator, in step with fill_off */
+    int reads;         /* in flight, all chunks */
+    /* hashing, on the worker pool, chunk after chunk in order */
+    uv_work_t work;
+    EVP_MD_CTX *sha512;
+    int hashing;
+    int hash_i; /* the chunk hashed next */
+    uint64_t hashed_off;
+    char w_hex[129];
+    char hex[129];
+    int hashed_all;
+    int waiting;
+    int rewinding;
+    int closing;
+    int rc;
+    struct hs_err err;
+};
+
+static void ns_kick(struct hs_nbd_source *s);
+
+static void ns_free(struct hs_nbd_source *s)
+{
+    int i;
+
+    for (i = 0; i < NS_NBUF; i++)
+        free(s->ch[i].buf);
+    hs__qcow2_free(s->q);
+    EVP_MD_CTX_free(s->sha512);
+    free(s);
+}
+
+static void ns_fail(struct hs_nbd_source *s, int rc, const char *what)
+{
+    if (!s->rc) {
+        s->rc = rc;
+        hs_err_set(&s->err, rc, HS_ERR_SYS, -rc, "%s: %s", what, hs__nbd_error(s->n));
+    }
+}
+
+static void ns_wake(struct hs_nbd_source *s)
+{
+    struct ns_chunk *c = &s->ch[s->head];
+
+    if (s->waiting && (s->rc || !c->used || (c->filled && c->taken < c->len))) {
+        s->waiting = 0;
+        s->ready(s, s->data);
+    }
+}
+
+/* ---- rewind: once nothing is in flight, from byte 0 ---- */
+
+static void ns_reset(struct hs_nbd_source *s)
+{
+    int i;
+
+    for (i = 0; i < NS_NBUF; i++) {
+        s->ch[i].used = s->ch[i].filled = s->ch[i].hashed = 0;
+        s->ch[i].taken = 0;
+    }
+    s->head = s->fill = s->hash_i = 0;
+    s->fill_off = s->cursor = s->hashed_off = 0;
+    s->hashed_all = 0;
+    s->rc = 0;
+    hs_err_clear(&s->err);
+    EVP_DigestInit_ex(s->sha512, EVP_sha512(), NULL);
+}
+
+static int ns_settle_rewind(struct hs_nbd_source *s)
+{
+    if (!s->rewinding || s->reads || s->hashing)
+        return 0;
+    s->rewinding = 0;
+    ns_reset(s);
+    ns_kick(s);
+    ns_wake(s);
+    return 1;
+}
+
+/* ---- hashing ---- */
+
+static void ns_hash_work(uv_work_t *w)
+{
+    struct hs_nbd_source *s = hs_container_of(w, struct hs_nbd_source, work);
+    struct ns_chunk *c = &s->ch[s->hash_i];
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len;
+
+    EVP_DigestUpdate(s->sha512, c->buf, c->len);
+    if (c->off + c->len == s->size) {
+        EVP_DigestFinal_ex(s->sha512, md, &len);
+        hs__hex(md, len, s->w_hex);
+    }
+}
+
+static void ns_hash_done(uv_work_t *w, int status);
+
+static void ns_hash_next(struct hs_nbd_source *s)
+{
+    struct ns_chunk *c = &s->ch[s->hash_i];
+
+    if (s->hashing || s->rewinding || s->closing || !c->used || !c->filled || c->hashed)
+        return;
+    if (uv_queue_work(s->loop, &s->work, ns_hash_work, ns_hash_done) == 0)
+        s->hashing = 1;
+}
+
+/* A chunk read and hashed is free again. */
+static void ns_recycle(struct hs_nbd_source *s, struct ns_chunk *c)
+{
+    if (c->used && c->filled && c->hashed && c->taken == c->len) {
+        c->used = c->filled = c->hashed = 0;
+        c->taken = 0;
+    }
+}
+
+static void ns_hash_done(uv_work_t *w, int status)
+{
+    struct hs_nbd_source *s = hs_container_of(w, struct hs_nbd_source, work);
+    struct ns_chunk *c = &s->ch[s->hash_i];
+
+    s->hashing = 0;
+    if (s->closing) {
+        ns_free(s); /* close canceled every read already */
+        return;
+    }
+    if (ns_settle_rewind(s))
+        return;
+    c->hashed = 1;
+    s->hashed_off = c->off + c->len;
+    if (s->hashed_off == s->size) {
+        memcpy(s->hex, s->w_hex, sizeof(s->hex));
+        s->hashed_all = 1;
+    }
+    s->hash_i = (s->hash_i + 1) % NS_NBUF;
+    ns_recycle(s, c);
+    ns_hash_next(s);
+    ns_kick(s);
+    ns_wake(s);
+}
+
+/* ---- filling ---- */
+
+static void ns_read_done(struct hs_nbd *n, int status, void *data)
+{
+    struct ns_chunk *c = data;
+    struct hs_nbd_source *s = c->s;
+
+    c->reads--;
+    s->reads--;
+    if (s->closing)
+        return; /* canceled by close, which frees */
+    if (ns_settle_rewind(s))
+        return;
+    if (s->rewinding)
+        return;
+    if (status < 0)
+        ns_fail(s, status, "reading the NBD export failed");
+    if (!c->reads && !s->rc) {
+        c->filled = 1;
+        ns_hash_next(s);
+    }
+    ns_wake(s);
+}
+
+static int ns_read(struct hs_nbd_source *s, struct ns_chunk *c, size_t pos, uint64_t guest,
+                   size_t len)
+{
+    uint64_t left = s->vsize - guest;
+    size_t n = left < len ? (size_t)left : len;
+
+    if (n < len)
+        memset(c->buf + pos + n, 0, len - n); /* past the end of the disk */
+    if (hs__nbd_pread(s->n, c->buf + pos, n, guest, ns_read_done, c) < 0)
+        return -EIO;
+    c->reads++;
+    s->reads++;
+    return 0;
+}
+
+/* Lay out chunk @c's bytes: metadata made here, data read from the export. */
+static int ns_fill(struct hs_nbd_source *s, struct ns_chunk *c)
+{
+    uint64_t o = c->off, end = c->off + c->len, meta, g, run_g = 0;
+    size_t run_pos = 0, run_len = 0, pos;
+    int rc = 0;
+
+    c->reads = 1; /* held while the reads go out */
+    if (s->qcow2) {
+        meta = hs__qcow2_data_offset(s->q);
+        if (o < meta) {
+            size_t k = (size_t)((meta < end ? meta : end) - o);
+
+            hs__qcow2_meta(s->q, o, c->buf, k);
+            o += k;
+        }
+        for (; o < end && rc == 0; o += C) {
+            g = hs__qcow2_next_data(s->q, &s->cursor);
+            pos = (size_t)(o - c->off);
+            if (run_len && g == run_g + run_len && pos == run_pos + run_len) {
+                run_len += C; /* guest-contiguous: one read */
+                continue;
+            }
+            if (run_len)
+                rc = ns_read(s, c, run_pos, run_g, run_len);
+            run_g = g;
+            run_pos = pos;
+            run_len = C;
+        }
+    } else {
+        for (; o < end && rc == 0; o += C) {
+            size_t k = end - o < C ? (size_t)(end - o) : C;
+
+            pos = (size_t)(o - c->off);
+            if (!hs__qcow2_has_data(s->q, o)) {
+                memset(c->buf + pos, 0, k); /* a hole: zeros, not read */
+                continue;
+            }
+            if (run_len && pos == run_pos + run_len) {
+                run_len += k;
+                continue;
+            }
+            if (run_len)
+                rc = ns_read(s, c, run_pos, run_g, run_len);
+            run_g = o;
+            run_pos = pos;
+            run_len = k;
+        }
+    }
+    if (run_len && rc == 0)
+        rc = ns_read(s, c, run_pos, run_g, run_len);
+    if (--c->reads == 0 && rc == 0) {
+        c->filled = 1; /* metadata or holes only */
+        ns_hash_next(s);
+    }
+    return rc;
+}
+
+static void ns_kick(struct hs_nbd_source *s)
+{
+    struct ns_chunk *c;
+
+    while (!s->rc && !s->rewinding && !s->closing && s->fill_off < s->size &&
+           !s->ch[s->fill].used) {
+        c = &s->ch[s->fill];
+        c->used = 1;
+        c->filled = c->hashed = 0;
+        c->taken = 0;
+        c->off = s->fill_off;
+        c->len = s->size - s->fill_off < NS_CHUNK ? (size_t)(s->size - s->fill_off) : NS_CHUNK;
+        s->fill_off += c->len;
+        s->fill = (s->fill + 1) % NS_NBUF;
+        if (ns_fill(s, c) < 0)
+            ns_fail(s, -EIO, "cannot queue an NBD read");
+    }
+}
+
+/* ---- opening: the map ---- */
+
+static void ns_opened(struct hs_nbd_source *s, int status)
+{
+    if (status == 0) {
+        hs__qcow2_plan(s->q);
+        s->size = s->qcow2 ? hs__qcow2_size(s->q) : s->vsize;
+        ns_kick(s);
+    }
+    s->opened(s, status, &s->err, s->data);
+}
+
+static void ns_extent(void *data, uint64_t off, uint64_t len, uint32_t flags)
+{
+    struct hs_nbd_source *s = data;
+
+    if (!(flags & LIBNBD_STATE_ZERO))
+        hs__qcow2_mark(s->q, off, len);
+    if (off + len > s->mapped)
+        s->mapped = off + len;
+}
+
+static void ns_map_next(struct hs_nbd_source *s);
+
+static void ns_mapped(struct hs_nbd *n, int status, void *data)
+{
+    struct hs_nbd_source *s = data;
+
+    if (s->closing)
+        return;
+    if (status < 0) {
+        ns_fail(s, status, "reading the NBD export's map failed");
+        ns_opened(s, s->rc);
+        return;
+    }
+    ns_map_next(s);
+}
+
+static void ns_map_next(struct hs_nbd_source *s)
+{
+    uint64_t left = s->vsize - s->mapped;
+
+    if (s->mapped >= s->vsize) {
+        ns_opened(s, 0);
+        return;
+    }
+    if (hs__nbd_block_status(s->n, s->mapped, left < NS_MAP_STEP ? left : NS_MAP_STEP, ns_extent,
+                             ns_mapped, s) < 0) {
+        ns_fail(s, -EIO, "cannot ask for the NBD export's map");
+        ns_opened(s, s->rc);
+    }
+}
+
+static void ns_connected(struct hs_nbd *n, int status, void *data)
+{
+    struct hs_nbd_source *s = data;
+
+    if (status < 0) {
+        ns_fail(s, status, "connecting to the NBD export failed");
+        ns_opened(s, s->rc);
+        return;
+    }
+    s->vsize = hs__nbd_size(n);
+    s->q = s->vsize ? hs__qcow2_new(s->vsize) : NULL;
+    if (!s->q) {
+        s->rc = hs_err_set(&s->err, -EINVAL, HS_ERR_INPUT, 0,
+                           "an NBD export of %llu bytes cannot be a qcow2 image",
+                           (unsigned long long)s->vsize);
+        ns_opened(s, s->rc);
+        return;
+    }
+    if (!hs__nbd_has_block_status(n)) {
+        hs__qcow2_mark(s->q, 0, s->vsize); /* no map: everything is data */
+        s->mapped = s->vsize;
+    }
+    ns_map_next(s);
+}
+
+int hs__nbd_source_open(uv_loop_t *loop, const char *socket, const char *export_name, int qcow2,
+                        hs_nbd_source_open_cb opened, hs_nbd_source_ready_cb ready, void *data,
+                        struct hs_nbd_source **out, struct hs_err *err)
+{
+    struct hs_nbd_source *s = hs__calloc(1, sizeof(*s));
+    int i, rc;
+
+    s->loop = loop;
+    s->qcow2 = qcow2;
+    s->opened = opened;
+    s->ready = ready;
+    s->data = data;
+    s->sha512 = EVP_MD_CTX_new();
+    if (!s->sha512)
+        abort();
+    for (i = 0; i < NS_NBUF; i++) {
+        s->ch[i].s = s;
+        s->ch[i].buf = malloc(NS_CHUNK);
+        if (!s->ch[i].buf)
+            abort();
+    }
+    EVP_DigestInit_ex(s->sha512, EVP_sha512(), NULL);
+    rc = hs__nbd_open(loop, socket, export_name, ns_connected, s, &s->n, err);
+    if (rc < 0) {
+        ns_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+uint64_t hs__nbd_source_size(const struct hs_nbd_source *s)
+{
+    return s->size;
+}
+
+uint64_t hs__nbd_source_virtual_size(const struct hs_nbd_source *s)
+{
+    return s->vsize;
+}
+
+ssize_t hs__nbd_source_read(struct hs_nbd_source *s, void *buf, size_t len, struct hs_err *err)
+{
+    struct ns_chunk *c = &s->ch[s->head];
+    size_t n;
+
+    if (s->rc) {
+        hs_err_set(err, s->rc, s->err.kind, s->err.detail, "%s", s->err.msg);
+        return s->rc;
+    }
+    if (s->rewinding || (c->used && (!c->filled || c->taken == c->len))) {
+        /* not read yet, or read and handed out but not hashed yet */
+        s->waiting = 1;
+        return -EAGAIN;
+    }
+    if (!c->used) {
+        if (s->fill_off >= s->size)
+            return 0; /* every byte was handed out */
+        s->waiting = 1;
+        ns_kick(s);
+        return -EAGAIN;
+    }
+    n = c->len - c->taken < len ? c->len - c->taken : len;
+    memcpy(buf, c->buf + c->taken, n);
+    c->taken += n;
+    if (c->taken == c->len) {
+        s->head = (s->head + 1) % NS_NBUF;
+        ns_recycle(s, c);
+        ns_kick(s);
+    }
+    return (ssize_t)n;
+}
+
+void hs__nbd_source_rewind(struct hs_nbd_source *s)
+{
+    s->rewinding = 1;
+    s->waiting = 0;
+    s->hashed_all = 0;
+    ns_settle_rewind(s);
+}
+
+const char *hs__nbd_source_sha512(const struct hs_nbd_source *s)
+{
+    return s->hashed_all ? s->hex : NULL;
+}
+
+void hs__nbd_source_close(struct hs_nbd_source *s)
+{
+    if (!s)
+        return;
+    s->closing = 1;
+    hs__nbd_close(s->n); /* reads in flight end canceled, here */
+    s->n = NULL;
+    if (!s->hashing)
+        ns_free(s); /* else when the hash in flight ends */
+}

@@ -1,0 +1,42 @@
+/*
+ * A disk's image streamed from an NBD export: the export's map first (block
+ * status), then, for qcow2, the layout of engine/qcow2.c (so the size is
+ * known before the first byte: a Content-Length), then the bytes in one
+ * sequential pass, read from the export with several reads in flight and
+ * hashed (sha512) on the worker pool. raw streams the whole disk, holes as
+ * zeros without reading them. Same reading contract as engine/source.h.
+ */
+#ifndef HS_NBD_SOURCE_H
+#define HS_NBD_SOURCE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "err.h"
+
+struct hs_nbd_source;
+/* Opened (mapped, laid out) or failed: status 0 or a negative errno with
+ * the reason in @err. */
+typedef void (*hs_nbd_source_open_cb)(struct hs_nbd_source *s, int status,
+                                      const struct hs_err *err, void *data);
+typedef void (*hs_nbd_source_ready_cb)(struct hs_nbd_source *s, void *data);
+
+/* @qcow2: a qcow2 image, else raw. */
+int hs__nbd_source_open(uv_loop_t *loop, const char *socket, const char *export_name, int qcow2,
+                        hs_nbd_source_open_cb opened, hs_nbd_source_ready_cb ready, void *data,
+                        struct hs_nbd_source **out, struct hs_err *err);
+/* The image's size in bytes, once opened; and the disk's. */
+uint64_t hs__nbd_source_size(const struct hs_nbd_source *s);
+uint64_t hs__nbd_source_virtual_size(const struct hs_nbd_source *s);
+/* Up to @len bytes: the count, 0 after the last, -EAGAIN (then @ready runs
+ * once there is more), or a negative errno with the reason in @err. */
+ssize_t hs__nbd_source_read(struct hs_nbd_source *s, void *buf, size_t len, struct hs_err *err);
+/* From byte 0 again (a retried upload). */
+void hs__nbd_source_rewind(struct hs_nbd_source *s);
+/* The sha512 (hex) of every byte, once all were read and hashed; else NULL. */
+const char *hs__nbd_source_sha512(const struct hs_nbd_source *s);
+/* Done: disconnects; freed once nothing is in flight. */
+void hs__nbd_source_close(struct hs_nbd_source *s);
+
+#endif
