@@ -117,8 +117,11 @@ static void cold_journal_save_file(struct hs_capture *cap, virConnectPtr conn)
     }
     f = cJSON_AddObjectToObject(cap->journal->doc, "save_file");
     cJSON_AddStringToObject(f, "path", path);
+    /* whole numbers below 2^53 each: cJSON prints a double with 15 digits
+     * when that is close enough, and a nanosecond time in one double is not */
     cJSON_AddNumberToObject(f, "ino", (double)st.st_ino);
-    cJSON_AddNumberToObject(f, "mtime_ns", (double)st.st_mtim.tv_sec * 1e9 + st.st_mtim.tv_nsec);
+    cJSON_AddNumberToObject(f, "mtime_s", (double)st.st_mtim.tv_sec);
+    cJSON_AddNumberToObject(f, "mtime_ns", (double)st.st_mtim.tv_nsec);
     free(path);
     text = hs__journal_render(cap->journal);
     hs__journal_write(cap->journal, text);
@@ -136,8 +139,8 @@ static int cold_same_save_file(const cJSON *doc)
     if (!path || stat(path, &st) < 0)
         return 1; /* nothing recorded (or nothing to compare): the mark decides */
     return (double)st.st_ino == cJSON_GetNumberValue(cJSON_GetObjectItem(f, "ino")) &&
-           (double)st.st_mtim.tv_sec * 1e9 + st.st_mtim.tv_nsec ==
-               cJSON_GetNumberValue(cJSON_GetObjectItem(f, "mtime_ns"));
+           (double)st.st_mtim.tv_sec == cJSON_GetNumberValue(cJSON_GetObjectItem(f, "mtime_s")) &&
+           (double)st.st_mtim.tv_nsec == cJSON_GetNumberValue(cJSON_GetObjectItem(f, "mtime_ns"));
 }
 
 /* Worker: the state at this moment, the mark, the journal, host devices
