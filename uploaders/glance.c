@@ -88,7 +88,6 @@ struct glance_up {
     enum glance_step after_delete; /* where a pass over the doomed records leads */
     char id[64];                   /* the current record's id */
     int have;                      /* the current record exists: made or adopted */
-    int records;                   /* ids chosen so far */
     char doomed[GLANCE_MAX_DOOMED][64];
     int ndoomed;
     int del_i; /* the doomed record being deleted in this pass */
@@ -195,13 +194,6 @@ static void gu_warn(struct glance_up *u, const char *fmt, ...)
 #define NEEDS_OS_AUTH                                                                              \
     "target 'glance' needs OS_AUTH_URL and the other OS_* variables (or glance:URL)"
 
-static const char *env_or(const char *name, const char *dflt)
-{
-    const char *v = getenv(name);
-
-    return v && *v ? v : dflt;
-}
-
 static int keystone_parse(struct glance_up *u)
 {
     struct glance *g = u->g;
@@ -209,8 +201,8 @@ static int keystone_parse(struct glance_up *u)
     double expires = 0;
     int rc;
 
-    rc = hs__keystone_catalog(u->http.body, env_or("OS_INTERFACE", "public"),
-                              env_or("OS_REGION_NAME", NULL), &url, &expires, &u->req->err);
+    rc = hs__keystone_catalog(u->http.body, hs__keystone_env("OS_INTERFACE", "public"),
+                              hs__keystone_env("OS_REGION_NAME", NULL), &url, &expires, &u->req->err);
     if (rc < 0)
         return rc;
     if (!u->http.subject_token[0]) {
@@ -249,8 +241,8 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status);
 
 static void gu_request(struct glance_up *u, const char *method, const char *url)
 {
-    const char *ca = env_or("OS_CACERT", NULL), *cert = env_or("OS_CERT", NULL);
-    const char *key = env_or("OS_KEY", NULL);
+    const char *ca = hs__keystone_env("OS_CACERT", NULL), *cert = hs__keystone_env("OS_CERT", NULL);
+    const char *key = hs__keystone_env("OS_KEY", NULL);
 
     u->http.data = u;
     hs__http_req_clear(&u->http);
@@ -589,7 +581,6 @@ static void gu_replace(struct glance_up *u, const char *why)
         return;
     }
     hs__uuid4(u->id);
-    u->records++;
     gu_retry(u, why, G_CREATE);
 }
 
@@ -656,7 +647,6 @@ static void gu_adopt(struct glance_up *u, long status, const cJSON *rec)
         return;
     }
     hs__uuid4(u->id); /* a random id that was taken: draw again */
-    u->records++;
     gu_go(u, G_CREATE);
 }
 
@@ -908,7 +898,6 @@ static int glance_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_up
         snprintf(u->id, sizeof(u->id), "%s", g->image_id);
     else
         hs__uuid4(u->id);
-    u->records = 1;
     uv_timer_init(up->loop, &u->backoff);
     u->backoff.data = u;
     req->priv = u;

@@ -9,7 +9,7 @@
 #include "keystone.h"
 #include "util.h"
 
-static const char *env_or(const char *name, const char *dflt)
+const char *hs__keystone_env(const char *name, const char *dflt)
 {
     const char *v = getenv(name);
 
@@ -34,12 +34,12 @@ static void add_ref(cJSON *obj, const char *key, const char *id_var, const char 
                     const char *dflt)
 {
     cJSON *ref = cJSON_AddObjectToObject(obj, key);
-    const char *id = env_or(id_var, NULL);
+    const char *id = hs__keystone_env(id_var, NULL);
 
     if (id)
         cJSON_AddStringToObject(ref, "id", id);
     else
-        cJSON_AddStringToObject(ref, "name", env_or(name_var, dflt));
+        cJSON_AddStringToObject(ref, "name", hs__keystone_env(name_var, dflt));
 }
 
 char *hs__keystone_body(void)
@@ -47,7 +47,7 @@ char *hs__keystone_body(void)
     cJSON *root = cJSON_CreateObject(), *auth = cJSON_AddObjectToObject(root, "auth");
     cJSON *id = cJSON_AddObjectToObject(auth, "identity");
     cJSON *methods = cJSON_AddArrayToObject(id, "methods");
-    const char *acid = env_or("OS_APPLICATION_CREDENTIAL_ID", NULL);
+    const char *acid = hs__keystone_env("OS_APPLICATION_CREDENTIAL_ID", NULL);
     char *s;
 
     if (acid) {
@@ -56,27 +56,27 @@ char *hs__keystone_body(void)
         /* an application credential carries its own scope */
         cJSON_AddItemToArray(methods, cJSON_CreateString("application_credential"));
         cJSON_AddStringToObject(ac, "id", acid);
-        cJSON_AddStringToObject(ac, "secret", env_or("OS_APPLICATION_CREDENTIAL_SECRET", ""));
+        cJSON_AddStringToObject(ac, "secret", hs__keystone_env("OS_APPLICATION_CREDENTIAL_SECRET", ""));
     } else {
         cJSON *pw = cJSON_AddObjectToObject(id, "password");
         cJSON *user = cJSON_AddObjectToObject(pw, "user");
         cJSON *scope = cJSON_AddObjectToObject(auth, "scope");
-        const char *uid = env_or("OS_USER_ID", NULL), *pid = env_or("OS_PROJECT_ID", NULL);
+        const char *uid = hs__keystone_env("OS_USER_ID", NULL), *pid = hs__keystone_env("OS_PROJECT_ID", NULL);
 
         cJSON_AddItemToArray(methods, cJSON_CreateString("password"));
         if (uid) {
             cJSON_AddStringToObject(user, "id", uid);
         } else {
-            cJSON_AddStringToObject(user, "name", env_or("OS_USERNAME", ""));
+            cJSON_AddStringToObject(user, "name", hs__keystone_env("OS_USERNAME", ""));
             add_ref(user, "domain", "OS_USER_DOMAIN_ID", "OS_USER_DOMAIN_NAME", "Default");
         }
-        cJSON_AddStringToObject(user, "password", env_or("OS_PASSWORD", ""));
+        cJSON_AddStringToObject(user, "password", hs__keystone_env("OS_PASSWORD", ""));
         if (pid) {
             cJSON_AddStringToObject(cJSON_AddObjectToObject(scope, "project"), "id", pid);
         } else {
             cJSON *proj = cJSON_AddObjectToObject(scope, "project");
 
-            cJSON_AddStringToObject(proj, "name", env_or("OS_PROJECT_NAME", ""));
+            cJSON_AddStringToObject(proj, "name", hs__keystone_env("OS_PROJECT_NAME", ""));
             add_ref(proj, "domain", "OS_PROJECT_DOMAIN_ID", "OS_PROJECT_DOMAIN_NAME", "Default");
         }
     }

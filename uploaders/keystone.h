@@ -8,6 +8,9 @@
 
 #include "err.h"
 
+/* The OS_* variable @name, or @dflt when it is unset or empty. */
+const char *hs__keystone_env(const char *name, const char *dflt);
+
 /* OS_AUTH_URL's token endpoint ("/v3" added unless the URL ends with it);
  * NULL when the variable is unset. Caller frees. */
 char *hs__keystone_tokens_url(void);
