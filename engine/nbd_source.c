@@ -47,7 +47,6 @@ struct hs_nbd_source {
     EVP_MD_CTX *sha512;
     int hashing;
     int hash_i; /* the chunk hashed next */
-    uint64_t hashed_off;
     char w_hex[129];
     char hex[129];
     int hashed_all;
@@ -100,7 +99,7 @@ static void ns_reset(struct hs_nbd_source *s)
         s->ch[i].taken = 0;
     }
     s->head = s->fill = s->hash_i = 0;
-    s->fill_off = s->cursor = s->hashed_off = 0;
+    s->fill_off = s->cursor = 0;
     s->hashed_all = 0;
     s->rc = 0;
     hs_err_clear(&s->err);
@@ -168,8 +167,7 @@ static void ns_hash_done(uv_work_t *w, int status)
     if (ns_settle_rewind(s))
         return;
     c->hashed = 1;
-    s->hashed_off = c->off + c->len;
-    if (s->hashed_off == s->size) {
+    if (c->off + c->len == s->size) {
         memcpy(s->hex, s->w_hex, sizeof(s->hex));
         s->hashed_all = 1;
     }
@@ -219,11 +217,39 @@ static int ns_read(struct hs_nbd_source *s, struct ns_chunk *c, size_t pos, uint
     return 0;
 }
 
+/* Reads in the making: bytes contiguous both in the chunk and on the disk
+ * go in one read. */
+struct ns_run {
+    size_t pos;
+    uint64_t guest;
+    size_t len;
+};
+
+/* Add [@pos, +@len) of the chunk, from @guest on the disk, to @r: it
+ * extends the run, or the run so far is read and this one starts. */
+static int ns_run_add(struct hs_nbd_source *s, struct ns_chunk *c, struct ns_run *r, size_t pos,
+                      uint64_t guest, size_t len)
+{
+    int rc = 0;
+
+    if (r->len && pos == r->pos + r->len && guest == r->guest + r->len) {
+        r->len += len;
+        return 0;
+    }
+    if (r->len)
+        rc = ns_read(s, c, r->pos, r->guest, r->len);
+    r->pos = pos;
+    r->guest = guest;
+    r->len = len;
+    return rc;
+}
+
 /* Lay out chunk @c's bytes: metadata made here, data read from the export. */
 static int ns_fill(struct hs_nbd_source *s, struct ns_chunk *c)
 {
-    uint64_t o = c->off, end = c->off + c->len, meta, g, run_g = 0;
-    size_t run_pos = 0, run_len = 0, pos;
+    uint64_t o = c->off, end = c->off + c->len, meta;
+    struct ns_run run = {0};
+    size_t pos;
     int rc = 0;
 
     c->reads = 1; /* held while the reads go out */
@@ -235,41 +261,22 @@ static int ns_fill(struct hs_nbd_source *s, struct ns_chunk *c)
             hs__qcow2_meta(s->q, o, c->buf, k);
             o += k;
         }
-        for (; o < end && rc == 0; o += C) {
-            g = hs__qcow2_next_data(s->q, &s->cursor);
-            pos = (size_t)(o - c->off);
-            if (run_len && g == run_g + run_len && pos == run_pos + run_len) {
-                run_len += C; /* guest-contiguous: one read */
-                continue;
-            }
-            if (run_len)
-                rc = ns_read(s, c, run_pos, run_g, run_len);
-            run_g = g;
-            run_pos = pos;
-            run_len = C;
-        }
+        for (; o < end && rc == 0; o += C)
+            rc = ns_run_add(s, c, &run, (size_t)(o - c->off),
+                            hs__qcow2_next_data(s->q, &s->cursor), C);
     } else {
         for (; o < end && rc == 0; o += C) {
             size_t k = end - o < C ? (size_t)(end - o) : C;
 
             pos = (size_t)(o - c->off);
-            if (!hs__qcow2_has_data(s->q, o)) {
+            if (hs__qcow2_has_data(s->q, o))
+                rc = ns_run_add(s, c, &run, pos, o, k);
+            else
                 memset(c->buf + pos, 0, k); /* a hole: zeros, not read */
-                continue;
-            }
-            if (run_len && pos == run_pos + run_len) {
-                run_len += k;
-                continue;
-            }
-            if (run_len)
-                rc = ns_read(s, c, run_pos, run_g, run_len);
-            run_g = o;
-            run_pos = pos;
-            run_len = k;
         }
     }
-    if (run_len && rc == 0)
-        rc = ns_read(s, c, run_pos, run_g, run_len);
+    if (run.len && rc == 0)
+        rc = ns_read(s, c, run.pos, run.guest, run.len);
     if (--c->reads == 0 && rc == 0) {
         c->filled = 1; /* metadata or holes only */
         ns_hash_next(s);

@@ -34,7 +34,6 @@ struct hs_nbd {
     void *data;
     struct nbd_cmd *cmds; /* every command not yet dispatched, newest first */
     char error[256];
-    char *path;
 };
 
 static void nbd_update(struct hs_nbd *n);
@@ -91,7 +90,6 @@ static int cmd_extents(void *user_data, const char *context, uint64_t offset, ui
 
 static void nbd_free(struct hs_nbd *n)
 {
-    free(n->path);
     free(n);
 }
 
@@ -197,7 +195,6 @@ int hs__nbd_open(uv_loop_t *loop, const char *path, const char *export_name,
     n->loop = loop;
     n->connected = connected;
     n->data = data;
-    n->path = hs__strdup(path);
     n->h = nbd_create();
     if (!n->h || nbd_set_export_name(n->h, export_name) < 0 ||
         nbd_add_meta_context(n->h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||

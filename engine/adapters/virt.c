@@ -465,11 +465,6 @@ const char *hs__virt_uri(const struct hs_virt *v)
     return v->uri;
 }
 
-unsigned hs__virt_connects(const struct hs_virt *v)
-{
-    return v->connects;
-}
-
 void hs__virt_watch(struct hs_virt *v, struct hs_virt_watch *w)
 {
     w->next = v->watches;

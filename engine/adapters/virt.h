@@ -74,8 +74,6 @@ int hs__virt_up(const struct hs_virt *v);
 /* The current connection, or NULL while down (for tests). */
 virConnectPtr hs__virt_conn(struct hs_virt *v);
 const char *hs__virt_uri(const struct hs_virt *v);
-/* Connections made since open, and connections lost. */
-unsigned hs__virt_connects(const struct hs_virt *v);
 
 void hs__virt_watch(struct hs_virt *v, struct hs_virt_watch *w);
 void hs__virt_unwatch(struct hs_virt *v, struct hs_virt_watch *w);
