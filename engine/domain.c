@@ -374,35 +374,39 @@ int hs__domain_xml_marked(const char *xml, const char *job_id)
     return hit;
 }
 
+/* What stands for @c in XML text and attributes (either quote), or NULL. */
+static const char *xml_entity(char c)
+{
+    switch (c) {
+    case '&':
+        return "&amp;";
+    case '<':
+        return "&lt;";
+    case '>':
+        return "&gt;";
+    case '\'':
+        return "&apos;";
+    case '"':
+        return "&quot;";
+    default:
+        return NULL;
+    }
+}
+
 char *hs__xml_escape(const char *s)
 {
     size_t n = 0;
-    const char *p;
+    const char *p, *e;
     char *out, *o;
 
     for (p = s; *p; p++)
-        n += *p == '&' ? 5 : *p == '<' || *p == '>' ? 4 : *p == '\'' || *p == '"' ? 6 : 1;
+        n += (e = xml_entity(*p)) ? strlen(e) : 1;
     out = o = hs__calloc(1, n + 1);
     for (p = s; *p; p++) {
-        switch (*p) {
-        case '&':
-            o = stpcpy(o, "&amp;");
-            break;
-        case '<':
-            o = stpcpy(o, "&lt;");
-            break;
-        case '>':
-            o = stpcpy(o, "&gt;");
-            break;
-        case '\'':
-            o = stpcpy(o, "&apos;");
-            break;
-        case '"':
-            o = stpcpy(o, "&quot;");
-            break;
-        default:
+        if ((e = xml_entity(*p)))
+            o = stpcpy(o, e);
+        else
             *o++ = *p;
-        }
     }
     *o = '\0';
     return out;

@@ -1,5 +1,6 @@
 /* Disk discovery and the devices a save must detach, on recorded domain XML. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -136,8 +137,20 @@ static void test_no_disk_and_bad_xml(void)
     CHECK(hs__domain_parse("<pool/>", &info, &err) == -EINVAL);
 }
 
+static void test_xml_escape(void)
+{
+    char *e = hs__xml_escape("/srv/it's & <odd> \"x\"");
+
+    CHECK(!strcmp(e, "/srv/it&apos;s &amp; &lt;odd&gt; &quot;x&quot;"));
+    free(e);
+    e = hs__xml_escape("");
+    CHECK(!strcmp(e, ""));
+    free(e);
+}
+
 int main(void)
 {
+    RUN(test_xml_escape);
     RUN(test_nova_guest);
     RUN(test_boot_order_root);
     RUN(test_no_disk_and_bad_xml);
