@@ -152,6 +152,18 @@ static int parse_rate(const char *s, uint64_t *out)
     return 0;
 }
 
+/* The whole of @s as a number in @base from @min to @max. */
+static int parse_long(const char *s, int base, long min, long max, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, base);
+
+    if (end == s || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
 static void parse_args(struct cli *cli, int argc, char **argv)
 {
     enum {
@@ -213,6 +225,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
     };
     char err[512];
     int c, json = 0, quiet = 0;
+    long v;
 
     while ((c = getopt_long(argc, argv, "c:vqh", longopts, NULL)) != -1) {
         switch (c) {
@@ -309,26 +322,18 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             if (cli->sopts.upload_attempts < 1 || cli->sopts.upload_attempts > 100)
                 die_usage("--attempts '%s' is not a number from 1 to 100", optarg);
             break;
-        case OPT_STALL_TIMEOUT: {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-
-            if (end == optarg || *end || v < 1 || v > 3600)
+        case OPT_STALL_TIMEOUT:
+            if (parse_long(optarg, 10, 1, 3600, &v) < 0)
                 die_usage("--stall-timeout '%s' is not a number of seconds from 1 to 3600", optarg);
             cli->sopts.stall_timeout = (int)v;
             break;
-        }
-        case OPT_STORE_MODE: {
-            char *end;
-            long v = strtol(optarg, &end, 8);
-
-            if (end == optarg || *end || v < 0400 || v > 0666 || !(v & 0400))
+        case OPT_STORE_MODE:
+            if (parse_long(optarg, 8, 0400, 0666, &v) < 0 || !(v & 0400))
                 die_usage("--store-mode '%s' is not a file mode from 0400 to 0666 that root "
                           "can read",
                           optarg);
             cli->sopts.store_mode = (unsigned)v;
             break;
-        }
         case OPT_SCRATCH:
             cli->sopts.scratch_dir = optarg;
             break;
