@@ -14,13 +14,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
-import hsfix  # noqa: E402
+from upload import clear, glance_and_guests  # noqa: E402
 
 
 def run(binary, glance, state, names):
@@ -36,24 +35,10 @@ def run(binary, glance, state, names):
     return late["p50"], late["p99"], late["max"], summ["cpu_seconds"], secs
 
 
-def clear(glance):
-    for img in glance.images():
-        glance.api("DELETE", "/v2/images/" + img["id"])
-
-
 def main():
     a, b = sys.argv[1], sys.argv[2]
     runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-    hsfix.ensure_libvirtd()
-    c = hsfix.conn()
-    hsfix.sweep(c)
-    glance = hsfix.GlanceServer()
-    state = tempfile.mkdtemp(prefix="hsbench-late-")
-    os.chmod(state, 0o711)
-    guests = []
-    try:
-        for i in range(8):
-            guests.append(hsfix.Guest(c, "bench-late-%d" % i, size_mb=512, data_mb=512))
+    with glance_and_guests("late", 8, 512) as (glance, state, guests):
         names = [g.name for g in guests]
         res = {a: [], b: []}
         for _ in range(runs):
@@ -68,11 +53,6 @@ def main():
         for binary, rs in res.items():
             med = [statistics.median(r[i] for r in rs) for i in range(5)]
             print("| %s | %.1f | %.1f | %.1f | %.1f | %.1f |" % (binary, *med))
-    finally:
-        for g in guests:
-            g.remove()
-        glance.close()
-        subprocess.run(["rm", "-rf", state])
 
 
 if __name__ == "__main__":

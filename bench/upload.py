@@ -10,6 +10,7 @@ create --file` is the whole command.
 
 usage: bench/upload.py [RUNS]     (as root; prints a Markdown table)
 """
+import contextlib
 import json
 import os
 import statistics
@@ -96,18 +97,32 @@ def clear(glance):
         glance.api("DELETE", "/v2/images/" + img["id"])
 
 
-def main():
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+@contextlib.contextmanager
+def glance_and_guests(name, n, size_mb):
+    """A local Glance, a state dir and n shut-off guests full of data;
+    all removed afterwards."""
     hsfix.ensure_libvirtd()
     c = hsfix.conn()
     hsfix.sweep(c)
     glance = hsfix.GlanceServer()
-    state = tempfile.mkdtemp(prefix="hsbench-up-")
+    state = tempfile.mkdtemp(prefix="hsbench-%s-" % name)
     os.chmod(state, 0o711)
     guests = []
     try:
-        for i in range(8):
-            guests.append(hsfix.Guest(c, "bench-up-%d" % i, size_mb=1024, data_mb=1024))
+        for i in range(n):
+            guests.append(hsfix.Guest(c, "bench-%s-%d" % (name, i), size_mb=size_mb,
+                                      data_mb=size_mb))
+        yield glance, state, guests
+    finally:
+        for g in guests:
+            g.remove()
+        glance.close()
+        subprocess.run(["rm", "-rf", state])
+
+
+def main():
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    with glance_and_guests("up", 8, 1024) as (glance, state, guests):
         path = os.path.join(state, "one.raw")
         subprocess.run(["qemu-img", "convert", "-O", "raw", guests[0].disks[0].path, path],
                        check=True)
@@ -130,11 +145,6 @@ def main():
             print("| %s | %d | %.0f | %.1f | %.1f |" % (
                 name, n, n * GIB / secs / 1e6, statistics.median(r[1] for r in rs),
                 statistics.median(r[2] for r in rs) / 1024))
-    finally:
-        for g in guests:
-            g.remove()
-        glance.close()
-        subprocess.run(["rm", "-rf", state])
 
 
 if __name__ == "__main__":

@@ -290,6 +290,33 @@ class GuestTestCase(unittest.TestCase):
     def snapshot(self, *args):
         return hotsnap(self.state, "snapshot", "--to", "dir:" + self.store, *args)
 
+    def writer(self, name, **kw):
+        """A WriterGuest, started and writing, removed after the test."""
+        g = WriterGuest(self.c, name, **kw)
+        self.guests.append(g)
+        g.start()
+        g.wait_writing()
+        return g
+
+    def wait_for_save_job(self, g):
+        """Until libvirt shows the managed save of g as its job."""
+        for _ in range(20000):
+            try:
+                if g.dom.jobStats().get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE:
+                    return
+            except libvirt.libvirtError:
+                pass
+        self.fail("the managed save never showed as a libvirt job")
+
+    def kill_after_the_save(self, g):
+        """A cold snapshot of g killed (SIGKILL) once the guest is saved:
+        g is left off with the dead run's save image and journal."""
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
+        run.until(state_event("extract"))
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        return run
+
     def assert_nothing_left(self):
         for sub in ("journal", "scratch"):
             d = os.path.join(self.state, sub)

@@ -1,12 +1,11 @@
 """Cold snapshots of running and paused guests, faults in the middle, and recovery."""
 import hashlib
 import os
-import signal
 import unittest
 
 import libvirt
 
-from hsfix import GuestTestCase, Run, hotsnap, images_identical, job_active, sh, state_event
+from hsfix import GuestTestCase, Run, hotsnap, images_identical, sh, state_event
 
 
 class ColdTest(GuestTestCase):
@@ -73,14 +72,7 @@ class ColdTest(GuestTestCase):
         run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
         run.until(state_event("capture"))
         # wait for libvirt's save job to be under way, then pull the plug
-        for _ in range(20000):
-            try:
-                if g.dom.jobStats().get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE:
-                    break
-            except libvirt.libvirtError:
-                pass
-        else:
-            self.fail("the managed save never showed as a libvirt job")
+        self.wait_for_save_job(g)
         g.dom.destroy()
         run.finish()
         self.assertEqual(run.rc, 1)
@@ -96,10 +88,7 @@ class ColdTest(GuestTestCase):
     def test_killed_after_the_save_next_run_restores(self):
         # a disk with enough data that the copy outlasts the kill
         g = self.guest("cold-killed", size_mb=1024, data_mb=384).start()
-        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
-        run.until(state_event("extract"))
-        run.p.send_signal(signal.SIGKILL)
-        run.finish()
+        self.kill_after_the_save(g)
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)
         self.assertEqual(g.dom.hasManagedSaveImage(), 1)
         self.assertEqual(len(os.listdir(os.path.join(self.state, "journal"))), 2)

@@ -23,13 +23,6 @@ class FaultTestCase(GuestTestCase):
             g.c = self.c
             g.dom = self.c.lookupByName(g.name)
 
-    def writer(self, name, **kw):
-        g = WriterGuest(self.c, name, **kw)
-        self.guests.append(g)
-        g.start()
-        g.wait_writing()
-        return g
-
     def wait_console(self, g, prefix, timeout=60):
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -98,14 +91,7 @@ class LibvirtdKilledTest(FaultTestCase):
         g = self.guest("kill-cold", size_mb=256, data_mb=64).start()
         run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
         run.until(state_event("capture"))
-        for _ in range(20000):
-            try:
-                if g.dom.jobStats().get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE:
-                    break
-            except libvirt.libvirtError:
-                pass
-        else:
-            self.fail("the managed save never showed as a libvirt job")
+        self.wait_for_save_job(g)
         hsfix.restart_libvirtd(signal.SIGKILL, down_s=1)
         run.finish()
         self.reconnect(g)
@@ -143,10 +129,7 @@ class SignalTest(FaultTestCase):
         # a killed run left a guest saved; a signal while the next run
         # recovers lets the recovery finish and starts no snapshot
         g = self.guest("term-recover", size_mb=1024, data_mb=384).start()
-        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
-        run.until(state_event("extract"))
-        run.p.send_signal(signal.SIGKILL)
-        run.finish()
+        self.kill_after_the_save(g)
         nxt = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
         time.sleep(0.05)
         nxt.p.send_signal(signal.SIGTERM)
@@ -235,10 +218,7 @@ class RecoveryTest(FaultTestCase):
         # a killed run left the guest saved; the operator starts it, and
         # later saves it himself: the next run's recovery leaves that alone
         g = self.guest("other-save", size_mb=1024, data_mb=384).start()
-        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--mode", "cold", g.name)
-        run.until(state_event("extract"))
-        run.p.send_signal(signal.SIGKILL)
-        run.finish()
+        self.kill_after_the_save(g)
         time.sleep(0.5)  # the dead run's qemu-img children go with their locks
         for _ in range(100):
             try:

@@ -8,7 +8,7 @@ import unittest
 import libvirt
 import libvirt_qemu
 
-from hsfix import (EventLog, GuestTestCase, Run, WriterGuest, check_images, hotsnap, job_active,
+from hsfix import (EventLog, GuestTestCase, Run, check_images, hotsnap, job_active,
                    sh, state_event)
 
 STOPS = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_STOPPED)
@@ -25,13 +25,6 @@ class LiveTest(GuestTestCase):
     def tearDownClass(cls):
         cls.log.close()
         super().tearDownClass()
-
-    def writer(self, name, **kw):
-        g = WriterGuest(self.c, name, **kw)
-        self.guests.append(g)
-        g.start()
-        g.wait_writing()
-        return g
 
     def live_snapshot(self, g, *args):
         before = g.heartbeats()[-1]
