@@ -1,10 +1,13 @@
 /*
  * Backends: how a disk's point-in-time content is captured.
  *
- * A backend turns a domain into one point-in-time file per selected disk
- * (capture), which the job's extract step converts into an image, and then
- * puts the domain back as it found it (release). The job calls release on
- * every path out once capture was called, failure and cancel included.
+ * A backend turns a domain into one point-in-time source per selected disk
+ * (capture): a file (cold, mirror, push, offline with compression), which
+ * the job's extract step converts into an image, or an NBD export (stream,
+ * offline), which the job streams as an image. Then it puts the domain back
+ * as it found it (release): after extract for files, after the upload for
+ * exports, which live until release. The job calls release on every path
+ * out once capture was called, failure and cancel included.
  */
 #ifndef HS_BACKEND_H
 #define HS_BACKEND_H
@@ -21,10 +24,19 @@
 struct hs_capture;
 typedef void (*hs_capture_cb)(struct hs_capture *cap, int status);
 
+#define HS_WATCH_MS 200
+
 struct hs_capture_disk {
     const struct hs_disk *disk; /* borrowed from cap->info */
-    char *pit_path;             /* the point-in-time file to convert (owned) */
+    char *pit_path;             /* the point-in-time file to convert (owned), or NULL */
     char *pit_format;           /* its format (owned) */
+    /* or an NBD export of the disk as of the instant (owned): at the unix
+     * socket nbd_socket, or served by nbd_argv (NULL-terminated), a server
+     * started for the connection alone */
+    char *nbd_socket;
+    char **nbd_argv;
+    char *nbd_export;
+    char *nbd_log; /* where nbd_argv's server writes its errors, or NULL */
 };
 
 /* One per job; the job owns it and everything it points to but priv.
@@ -50,7 +62,11 @@ struct hs_capture {
     double stall_ms;
     void (*on_progress)(struct hs_capture *cap, uint64_t done, uint64_t total);
     int domain_gone; /* the domain was destroyed or crashed by someone else */
-    void *priv;      /* backend state */
+    char gone_how[48]; /* ... how ("destroyed", "crashed", ...) */
+    int compress;    /* the job wants a compressed image (files may serve better) */
+    int exported;    /* the disks are NBD exports: the job uploads before it releases */
+    uint64_t scratch_peak; /* most bytes the backend held in scratch at once (exports) */
+    void *priv;            /* backend state */
 };
 
 struct hs_backend_ops {
@@ -59,7 +75,13 @@ struct hs_backend_ops {
      * scratch, hotsnap's own: when a plain qcow2 is wanted, it is published
      * as it is, unconverted */
     int standalone_pit;
-    /* Make every disk's point-in-time file readable; @cb when done or failed.
+    /* capture yields NBD exports (unless compression is asked for, where the
+     * backend may give files) */
+    int exports;
+    /* ... whose copy-before-write data, what the guest overwrites while
+     * they are open, is kept in scratch */
+    int cbw_scratch;
+    /* Make every disk's point-in-time file or export readable; @cb when done or failed.
      * Returns 0 when @cb will run, or a negative errno with cap->err set. */
     int (*capture)(struct hs_capture *cap, hs_capture_cb cb);
     /* Undo what capture changed on the domain; @cb when done. Returns 0 when
@@ -83,6 +105,8 @@ struct hs_backend_ops {
     /* Called every second while capture runs (optional): report with
      * cap->on_progress when the figures are known. */
     void (*progress)(struct hs_capture *cap);
+    /* Called every HS_WATCH_MS while the exports are open (optional). */
+    void (*watch)(struct hs_capture *cap);
     /* Free priv; NULL-safe on a capture never started. */
     void (*destroy)(struct hs_capture *cap);
     /* Recovery (worker thread, on @conn): undo what a dead run's job of
@@ -109,6 +133,7 @@ int hs__cold_save_is_ours(virDomainPtr dom, const char *job_id);
 extern const struct hs_backend_ops hs_backend_offline;
 extern const struct hs_backend_ops hs_backend_cold;
 extern const struct hs_backend_ops hs_backend_live;
+extern const struct hs_backend_ops hs_backend_stream;
 extern const struct hs_backend_ops hs_backend_mirror;
 
 /* The disks are at rest (shut off, or saved): each disk's own file is its
@@ -121,6 +146,8 @@ const char *hs__shutoff_reason(int reason);
 /* A lifecycle event that means the domain stopped or crashed under the job:
  * records it (cap->domain_gone, the job's error) and returns 1; else 0. */
 int hs__backend_domain_gone(struct hs_capture *cap, int event, int detail);
+/* Record that the domain went away under the job, @how ("destroyed", ...). */
+void hs__backend_gone(struct hs_capture *cap, const char *how, long detail);
 
 struct hs_select_in {
     enum hs_mode mode;
@@ -128,6 +155,7 @@ struct hs_select_in {
     int state;        /* VIR_DOMAIN_* */
     int managed_save; /* has a managed-save image */
     int has_backup;   /* the hypervisor offers the backup API */
+    int qemu_user;    /* the user QEMU runs as is known (pull mode makes a directory for it) */
 };
 
 /* Mode selection: the backend, with the reason in @why; or NULL with the

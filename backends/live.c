@@ -1,5 +1,20 @@
 /*
- * live: libvirt's backup API in push mode. One virDomainBackupBegin copies
+ * live and stream: libvirt's backup API, in push mode (live) and in pull
+ * mode (stream).
+ *
+ * stream: one virDomainBackupBegin exports every selected disk, as of the
+ * instant of the call, on an NBD server on a unix socket in the job's
+ * scratch directory (nbd/sock, a directory QEMU's user owns, as QEMU makes
+ * the socket), with a copy-before-write scratch file per disk that holds
+ * only the old contents of blocks the guest overwrites while the export is
+ * open. Capture ends once the backup has begun; the job streams the exports
+ * and release ends the backup (virDomainAbortJob). While it runs, a watch
+ * reads the scratch filesystem's free space and the scratch files'
+ * allocation every HS_WATCH_MS: before the filesystem fills (a full one
+ * would fail the guest's writes), the backup is ended and the job fails
+ * saying why; the most scratch held is reported.
+ *
+ * live: one virDomainBackupBegin copies
  * every selected disk, as of the instant of the call, into a file in the
  * job's scratch directory while the guest runs on; completion comes from the
  * JOB_COMPLETED event and every disk's BLOCK_JOB_2 backup event. With a
@@ -22,8 +37,11 @@
  * -ENOTCONN and the job calls it again once libvirt is back.
  */
 #include <errno.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <libvirt/virterror.h>
 
@@ -31,6 +49,11 @@
 #include "util.h"
 #define HS_LOG_TAG "live"
 #include "log.h"
+
+/* what the scratch filesystem keeps free while a pull backup runs: a tenth,
+ * within these bounds */
+#define HS_SCRATCH_MARGIN_MIN (4ull << 20)
+#define HS_SCRATCH_MARGIN_MAX (256ull << 20)
 
 enum live_state {
     LIVE_IDLE,      /* nothing of ours runs in libvirt */
@@ -66,15 +89,38 @@ struct live {
     unsigned long long processed, total;
     int end_status;
     char end_msg[384];
+    /* stream (pull mode) */
+    int pull;
+    char *nbd_dir;  /* the socket's directory, QEMU's user's */
+    int scratch_full; /* the watch ended the backup */
+    int gone_reason;  /* release found the domain shut off: why (worker writes), or -1 */
+    int releasing;    /* release has begun: it owns the call */
+    int release_after; /* release waits for the call in flight */
 };
 
-static char *live_backup_xml(struct hs_capture *cap)
+/* stream: a disk's copy-before-write scratch, where push writes its copy */
+static void stream_cbw_path(const struct hs_capture *cap, const struct hs_disk *disk, char *buf,
+                            size_t len)
+{
+    snprintf(buf, len, "%s/%s.cbw.qcow2", cap->scratch, disk->target);
+}
+
+static char *live_backup_xml(struct hs_capture *cap, const struct live *l)
 {
     const struct hs_domain_info *info = cap->info;
-    char *xml = hs__strdup("<domainbackup mode='push'><disks>"), *next, *dev, *file;
+    char *xml, *next, *dev, *file;
     size_t i, k;
     int sel;
 
+    if (l->pull) {
+        file = hs__xml_escape(cap->disks[0].nbd_socket);
+        xml = hs__asprintf("<domainbackup mode='pull'><server transport='unix' socket='%s'/>"
+                           "<disks>",
+                           file);
+        free(file);
+    } else {
+        xml = hs__strdup("<domainbackup mode='push'><disks>");
+    }
     for (i = 0; i < info->ndisks; i++) {
         for (sel = -1, k = 0; k < cap->ndisks; k++)
             if (cap->disks[k].disk == &info->disks[i])
@@ -83,6 +129,15 @@ static char *live_backup_xml(struct hs_capture *cap)
         if (sel < 0) {
             /* disks not named would be backed up too */
             next = hs__asprintf("%s<disk name='%s' backup='no'/>", xml, dev);
+        } else if (l->pull) {
+            char cbw[4096];
+
+            stream_cbw_path(cap, &info->disks[i], cbw, sizeof(cbw));
+            file = hs__xml_escape(cbw);
+            next = hs__asprintf("%s<disk name='%s' backup='yes' exportname='%s' type='file'>"
+                                "<scratch file='%s'/><driver type='qcow2'/></disk>",
+                                xml, dev, dev, file);
+            free(file);
         } else {
             file = hs__xml_escape(cap->disks[sel].pit_path);
             next = hs__asprintf("%s<disk name='%s' backup='yes' type='file'><target file='%s'/>"
@@ -152,6 +207,30 @@ static int live_thaw(struct hs_virt_call *call, struct live *l)
     return 0;
 }
 
+/* Worker: the directory QEMU makes the NBD socket in: its user's alone
+ * (the job's scratch above it is root's, traversable). */
+static int live_nbd_dir(struct hs_virt_call *call, struct live *l)
+{
+    const struct hs_domain_info *info = l->cap->info;
+    long uid = info->qemu_uid, gid = info->qemu_gid;
+    struct passwd *pw;
+
+    if (uid < 0 && (pw = getpwnam("libvirt-qemu")) != NULL) {
+        uid = (long)pw->pw_uid;
+        gid = (long)pw->pw_gid;
+    }
+    if (uid < 0)
+        return hs_err_set(&call->err, -ENOENT, HS_ERR_SYS, 0,
+                          "cannot tell which user QEMU runs as for domain '%s' (no DAC label, "
+                          "no user libvirt-qemu): use --mode live",
+                          info->name);
+    if ((mkdir(l->nbd_dir, 0700) < 0 && errno != EEXIST) ||
+        chown(l->nbd_dir, (uid_t)uid, (gid_t)gid) < 0 || chmod(l->nbd_dir, 0700) < 0)
+        return hs_err_set(&call->err, -errno, HS_ERR_SYS, errno, "cannot prepare '%s': %s",
+                          l->nbd_dir, strerror(errno));
+    return 0;
+}
+
 /* Worker: journal, freeze, begin, thaw, journal. */
 static int live_begin(struct hs_virt_call *call, virConnectPtr conn)
 {
@@ -165,6 +244,8 @@ static int live_begin(struct hs_virt_call *call, virConnectPtr conn)
     if (rc < 0)
         return hs_err_set(&call->err, rc, HS_ERR_SYS, -rc, "cannot write the journal of job %s: %s",
                           cap->job_id, strerror(-rc));
+    if (l->pull && live_nbd_dir(call, l) < 0)
+        return call->err.code;
     if (cap->quiesce != HS_QUIESCE_OFF) {
         l->thaw_owed = 1; /* from here on, whatever the freeze answers */
         if (virDomainFSFreeze(call->dom, NULL, 0, 0) < 0) {
@@ -239,10 +320,21 @@ static void live_send(struct live *l, hs_virt_work_fn fn, hs_virt_done_cb done)
         live_end(l, LIVE_UNKNOWN, rc, "the libvirt connection was lost during the backup");
 }
 
+static int live_release_send(struct live *l);
+
 static void live_call_done(struct live *l)
 {
+    int rc;
+
     l->calling = 0;
-    if (l->look_after) {
+    if (l->release_after) {
+        l->release_after = 0;
+        rc = live_release_send(l);
+        if (rc != 0)
+            l->cb(l->cap, rc == 1 ? 0 : rc);
+        return;
+    }
+    if (l->look_after && !l->releasing) {
         l->look_after = 0;
         live_look_now(l);
         return;
@@ -250,11 +342,17 @@ static void live_call_done(struct live *l)
     live_finish(l);
 }
 
+static int backup_abort(virDomainPtr dom, const char *scratch);
+
 static int live_abort(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct live *l = call->data;
 
-    if (live_ours_active(l->cap, call->dom) == 1 && virDomainAbortJob(call->dom) < 0)
+    /* a pull backup sends no end event of its own: wait until it has gone */
+    if (l->pull && backup_abort(call->dom, l->cap->scratch) < 0)
+        return hs_err_virt(&call->err, -EIO, "cannot abort the backup of domain '%s'",
+                           l->cap->info->name);
+    if (!l->pull && live_ours_active(l->cap, call->dom) == 1 && virDomainAbortJob(call->dom) < 0)
         return hs_err_virt(&call->err, -EIO, "cannot abort the backup of domain '%s'",
                            l->cap->info->name);
     return 0;
@@ -270,6 +368,9 @@ static void live_aborted(struct hs_virt_call *call, int status)
         l->abort_sent = 1;
     if (status == -ENOTCONN && l->state == LIVE_RUNNING)
         live_end(l, LIVE_UNKNOWN, -ENOTCONN, call->err.msg);
+    else if (status == 0 && l->pull && l->state == LIVE_RUNNING)
+        live_end(l, LIVE_ENDED, l->cancel ? -ECANCELED : -EIO, l->scratch_full ? l->cap->err->msg
+                                                                : "the backup was ended");
     live_call_done(l);
 }
 
@@ -315,12 +416,19 @@ static void live_begun(struct hs_virt_call *call, int status)
         live_look_now(l);
         return;
     }
-    if (l->cancel || status < 0 || cap->domain_gone)
+    if (l->cancel || status < 0 || cap->domain_gone) {
         live_send_abort(l); /* a thaw that failed ends the backup too */
+    } else if (l->pull && l->state == LIVE_RUNNING && l->waiting) {
+        /* the exports are open: the capture is done, the backup runs on
+         * until release */
+        l->waiting = 0;
+        l->cb(cap, 0);
+        return;
+    }
     live_finish(l);
 }
 
-static int live_capture(struct hs_capture *cap, hs_capture_cb cb)
+static int live_start(struct hs_capture *cap, hs_capture_cb cb, int pull)
 {
     struct live *l = hs__calloc(1, sizeof(*l));
     size_t i;
@@ -328,18 +436,27 @@ static int live_capture(struct hs_capture *cap, hs_capture_cb cb)
 
     l->cap = cap;
     l->cb = cb;
+    l->pull = pull;
+    l->gone_reason = -1;
     l->call.data = l->stats_call.data = l;
     cap->priv = l;
+    l->nbd_dir = hs__asprintf("%s/nbd", cap->scratch);
     for (i = 0; i < cap->ndisks; i++) {
+        if (pull) {
+            cap->disks[i].nbd_socket = hs__asprintf("%s/sock", l->nbd_dir);
+            cap->disks[i].nbd_export = hs__strdup(cap->disks[i].disk->target);
+            continue;
+        }
         cap->disks[i].pit_path =
             hs__asprintf("%s/%s.backup.qcow2", cap->scratch, cap->disks[i].disk->target);
         cap->disks[i].pit_format = hs__strdup("qcow2");
     }
+    cap->exported = pull;
     /* QEMU itself opens the backup targets in the scratch directory */
     if (hs__path_traversable(cap->scratch, cap->err, "scratch directory") < 0)
         return cap->err->code;
-    l->xml = live_backup_xml(cap);
-    cJSON_AddStringToObject(cap->journal->doc, "backend", "live");
+    l->xml = live_backup_xml(cap, l);
+    cJSON_AddStringToObject(cap->journal->doc, "backend", pull ? "stream" : "live");
     cJSON_AddStringToObject(cap->journal->doc, "step", "backup");
     cJSON_AddBoolToObject(cap->journal->doc, "quiesce", cap->quiesce != HS_QUIESCE_OFF);
     l->journal_text = hs__journal_render(cap->journal);
@@ -354,6 +471,16 @@ static int live_capture(struct hs_capture *cap, hs_capture_cb cb)
     l->waiting = 1;
     l->state = LIVE_BEGINNING;
     return 0;
+}
+
+static int live_capture(struct hs_capture *cap, hs_capture_cb cb)
+{
+    return live_start(cap, cb, 0);
+}
+
+static int stream_capture(struct hs_capture *cap, hs_capture_cb cb)
+{
+    return live_start(cap, cb, 1);
 }
 
 static void live_job_completed(struct hs_capture *cap, int operation, const char *errmsg)
@@ -432,9 +559,10 @@ static int live_look(struct hs_virt_call *call, virConnectPtr conn)
     }
     if (type != VIR_DOMAIN_JOB_COMPLETED || op != VIR_DOMAIN_JOB_OPERATION_BACKUP)
         return 0;
-    /* a backup completed: ours if it made our targets (the scratch is this job's) */
+    /* a backup completed: ours if it made our targets (the scratch is this job's);
+     * a pull backup never completes by itself */
     for (k = 0; k < l->cap->ndisks; k++)
-        if (access(l->cap->disks[k].pit_path, F_OK) < 0)
+        if (l->pull || access(l->cap->disks[k].pit_path, F_OK) < 0)
             return 0;
     /* QEMU lets go of the targets just after the job ends */
     for (i = 0; i < 50; i++) {
@@ -493,8 +621,8 @@ static void live_reconnected(struct hs_capture *cap)
 {
     struct live *l = cap->priv;
 
-    if (!l)
-        return;
+    if (!l || l->releasing)
+        return; /* release looks for itself */
     if (l->calling) {
         l->look_after = 1; /* the call in flight completes first */
         return;
@@ -563,6 +691,16 @@ static int live_cleanup(struct hs_virt_call *call, virConnectPtr conn)
                          l->cap->info->name);
     if (live_thaw(call, l) < 0 && rc == 0)
         rc = call->err.code;
+    /* the domain stopped meanwhile: with QEMU gone, so are the backup and any freeze */
+    if (virDomainIsActive(call->dom) == 0) {
+        int state, reason;
+
+        if (virDomainGetState(call->dom, &state, &reason, 0) == 0 && state == VIR_DOMAIN_SHUTOFF)
+            l->gone_reason = reason;
+        hs_err_clear(&call->err);
+        l->thaw_owed = 0;
+        rc = 0;
+    }
     return rc;
 }
 
@@ -572,7 +710,9 @@ static void live_cleaned(struct hs_virt_call *call, int status)
     struct hs_capture *cap = l->cap;
 
     l->calling = 0;
-    if (status == 0 || status == -ESRCH) {
+    if (l->gone_reason >= 0 && !cap->domain_gone)
+        hs__backend_gone(cap, hs__shutoff_reason(l->gone_reason), l->gone_reason);
+    if (status == 0 || status == -ESRCH || (status < 0 && cap->domain_gone)) {
         /* done, or the domain is gone and with it all there was to undo */
         l->state = LIVE_ENDED;
         l->thaw_owed = 0;
@@ -583,23 +723,82 @@ static void live_cleaned(struct hs_virt_call *call, int status)
     l->cb(cap, status);
 }
 
-static int live_release(struct hs_capture *cap, hs_capture_cb cb)
+/* As for ops->release, once no call of ours is in flight. */
+static int live_release_send(struct live *l)
 {
-    struct live *l = cap->priv;
+    struct hs_capture *cap = l->cap;
     int rc;
 
-    if (!l || cap->domain_gone)
+    if (cap->domain_gone)
         return 1;
     /* the whole rule: abort what runs or may run, thaw what may be frozen */
     l->abort_owed = l->state == LIVE_RUNNING || l->state == LIVE_LOOKING ||
                     l->state == LIVE_UNKNOWN;
     if (!l->abort_owed && !l->thaw_owed)
         return 1;
-    l->cb = cb;
     rc = hs__virt_queue(cap->virt, &l->call, cap->info->uuid, live_cleanup, live_cleaned);
     if (rc == 0)
         l->calling = 1;
     return rc; /* -ENOTCONN: the job calls again once the connection is back */
+}
+
+static int live_release(struct hs_capture *cap, hs_capture_cb cb)
+{
+    struct live *l = cap->priv;
+
+    if (!l || cap->domain_gone)
+        return 1;
+    l->releasing = 1;
+    l->cb = cb;
+    if (l->calling) {
+        /* a stream's look or abort is in flight: release follows it */
+        l->release_after = 1;
+        return 0;
+    }
+    return live_release_send(l);
+}
+
+/* stream: every HS_WATCH_MS while the export is open (loop thread: a
+ * statvfs and a stat per disk of a local filesystem, microseconds). */
+static void stream_watch(struct hs_capture *cap)
+{
+    struct live *l = cap->priv;
+    char path[4096];
+    struct statvfs vfs;
+    struct stat st;
+    uint64_t cbw = 0, left, total, margin;
+    size_t i;
+
+    if (!l || l->state != LIVE_RUNNING || l->scratch_full)
+        return;
+    for (i = 0; i < cap->ndisks; i++) {
+        stream_cbw_path(cap, cap->disks[i].disk, path, sizeof(path));
+        if (stat(path, &st) == 0)
+            cbw += (uint64_t)st.st_blocks * 512;
+    }
+    if (cbw > cap->scratch_peak)
+        cap->scratch_peak = cbw;
+    if (statvfs(cap->scratch, &vfs) < 0)
+        return;
+    left = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    total = (uint64_t)vfs.f_blocks * vfs.f_frsize;
+    /* room for what a guest can write between two looks, and then some */
+    margin = total / 10;
+    if (margin < HS_SCRATCH_MARGIN_MIN)
+        margin = HS_SCRATCH_MARGIN_MIN;
+    if (margin > HS_SCRATCH_MARGIN_MAX)
+        margin = HS_SCRATCH_MARGIN_MAX;
+    if (left >= margin)
+        return;
+    l->scratch_full = 1;
+    hs_err_set(cap->err, -ENOSPC, HS_ERR_SYS, ENOSPC,
+               "the scratch filesystem of '%s' is nearly full (%llu MiB left, %llu MiB of them "
+               "held for domain '%s''s overwritten blocks): its backup was ended before the "
+               "guest's writes could fail",
+               cap->scratch, (unsigned long long)(left >> 20), (unsigned long long)(cbw >> 20),
+               cap->info->name);
+    hs_log(HS_LOG_WARN, "job %s: %s", cap->job_id, cap->err->msg);
+    live_send_abort(l);
 }
 
 static void live_destroy(struct hs_capture *cap)
@@ -607,6 +806,7 @@ static void live_destroy(struct hs_capture *cap)
     struct live *l = cap->priv;
 
     if (l) {
+        free(l->nbd_dir);
         free(l->journal_text);
         free(l->journal_thawed);
         free(l->xml);
@@ -665,6 +865,22 @@ const struct hs_backend_ops hs_backend_live = {
     .cancel = live_cancel,
     .reconnected = live_reconnected,
     .progress = live_progress,
+    .destroy = live_destroy,
+    .recover = live_recover,
+};
+
+const struct hs_backend_ops hs_backend_stream = {
+    .name = "stream",
+    .exports = 1,
+    .cbw_scratch = 1,
+    .capture = stream_capture,
+    .release = live_release,
+    .lifecycle = live_lifecycle,
+    .block_job = live_block_job,
+    .job_completed = live_job_completed,
+    .cancel = live_cancel,
+    .reconnected = live_reconnected,
+    .watch = stream_watch,
     .destroy = live_destroy,
     .recover = live_recover,
 };

@@ -1,8 +1,12 @@
 /*
  * offline: the domain is shut off (or suspended to a managed-save image), so
- * its disks are at rest and are converted where they are. qemu-img holds a
- * shared lock on them while it reads, so a start of the domain during the
- * copy fails in QEMU rather than changing the disk under the copy.
+ * its disks are at rest and are read where they are: each is exported by a
+ * read-only qemu-nbd that libnbd starts for the job's connection alone
+ * (socket activation: no socket file, and the server ends with the
+ * connection, or with hotsnap), and streamed as an image. With compression
+ * the disk is converted by qemu-img instead. qemu-nbd and qemu-img hold a
+ * shared lock on the disks while they read, so a start of the domain during
+ * the copy fails in QEMU rather than changing the disk under the copy.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -44,6 +48,41 @@ static int offline_check(struct hs_virt_call *call, virConnectPtr conn)
     return 0;
 }
 
+/* Each disk as an export of a qemu-nbd of its own, its stderr kept in the
+ * job's out/ directory for the error message (sh execs qemu-nbd, so the
+ * pid socket activation names is qemu-nbd's). */
+static void offline_export(struct hs_capture *cap)
+{
+    size_t i;
+    int n;
+
+    for (i = 0; i < cap->ndisks; i++) {
+        const struct hs_disk *d = cap->disks[i].disk;
+        char **argv = hs__calloc(16, sizeof(char *));
+
+        cap->disks[i].nbd_log = hs__asprintf("%s/out/%s.nbd.log", cap->scratch, d->target);
+        n = 0;
+        argv[n++] = hs__strdup("/bin/sh");
+        argv[n++] = hs__strdup("-c");
+        argv[n++] = hs__strdup("log=$1; shift; exec \"$@\" 2>\"$log\"");
+        argv[n++] = hs__strdup("sh");
+        argv[n++] = hs__strdup(cap->disks[i].nbd_log);
+        argv[n++] = hs__strdup("qemu-nbd");
+        argv[n++] = hs__strdup("--read-only");
+        argv[n++] = hs__strdup("--export-name");
+        argv[n++] = hs__strdup(d->target);
+        if (d->format) {
+            argv[n++] = hs__strdup("--format");
+            argv[n++] = hs__strdup(d->format);
+        }
+        argv[n++] = hs__strdup(d->source);
+        argv[n] = NULL;
+        cap->disks[i].nbd_argv = argv;
+        cap->disks[i].nbd_export = hs__strdup(d->target);
+    }
+    cap->exported = 1;
+}
+
 static void offline_checked(struct hs_virt_call *call, int status)
 {
     struct offline *o = call->data;
@@ -51,8 +90,10 @@ static void offline_checked(struct hs_virt_call *call, int status)
 
     if (status < 0)
         hs_err_adopt(cap->err, &call->err, status);
-    else
+    else if (cap->compress)
         hs__capture_in_place(cap);
+    else
+        offline_export(cap);
     o->cb(cap, status);
 }
 
@@ -86,6 +127,7 @@ static void offline_destroy(struct hs_capture *cap)
 
 const struct hs_backend_ops hs_backend_offline = {
     .name = "offline",
+    .exports = 1,
     .capture = offline_capture,
     .release = offline_release,
     .lifecycle = NULL,

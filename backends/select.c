@@ -93,15 +93,22 @@ int hs__backend_domain_gone(struct hs_capture *cap, int event, int detail)
 {
     if (event != VIR_DOMAIN_EVENT_STOPPED && event != VIR_DOMAIN_EVENT_CRASHED)
         return 0;
-    cap->domain_gone = 1;
-    hs_err_set(cap->err, -ESRCH, HS_ERR_LIBVIRT, detail, "domain '%s' was %s during its snapshot",
-               cap->info->name,
-               event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : stopped_detail(detail));
+    hs__backend_gone(cap, event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : stopped_detail(detail),
+                     detail);
     return 1;
 }
 
+void hs__backend_gone(struct hs_capture *cap, const char *how, long detail)
+{
+    cap->domain_gone = 1;
+    snprintf(cap->gone_how, sizeof(cap->gone_how), "%s", how);
+    hs_err_set(cap->err, -ESRCH, HS_ERR_LIBVIRT, detail, "domain '%s' was %s during its snapshot",
+               cap->info->name, how);
+}
+
 const struct hs_backend_ops *const hs__backends[] = {
-    &hs_backend_live, &hs_backend_mirror, &hs_backend_cold, &hs_backend_offline, NULL,
+    &hs_backend_stream, &hs_backend_live, &hs_backend_mirror, &hs_backend_cold,
+    &hs_backend_offline, NULL,
 };
 
 const char *hs__jstr(const cJSON *doc, const char *key)
@@ -153,12 +160,32 @@ const struct hs_backend_ops *hs__backend_select(const struct hs_select_in *in, c
                    "mode 'offline' needs a shut-off domain; '%s' is %s", in->domain, st);
         return NULL;
     case HS_MODE_AUTO:
+        if (in->has_backup && in->qemu_user) {
+            snprintf(why, whylen,
+                     "%s: backup API in pull mode, all disks at one instant, no downtime, "
+                     "streamed from QEMU into the store with no image in scratch",
+                     st);
+            return &hs_backend_stream;
+        }
         if (in->has_backup) {
-            snprintf(why, whylen, "%s: backup API, all disks at one instant, no downtime", st);
+            snprintf(why, whylen,
+                     "%s: backup API in push mode (the user QEMU runs as is unknown, so no NBD "
+                     "socket for pull mode), all disks at one instant, no downtime",
+                     st);
             return &hs_backend_live;
         }
         snprintf(why, whylen, "%s: no backup API on this hypervisor, so a block copy", st);
         return &hs_backend_mirror;
+    case HS_MODE_STREAM:
+        if (!in->has_backup || !in->qemu_user) {
+            hs_err_set(err, -ENOTSUP, HS_ERR_INPUT, 0,
+                       "mode 'stream' needs libvirt's backup API%s; try --mode %s",
+                       in->has_backup ? " and a known QEMU user" : ", which this hypervisor lacks",
+                       in->has_backup ? "live" : "mirror");
+            return NULL;
+        }
+        snprintf(why, whylen, "%s: stream requested", st);
+        return &hs_backend_stream;
     case HS_MODE_LIVE:
         if (!in->has_backup) {
             hs_err_set(err, -ENOTSUP, HS_ERR_INPUT, 0,

@@ -5,7 +5,7 @@ A writing test guest (the Debian kernel, a busybox initramfs, the writer from
 tests/guest rewriting a ring as fast as it can) on a Nova-style 1 GiB disk with
 DATA_MB of data is snapshotted RUNS times in each mode, interleaved. Reports
 medians and maxima:
-- stall: for live and mirror, the longest gap between two completed guest
+- stall: for stream, live and mirror, the longest gap between two completed guest
   writes during the job, from the writer's own heartbeats (guest clock); for
   cold, the guest is stopped, and its clock with it under emulation, so the
   downtime is measured from libvirt's lifecycle events instead (host clock);
@@ -29,7 +29,7 @@ os.environ.setdefault("HOTSNAP", os.path.join(HERE, "..", "build", "hotsnap"))
 import libvirt  # noqa: E402
 import hsfix  # noqa: E402
 
-MODES = tuple(os.environ.get("HS_BENCH_MODES", "live,mirror,cold").split(","))
+MODES = tuple(os.environ.get("HS_BENCH_MODES", "stream,live,mirror,cold").split(","))
 
 
 def dir_bytes(path):

@@ -72,8 +72,9 @@ static void usage(FILE *f)
         "                         \"all_disks\", \"priority\"}; # starts a comment\n"
         "      --name TEMPLATE    image name: {domain} {uuid} {date} {time} {disk}\n"
         "                         (default {domain}-{date}-{time})\n"
-        "      --mode MODE        auto, live, mirror, cold or offline (default auto: live for\n"
-        "                         running and paused domains, offline when shut off)\n"
+        "      --mode MODE        auto, stream, live, mirror, cold or offline (default auto:\n"
+        "                         stream for running and paused domains, offline when shut\n"
+        "                         off; live is the backup API's push mode into scratch)\n"
         "      --quiesce WHEN     auto, required or off: freeze the guest's filesystems for\n"
         "                         the instant of a live capture (default auto)\n"
         "      --format FORMAT    qcow2 or raw (default qcow2)\n"
@@ -260,7 +261,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             break;
         case OPT_MODE:
             if (hs_mode_parse(optarg, &cli->sopts.mode) < 0)
-                die_usage("unknown mode '%s' (expected auto, live, mirror, cold or offline)",
+                die_usage("unknown mode '%s' (expected auto, stream, live, mirror, cold or offline)",
                           optarg);
             break;
         case OPT_FORMAT:

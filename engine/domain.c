@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <libxml/parser.h>
@@ -117,6 +118,34 @@ static void nova_metadata(struct hs_domain_info *out, xmlNodePtr inst)
     out->owner_id = xml_prop(xml_child(owner, "project"), "uuid");
 }
 
+/* <seclabel type='dynamic' model='dac'><label>+64055:+64055</label>: who
+ * QEMU runs as (a running domain's live XML carries it). */
+static void dac_label(struct hs_domain_info *out, xmlNodePtr root)
+{
+    xmlNodePtr n;
+    char *model, *label;
+    long uid, gid;
+
+    out->qemu_uid = out->qemu_gid = -1;
+    for (n = root->children; n; n = n->next) {
+        if (n->type != XML_ELEMENT_NODE || strcmp((const char *)n->name, "seclabel"))
+            continue;
+        model = xml_prop(n, "model");
+        label = model && !strcmp(model, "dac") ? xml_text(xml_child(n, "label")) : NULL;
+        if (label && sscanf(label, "+%ld:+%ld", &uid, &gid) == 2 && uid >= 0 && gid >= 0) {
+            out->qemu_uid = uid;
+            out->qemu_gid = gid;
+        }
+        free(model);
+        free(label);
+    }
+}
+
+int hs__domain_qemu_user_known(const struct hs_domain_info *info)
+{
+    return info->qemu_uid >= 0 || getpwnam("libvirt-qemu") != NULL;
+}
+
 int hs__domain_parse(const char *xml, struct hs_domain_info *out, struct hs_err *err)
 {
     xmlDocPtr doc;
@@ -152,6 +181,7 @@ int hs__domain_parse(const char *xml, struct hs_domain_info *out, struct hs_err 
         free(s);
     }
     nova_metadata(out, xml_child(xml_child(root, "metadata"), "instance"));
+    dac_label(out, root);
     devices = xml_child(root, "devices");
     for (n = devices ? devices->children : NULL; n; n = n->next) {
         if (n->type != XML_ELEMENT_NODE)

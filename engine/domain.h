@@ -32,7 +32,13 @@ struct hs_domain_info {
     size_t ndisks;
     char **hostdevs; /* XML of devices a managed save cannot keep */
     size_t nhostdevs;
+    /* the user QEMU runs as, from a running domain's DAC label; -1 when unknown */
+    long qemu_uid, qemu_gid;
 };
+
+/* Whether the user QEMU runs as is known: the domain's DAC label, else
+ * libvirt's default user libvirt-qemu exists. */
+int hs__domain_qemu_user_known(const struct hs_domain_info *info);
 
 /* Parse a domain XML document. 0 or -EINVAL with a message. */
 int hs__domain_parse(const char *xml, struct hs_domain_info *out, struct hs_err *err);

@@ -233,7 +233,7 @@ static cJSON *engine_list_domain(struct engine_list *l, virDomainPtr dom)
     cJSON *o = cJSON_CreateObject(), *disks, *d;
     char *xml = virDomainGetXMLDesc(dom, 0);
     char why[256] = "";
-    struct hs_select_in sel;
+    struct hs_select_in sel = {0};
     int state = 0, reason, managed_save, root;
     const struct hs_backend_ops *be;
     size_t i;
@@ -255,6 +255,7 @@ static cJSON *engine_list_domain(struct engine_list *l, virDomainPtr dom)
     sel.state = state;
     sel.managed_save = managed_save;
     sel.has_backup = l->has_backup;
+    sel.qemu_user = hs__domain_qemu_user_known(&info);
     be = l->eng->select_backend(&sel, why, sizeof(why), &err);
     cJSON_AddStringToObject(o, "mode", be ? be->name : "none");
     cJSON_AddStringToObject(o, "reason", be ? why : err.msg);
@@ -326,8 +327,8 @@ int hs_engine_list(struct hs_engine *eng, hs_list_cb cb, void *data)
 
 int hs_mode_parse(const char *s, enum hs_mode *out)
 {
-    static const enum hs_mode modes[] = {HS_MODE_AUTO, HS_MODE_LIVE, HS_MODE_MIRROR, HS_MODE_COLD,
-                                         HS_MODE_OFFLINE};
+    static const enum hs_mode modes[] = {HS_MODE_AUTO,   HS_MODE_STREAM, HS_MODE_LIVE,
+                                         HS_MODE_MIRROR, HS_MODE_COLD,   HS_MODE_OFFLINE};
     size_t i;
 
     for (i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
@@ -352,6 +353,8 @@ const char *hs_mode_name(enum hs_mode mode)
         return "cold";
     case HS_MODE_OFFLINE:
         return "offline";
+    case HS_MODE_STREAM:
+        return "stream";
     }
     return "?";
 }

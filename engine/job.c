@@ -3,6 +3,11 @@
  *
  *   queued -> inspect -> prepare -> capture -> extract -> release -> upload -> cleanup -> done
  *
+ * A streaming job (capture yields NBD exports, no compression) uploads from
+ * the exports, which live until release:
+ *
+ *   ... -> capture -> extract (open the streams) -> upload -> release -> cleanup -> done
+ *
  * On an error the job leaves by the same road: whatever capture changed is
  * released, the scratch directory is cleaned, and the job ends failed. The
  * visible task states are Nova's: image_snapshot_pending (up to capture),
@@ -17,6 +22,8 @@
 #include <sys/stat.h>
 
 #include "job_int.h"
+#include "nbd_source.h"
+#include "source.h"
 #include "template.h"
 #include "util.h"
 #define HS_LOG_TAG "job"
@@ -27,10 +34,18 @@
 static void job_step(struct hs_job *job);
 static void job_advance(struct hs_job *job);
 
+/* The job streams its images from the capture's exports: it uploads before
+ * it releases. Known once the backend is chosen. */
+static int job_streams(const struct hs_job *job)
+{
+    return job->backend && job->backend->exports && !job->compress;
+}
+
 /* The one place that decides where a job goes next. */
 static enum hs_job_state job_next(const struct hs_job *job)
 {
     int failed = job->err.code != 0;
+    int streams = job_streams(job);
 
     switch (job->state) {
     case HS_JOB_QUEUED:
@@ -42,11 +57,11 @@ static enum hs_job_state job_next(const struct hs_job *job)
     case HS_JOB_CAPTURE:
         return failed ? HS_JOB_RELEASE : HS_JOB_EXTRACT;
     case HS_JOB_EXTRACT:
-        return HS_JOB_RELEASE;
+        return streams && !failed ? HS_JOB_UPLOAD : HS_JOB_RELEASE;
     case HS_JOB_RELEASE:
-        return failed ? HS_JOB_CLEANUP : HS_JOB_UPLOAD;
+        return failed || streams ? HS_JOB_CLEANUP : HS_JOB_UPLOAD;
     case HS_JOB_UPLOAD:
-        return HS_JOB_CLEANUP;
+        return streams ? HS_JOB_RELEASE : HS_JOB_CLEANUP;
     case HS_JOB_CLEANUP:
         return failed ? HS_JOB_FAILED : HS_JOB_DONE;
     case HS_JOB_DONE:
@@ -59,21 +74,37 @@ static enum hs_job_state job_next(const struct hs_job *job)
 /* Something the operator must see whatever the log level: a warning event
  * and a warning in the log. */
 
-/* Capture, extract and upload each need a slot of their resource. */
-static int job_needs_slot(enum hs_job_state s)
+/* Capture, extract and upload each need a slot of their resource. A
+ * streaming job takes an upload slot for its capture and keeps it through
+ * the upload: its exports are open only while they can be read. */
+static int job_needs_slot(const struct hs_job *job, enum hs_job_state s)
 {
-    return s == HS_JOB_CAPTURE || s == HS_JOB_EXTRACT || s == HS_JOB_UPLOAD;
+    if (s == HS_JOB_EXTRACT)
+        return !job_streams(job); /* opening a stream is reading its map: no convert */
+    return s == HS_JOB_CAPTURE || s == HS_JOB_UPLOAD;
+}
+
+static enum hs_res job_slot_res(const struct hs_job *job)
+{
+    if (job->state == HS_JOB_CAPTURE)
+        return job_streams(job) ? HS_RES_UPLOAD : HS_RES_CAPTURE;
+    return job->state == HS_JOB_EXTRACT ? HS_RES_EXTRACT : HS_RES_UPLOAD;
 }
 
 static void job_set_state(struct hs_job *job, enum hs_job_state s)
 {
-    /* a slot is held for one state only; the scratch until cleanup */
-    hs__sched_release(&job->eng->sched, &job->slot);
+    int keep = job_streams(job) && (s == HS_JOB_EXTRACT || s == HS_JOB_UPLOAD) && !job->err.code;
+
+    /* a slot is held for one state only (a streaming job's upload slot from
+     * capture to upload); the scratch until cleanup */
+    if (!keep)
+        hs__sched_release(&job->eng->sched, &job->slot);
+    job->slot_kept = keep && job->slot.held;
     if (s == HS_JOB_CLEANUP || s == HS_JOB_FAILED || s == HS_JOB_DONE)
         hs__sched_unreserve(&job->eng->sched, &job->slot);
     job->state = s;
     /* a step that needs a slot is published when it starts (job_step) */
-    hs__job_publish_state(job, job_needs_slot(s) && !job->err.code);
+    hs__job_publish_state(job, job_needs_slot(job, s) && !job->err.code && !job->slot_kept);
 }
 
 /* ---- inspect: everything that can be refused is refused here, before any change ---- */
@@ -181,7 +212,7 @@ static void job_watch_conn(struct hs_virt_watch *w, int up);
  * another job of the domain, < 0 failed. */
 static int job_inspected_check(struct hs_job *job)
 {
-    struct hs_select_in sel;
+    struct hs_select_in sel = {0};
     int n;
     int *idx;
 
@@ -194,6 +225,7 @@ static int job_inspected_check(struct hs_job *job)
     sel.state = job->dom_state;
     sel.managed_save = job->managed_save;
     sel.has_backup = hs__virt_has_backup(job->eng->virt);
+    sel.qemu_user = hs__domain_qemu_user_known(&job->info);
     job->backend = job->eng->select_backend(&sel, job->why, sizeof(job->why), &job->err);
     if (!job->backend)
         return job->err.code;
@@ -370,12 +402,22 @@ static void job_capture_progress(struct hs_capture *cap, uint64_t done, uint64_t
     hs__job_progress(job, "capture", 100.0 * (double)done / (double)total, done, total);
 }
 
+static void job_watch_cb(uv_timer_t *t)
+{
+    struct hs_job *job = t->data;
+
+    job->backend->watch(&job->cap);
+}
+
 static void job_captured(struct hs_capture *cap, int status)
 {
     struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
     cJSON *ev;
 
     uv_timer_stop(&job->tick);
+    /* the exports are open until release: watch what they hold */
+    if (status == 0 && cap->exported && job->backend->watch)
+        uv_timer_start(&job->watch_t, job_watch_cb, HS_WATCH_MS, HS_WATCH_MS);
     if (job->wait_conn == JOB_WAIT_CAPTURE) {
         job->wait_conn = JOB_WAIT_NONE;
         uv_timer_stop(&job->conn_wait);
@@ -411,6 +453,7 @@ static int job_capture(struct hs_job *job)
     cap->journal = job->journal;
     cap->err = &job->err;
     cap->quiesce = job->quiesce;
+    cap->compress = job->compress;
     cap->frozen_ms = -1;
     cap->stall_ms = -1;
     cap->on_progress = job_capture_progress;
@@ -509,6 +552,67 @@ static void job_convert_exit(struct hs_proc *p, int status)
     }
 }
 
+/* ---- extract from an export: open its stream (map and layout), or convert from it ---- */
+
+static void job_stream_opened(struct hs_nbd_source *src, int status, const struct hs_err *err,
+                              void *data)
+{
+    struct hs_job *job = data;
+    struct hs_job_disk *d = &job->disks[job->cur];
+    struct hs_stream *st = hs__nbd_source_stream(src);
+
+    if (status < 0) {
+        const char *log_path = job->cap.disks[job->cur].nbd_log;
+        char *log = log_path ? hs__read_file(log_path, 4096) : NULL;
+        char *nl;
+
+        /* the server's own words, when it said why: its first line */
+        if (log && (nl = strchr(log, '\n')) != NULL)
+            *nl = 0;
+        if (!job->err.code)
+            job->err_from_stream = 1;
+        hs_err_set(&job->err, status, err->kind, err->detail, "disk '%s' of domain '%s': %s%s%s",
+                   d->img.disk, job->info.name, log && *log ? "" : err->msg,
+                   log && *log ? "the NBD server failed: " : "", log && *log ? log : "");
+        free(log);
+        job_advance(job);
+        return;
+    }
+    d->img.size = st->size;
+    d->img.virtual_size = hs__nbd_source_virtual_size(src);
+    hs__job_progress(job, "extract", 100.0, 0, 0);
+    job->cur++;
+    if (job_extract_next(job) < 0)
+        job_advance(job);
+}
+
+static int job_stream_open(struct hs_job *job, struct hs_job_disk *d, struct hs_capture_disk *cd)
+{
+    struct hs_nbd_export ex = {
+        .socket = cd->nbd_socket, .argv = cd->nbd_argv, .name = cd->nbd_export};
+    struct hs_nbd_source *src;
+    int rc;
+
+    rc = hs__nbd_source_open(job->eng->loop, &ex, job->format == HS_FORMAT_QCOW2,
+                             job_stream_opened, NULL, job, &src, &job->err);
+    if (rc < 0)
+        return rc;
+    d->src = hs__nbd_source_stream(src);
+    return 0;
+}
+
+/* Close every image stream still open (the NBD connections end, and with
+ * them an offline export's server). */
+static void job_close_streams(struct hs_job *job)
+{
+    size_t i;
+
+    for (i = 0; i < job->ndisks; i++) {
+        hs__stream_close(job->disks[i].src);
+        job->disks[i].src = NULL;
+    }
+}
+
 /* Start the next disk's convert, or advance when all are done. 0, or a
  * negative errno (recorded) when nothing runs and the caller must advance. */
 static int job_extract_next(struct hs_job *job)
@@ -516,7 +620,7 @@ static int job_extract_next(struct hs_job *job)
     struct hs_job_disk *d;
     struct hs_capture_disk *cd;
     const char *fmt = hs_format_name(job->format);
-    char *argv[16];
+    char *argv[16], *url = NULL;
     int n = 0, rc;
 
     if (job->cur >= job->ndisks || job->err.code) {
@@ -525,6 +629,10 @@ static int job_extract_next(struct hs_job *job)
     }
     d = &job->disks[job->cur];
     cd = &job->cap.disks[job->cur];
+    if (cd->nbd_export && job_streams(job)) {
+        hs__job_progress_reset(job);
+        return job_stream_open(job, d, cd);
+    }
     d->out_path = hs__asprintf("%s/out/%s.%s", job->scratch, d->img.disk, fmt);
     hs__job_progress_reset(job);
     job->adopted = job_adopts_backup(job);
@@ -546,22 +654,31 @@ static int job_extract_next(struct hs_job *job)
                               uv_strerror(rc));
         return 0;
     }
+    if (cd->nbd_export) {
+        /* compressed from an export: qemu-img reads it once over NBD */
+        if (!cd->nbd_socket)
+            return hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                              "disk '%s' of domain '%s' has no NBD socket to convert from",
+                              d->img.disk, job->info.name);
+        url = hs__nbd_uri(cd->nbd_export, cd->nbd_socket);
+    }
     argv[n++] = "qemu-img";
     argv[n++] = "convert";
     argv[n++] = "-p";
     argv[n++] = "-f";
-    argv[n++] = cd->pit_format;
+    argv[n++] = url ? "raw" : cd->pit_format;
     argv[n++] = "-O";
     argv[n++] = (char *)fmt;
     if (job->compress && job->format == HS_FORMAT_QCOW2)
         argv[n++] = "-c";
     else
         argv[n++] = "-W"; /* out-of-order writes: faster, and the file is not read until done */
-    argv[n++] = cd->pit_path;
+    argv[n++] = url ? url : cd->pit_path;
     argv[n++] = d->out_path;
     argv[n] = NULL;
     rc = hs__proc_spawn(job->eng->loop, argv, 0, job_convert_progress, job_convert_exit, job,
                         &job->proc);
+    free(url);
     if (rc < 0)
         return hs_err_set(&job->err, rc, HS_ERR_QEMU_IMG, 0, "cannot run qemu-img: %s",
                           uv_strerror(rc));
@@ -571,6 +688,18 @@ static int job_extract_next(struct hs_job *job)
 /* ---- release ---- */
 
 static int job_release(struct hs_job *job);
+
+/* An export that broke because QEMU went away: the domain's end, once
+ * known (an event, or what release found), says why. */
+static void job_gone_says_why(struct hs_job *job)
+{
+    if (!job->err_from_stream || !job->cap.domain_gone)
+        return;
+    job->err_from_stream = 0;
+    hs_err_clear(&job->err);
+    hs_err_set(&job->err, -ESRCH, HS_ERR_LIBVIRT, 0, "domain '%s' was %s during its snapshot",
+               job->info.name, job->cap.gone_how);
+}
 
 static void job_released(struct hs_capture *cap, int status)
 {
@@ -582,6 +711,7 @@ static void job_released(struct hs_capture *cap, int status)
         return;
     }
     job->released = status == 0;
+    job_gone_says_why(job);
     job_advance(job);
 }
 
@@ -591,6 +721,9 @@ static int job_release(struct hs_job *job)
 {
     int rc;
 
+    /* the exports end with the backup: nothing reads them any more */
+    uv_timer_stop(&job->watch_t);
+    job_close_streams(job);
     if (!job->captured) {
         job->released = 1;
         job_advance(job);
@@ -599,6 +732,7 @@ static int job_release(struct hs_job *job)
     rc = job->backend->release(&job->cap, job_released);
     if (rc == 1) {
         job->released = 1;
+        job_gone_says_why(job);
         job_advance(job);
         return 0;
     }
@@ -634,7 +768,11 @@ static void job_uploaded(struct hs_upload_req *req, int status)
     job->uploading = 0;
     cJSON_Delete((cJSON *)req->props);
     req->props = NULL;
+    hs__stream_close(d->src);
+    d->src = NULL;
     if (status < 0) {
+        if (!job->err.code && job_streams(job) && status != -ECANCELED)
+            job->err_from_stream = 1;
         if (req->left_behind[0])
             hs_err_set(&job->err, req->err.code ? req->err.code : status, req->err.kind,
                        req->err.detail, "%s; image record %s is left behind", req->err.msg,
@@ -665,8 +803,17 @@ static int job_upload_next(struct hs_job *job)
         return 0;
     }
     d = &job->disks[job->cur];
+    if (!d->src) {
+        struct hs_source *file;
+
+        rc = hs__source_open(job->eng->loop, d->out_path, d->img.size, NULL, NULL, &file,
+                             &job->err);
+        if (rc < 0)
+            return rc;
+        d->src = hs__source_stream(file);
+    }
     memset(req, 0, sizeof(*req));
-    req->path = d->out_path;
+    req->src = d->src;
     req->name = d->name;
     req->format = d->img.format;
     req->size = d->img.size;
@@ -680,6 +827,8 @@ static int job_upload_next(struct hs_job *job)
     if (rc < 0) {
         cJSON_Delete((cJSON *)req->props);
         req->props = NULL;
+        hs__stream_close(d->src);
+        d->src = NULL;
         return hs_err_set(&job->err, req->err.code ? req->err.code : rc, req->err.kind,
                           req->err.detail, "%s", req->err.msg);
     }
@@ -741,11 +890,14 @@ static void job_slot_granted(struct hs_sched_req *req)
 
 /* Scratch the job may fill, reserved before its capture: the allocated size
  * of each disk and its backing file (an upper bound for a compact image),
- * twice for a live backup that must be converted again. */
+ * twice for a live backup that must be converted again; for a stream, an
+ * eighth of it for what the guest overwrites while its exports are open (the
+ * watch ends the backup before the filesystem fills, whatever this says),
+ * none for exports of disks at rest. */
 static uint64_t job_scratch_estimate(const struct hs_job *job)
 {
     int twice = job->backend && job->backend->standalone_pit && !job_adopts_backup(job);
-    uint64_t total = 0;
+    uint64_t total = 0, cbw;
     struct stat st;
     size_t i;
 
@@ -757,7 +909,10 @@ static uint64_t job_scratch_estimate(const struct hs_job *job)
         if (disk->backing && stat(disk->backing, &st) == 0)
             total += (uint64_t)st.st_blocks * 512;
     }
-    return twice ? 2 * total : total;
+    cbw = job->backend && job->backend->cbw_scratch ? total / 8 : 0;
+    if (job_streams(job))
+        return cbw;
+    return (twice ? 2 * total : total) + cbw;
 }
 
 /* Capture, extract and upload run only with a slot of their resource. 1 when
@@ -773,7 +928,7 @@ static int job_need_slot(struct hs_job *job, enum hs_res res)
     slot->res = res;
     slot->data = job;
     slot->priority = job->priority;
-    if (res == HS_RES_CAPTURE && !slot->reserved)
+    if (job->state == HS_JOB_CAPTURE && !slot->reserved)
         slot->scratch = job_scratch_estimate(job);
     rc = hs__sched_acquire(&job->eng->sched, slot, job_slot_granted);
     if (rc == -ENOSPC)
@@ -789,17 +944,16 @@ static void job_step(struct hs_job *job)
 {
     int rc = 0;
 
-    if (!job->err.code && job_needs_slot(job->state)) {
-        rc = job_need_slot(job, job->state == HS_JOB_CAPTURE   ? HS_RES_CAPTURE
-                                : job->state == HS_JOB_EXTRACT ? HS_RES_EXTRACT
-                                                               : HS_RES_UPLOAD);
+    if (!job->err.code && job_needs_slot(job, job->state)) {
+        rc = job_need_slot(job, job_slot_res(job));
         if (rc == 1)
             return;
         if (rc < 0) {
             job_advance(job);
             return;
         }
-        hs__job_publish_state(job, 0); /* it starts now */
+        if (!job->slot_kept)
+            hs__job_publish_state(job, 0); /* it starts now */
     }
     switch (job->state) {
     case HS_JOB_QUEUED:
@@ -864,7 +1018,8 @@ static void job_kick_cb(uv_timer_t *t)
 
 static int job_owns_domain(const struct hs_job *job)
 {
-    return job->captured && job->state >= HS_JOB_CAPTURE && job->state <= HS_JOB_RELEASE;
+    return job->captured && !job->released && job->state >= HS_JOB_CAPTURE &&
+           job->state <= HS_JOB_UPLOAD;
 }
 
 static void job_watch_lifecycle(struct hs_virt_watch *w, int event, int detail)
@@ -1054,7 +1209,8 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     uv_timer_init(eng->loop, &job->kick);
     uv_timer_init(eng->loop, &job->tick);
     uv_timer_init(eng->loop, &job->conn_wait);
-    job->kick.data = job->tick.data = job->conn_wait.data = job;
+    uv_timer_init(eng->loop, &job->watch_t);
+    job->kick.data = job->tick.data = job->conn_wait.data = job->watch_t.data = job;
     /* connection news from the start; domain events once inspect names the domain */
     job->watch.lifecycle = job_watch_lifecycle;
     job->watch.block_job = job_watch_block_job;
@@ -1116,8 +1272,14 @@ static void job_kick_closed(uv_handle_t *h)
     }
     free(job->disks);
     for (i = 0; i < job->cap.ndisks; i++) {
-        free(job->cap.disks[i].pit_path);
-        free(job->cap.disks[i].pit_format);
+        struct hs_capture_disk *cd = &job->cap.disks[i];
+
+        free(cd->pit_path);
+        free(cd->pit_format);
+        free(cd->nbd_socket);
+        free(cd->nbd_export);
+        free(cd->nbd_log);
+        hs__strv_free(cd->nbd_argv);
     }
     free(job->cap.disks);
     if (job->backend && job->backend->destroy)
@@ -1135,10 +1297,11 @@ void hs_job_free(struct hs_job *job)
 {
     if (!job)
         return;
-    job->closing = 3;
+    job->closing = 4;
     uv_close((uv_handle_t *)&job->kick, job_kick_closed);
     uv_close((uv_handle_t *)&job->tick, job_kick_closed);
     uv_close((uv_handle_t *)&job->conn_wait, job_kick_closed);
+    uv_close((uv_handle_t *)&job->watch_t, job_kick_closed);
 }
 
 

@@ -134,6 +134,9 @@ void hs__job_publish_state(struct hs_job *job, int waiting)
     if (s == HS_JOB_DONE || s == HS_JOB_FAILED) {
         if (hs_job_stall_ms(job) >= 0)
             cJSON_AddNumberToObject(ev, "stall_ms", round(hs_job_stall_ms(job) * 10.0) / 10.0);
+        /* what the exports held in scratch at most (copy-before-write data) */
+        if (job->captured && job->cap.exported)
+            cJSON_AddNumberToObject(ev, "scratch_peak", (double)job->cap.scratch_peak);
         cJSON_AddItemToObject(ev, "images", job_images_json(job));
     }
     hs_log(HS_LOG_DEBUG, "job %s: %s%s", job->id, waiting ? "waiting for " : "", hs__job_state_name(s));

@@ -23,6 +23,7 @@
 #include "domain.h"
 #include "journal.h"
 #include "proc.h"
+#include "stream.h"
 #include "util.h"
 
 enum hs_job_state {
@@ -45,6 +46,7 @@ struct hs_job_disk {
     char *out_path;
     char *location;
     char image_id[64];
+    struct hs_stream *src; /* the image as the upload reads it, while open */
 };
 
 struct hs_job {
@@ -91,6 +93,7 @@ struct hs_job {
     uv_timer_t kick;
     uv_timer_t tick;      /* backend progress, every second of capture */
     uv_timer_t conn_wait; /* how long a step waits for libvirt to come back */
+    uv_timer_t watch_t;   /* the backend's watch, while its exports are open */
     int closing;          /* handles still to close */
     enum { JOB_WAIT_NONE, JOB_WAIT_INSPECT, JOB_WAIT_CAPTURE, JOB_WAIT_RELEASE } wait_conn;
     int wait_domain;             /* in inspect, behind another job of the same domain */
@@ -101,6 +104,8 @@ struct hs_job {
     int inspect_deferred;        /* read, in line to settle after older jobs */
     int managed_save;            /* read by inspect */
     struct hs_sched_req slot;    /* capture, extract or upload slot; scratch reservation */
+    int slot_kept;               /* the state began with the slot of the one before */
+    int err_from_stream; /* err is a broken export's: the domain's end, if it comes, says why */
     int captured;
     int adopted; /* the current disk's backup is published unconverted */
     int released;

@@ -27,6 +27,7 @@ struct ns_chunk {
 };
 
 struct hs_nbd_source {
+    struct hs_stream st; /* first: the source is a stream */
     uv_loop_t *loop;
     struct hs_nbd *n;
     struct hs_qcow2 *q; /* the map (both formats), the layout (qcow2) */
@@ -34,7 +35,6 @@ struct hs_nbd_source {
     uint64_t vsize, size;
     uint64_t mapped;
     hs_nbd_source_open_cb opened;
-    hs_nbd_source_ready_cb ready;
     void *data;
     struct ns_chunk ch[NS_NBUF];
     int head;          /* the chunk the reader reads */
@@ -82,9 +82,9 @@ static void ns_wake(struct hs_nbd_source *s)
 {
     struct ns_chunk *c = &s->ch[s->head];
 
-    if (s->waiting && (s->rc || !c->used || (c->filled && c->taken < c->len))) {
+    if (s->waiting && (s->rc || !c->used || (c->hashed && c->taken < c->len))) {
         s->waiting = 0;
-        s->ready(s, s->data);
+        hs__stream_wake(&s->st);
     }
 }
 
@@ -310,6 +310,7 @@ static void ns_opened(struct hs_nbd_source *s, int status)
     if (status == 0) {
         hs__qcow2_plan(s->q);
         s->size = s->qcow2 ? hs__qcow2_size(s->q) : s->vsize;
+        s->st.size = s->size;
         ns_kick(s);
     }
     s->opened(s, status, &s->err, s->data);
@@ -381,17 +382,20 @@ static void ns_connected(struct hs_nbd *n, int status, void *data)
     ns_map_next(s);
 }
 
-int hs__nbd_source_open(uv_loop_t *loop, const char *socket, const char *export_name, int qcow2,
-                        hs_nbd_source_open_cb opened, hs_nbd_source_ready_cb ready, void *data,
+static const struct hs_stream_ops ns_ops;
+
+int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qcow2,
+                        hs_nbd_source_open_cb opened, hs_stream_ready_cb ready, void *data,
                         struct hs_nbd_source **out, struct hs_err *err)
 {
     struct hs_nbd_source *s = hs__calloc(1, sizeof(*s));
     int i, rc;
 
+    s->st.ops = &ns_ops;
+    hs__stream_reader(&s->st, ready, data);
     s->loop = loop;
     s->qcow2 = qcow2;
     s->opened = opened;
-    s->ready = ready;
     s->data = data;
     s->sha512 = EVP_MD_CTX_new();
     if (!s->sha512)
@@ -403,7 +407,10 @@ int hs__nbd_source_open(uv_loop_t *loop, const char *socket, const char *export_
             abort();
     }
     EVP_DigestInit_ex(s->sha512, EVP_sha512(), NULL);
-    rc = hs__nbd_open(loop, socket, export_name, ns_connected, s, &s->n, err);
+    if (ex->socket)
+        rc = hs__nbd_open(loop, ex->socket, ex->name, ns_connected, s, &s->n, err);
+    else
+        rc = hs__nbd_open_command(loop, ex->argv, ex->name, ns_connected, s, &s->n, err);
     if (rc < 0) {
         ns_free(s);
         return rc;
@@ -431,8 +438,9 @@ ssize_t hs__nbd_source_read(struct hs_nbd_source *s, void *buf, size_t len, stru
         hs_err_set(err, s->rc, s->err.kind, s->err.detail, "%s", s->err.msg);
         return s->rc;
     }
-    if (s->rewinding || (c->used && (!c->filled || c->taken == c->len))) {
-        /* not read yet, or read and handed out but not hashed yet */
+    if (s->rewinding || (c->used && (!c->hashed || c->taken == c->len))) {
+        /* not read and hashed yet: a chunk is handed out once hashed, so
+         * the hash is final when the last byte has been handed out */
         s->waiting = 1;
         return -EAGAIN;
     }
@@ -476,4 +484,38 @@ void hs__nbd_source_close(struct hs_nbd_source *s)
     s->n = NULL;
     if (!s->hashing)
         ns_free(s); /* else when the hash in flight ends */
+}
+
+/* ---- as a stream ---- */
+
+static ssize_t ns_st_read(struct hs_stream *st, void *buf, size_t len, struct hs_err *err)
+{
+    return hs__nbd_source_read((struct hs_nbd_source *)st, buf, len, err);
+}
+
+static void ns_st_rewind(struct hs_stream *st)
+{
+    hs__nbd_source_rewind((struct hs_nbd_source *)st);
+}
+
+static const char *ns_st_sha512(const struct hs_stream *st)
+{
+    return hs__nbd_source_sha512((const struct hs_nbd_source *)st);
+}
+
+static void ns_st_close(struct hs_stream *st)
+{
+    hs__nbd_source_close((struct hs_nbd_source *)st);
+}
+
+static const struct hs_stream_ops ns_ops = {
+    .read = ns_st_read,
+    .rewind = ns_st_rewind,
+    .sha512 = ns_st_sha512,
+    .close = ns_st_close,
+};
+
+struct hs_stream *hs__nbd_source_stream(struct hs_nbd_source *s)
+{
+    return &s->st;
 }

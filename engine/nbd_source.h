@@ -14,17 +14,25 @@
 #include <uv.h>
 
 #include "err.h"
+#include "stream.h"
 
 struct hs_nbd_source;
 /* Opened (mapped, laid out) or failed: status 0 or a negative errno with
  * the reason in @err. */
 typedef void (*hs_nbd_source_open_cb)(struct hs_nbd_source *s, int status,
                                       const struct hs_err *err, void *data);
-typedef void (*hs_nbd_source_ready_cb)(struct hs_nbd_source *s, void *data);
 
-/* @qcow2: a qcow2 image, else raw. */
-int hs__nbd_source_open(uv_loop_t *loop, const char *socket, const char *export_name, int qcow2,
-                        hs_nbd_source_open_cb opened, hs_nbd_source_ready_cb ready, void *data,
+/* Where the export is: at a unix @socket, or (no socket) served by @argv,
+ * a server libnbd starts for the connection alone (socket activation). */
+struct hs_nbd_export {
+    const char *socket;
+    char *const *argv;
+    const char *name;
+};
+
+/* @qcow2: a qcow2 image, else raw. @ready: as for engine/stream.h. */
+int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qcow2,
+                        hs_nbd_source_open_cb opened, hs_stream_ready_cb ready, void *data,
                         struct hs_nbd_source **out, struct hs_err *err);
 /* The image's size in bytes, once opened; and the disk's. */
 uint64_t hs__nbd_source_size(const struct hs_nbd_source *s);
@@ -38,5 +46,7 @@ void hs__nbd_source_rewind(struct hs_nbd_source *s);
 const char *hs__nbd_source_sha512(const struct hs_nbd_source *s);
 /* Done: disconnects; freed once nothing is in flight. */
 void hs__nbd_source_close(struct hs_nbd_source *s);
+/* The same source as an image stream (size known once opened). */
+struct hs_stream *hs__nbd_source_stream(struct hs_nbd_source *s);
 
 #endif

@@ -23,6 +23,7 @@ struct src_buf {
 };
 
 struct hs_source {
+    struct hs_stream st; /* first: the stream is the source */
     uv_work_t work;
     uv_loop_t *loop;
     char *path;
@@ -44,8 +45,6 @@ struct hs_source {
     char w_hex[129]; /* worker: the digest, once the last chunk is in */
     char hex[129];
     int hashed;
-    hs_source_ready_cb ready;
-    void *data;
 };
 
 static void src_free(struct hs_source *s)
@@ -168,11 +167,13 @@ static void src_after_work(uv_work_t *w, int status)
     src_kick(s);
     if (s->waiting && (s->rc || s->buf[s->head].full)) {
         s->waiting = 0;
-        s->ready(s, s->data);
+        hs__stream_wake(&s->st);
     }
 }
 
-int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, hs_source_ready_cb ready,
+static const struct hs_stream_ops src_ops;
+
+int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, hs_stream_ready_cb ready,
                     void *data, struct hs_source **out, struct hs_err *err)
 {
     struct hs_source *s = hs__calloc(1, sizeof(*s));
@@ -189,8 +190,9 @@ int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, hs_source_
     s->loop = loop;
     s->path = hs__strdup(path);
     s->size = size;
-    s->ready = ready;
-    s->data = data;
+    s->st.ops = &src_ops;
+    s->st.size = size;
+    hs__stream_reader(&s->st, ready, data);
     s->sha512 = EVP_MD_CTX_new();
     if (!s->sha512)
         abort();
@@ -260,4 +262,38 @@ void hs__source_close(struct hs_source *s)
         return;
     }
     src_free(s);
+}
+
+/* ---- as a stream ---- */
+
+static ssize_t src_st_read(struct hs_stream *st, void *buf, size_t len, struct hs_err *err)
+{
+    return hs__source_read((struct hs_source *)st, buf, len, err);
+}
+
+static void src_st_rewind(struct hs_stream *st)
+{
+    hs__source_rewind((struct hs_source *)st);
+}
+
+static const char *src_st_sha512(const struct hs_stream *st)
+{
+    return hs__source_sha512((const struct hs_source *)st);
+}
+
+static void src_st_close(struct hs_stream *st)
+{
+    hs__source_close((struct hs_source *)st);
+}
+
+static const struct hs_stream_ops src_ops = {
+    .read = src_st_read,
+    .rewind = src_st_rewind,
+    .sha512 = src_st_sha512,
+    .close = src_st_close,
+};
+
+struct hs_stream *hs__source_stream(struct hs_source *src)
+{
+    return &src->st;
 }

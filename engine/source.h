@@ -14,13 +14,13 @@
 #include <uv.h>
 
 #include "err.h"
+#include "stream.h"
 
 struct hs_source;
-/* The chunk a read was waiting for is there (loop thread). */
-typedef void (*hs_source_ready_cb)(struct hs_source *src, void *data);
 
-/* Open @path, expected to hold @size bytes, and start reading ahead. */
-int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, hs_source_ready_cb ready,
+/* Open @path, expected to hold @size bytes, and start reading ahead; @ready
+ * runs (loop thread) once the chunk a read waited for is there. */
+int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, hs_stream_ready_cb ready,
                     void *data, struct hs_source **out, struct hs_err *err);
 /* Up to @len bytes into @buf: the count, 0 after the last byte, -EAGAIN when
  * the next chunk is not read yet (@ready runs once it is), or a negative
@@ -32,5 +32,8 @@ void hs__source_rewind(struct hs_source *src);
 const char *hs__source_sha512(const struct hs_source *src);
 /* Done with it: freed now, or once the read in flight has finished. */
 void hs__source_close(struct hs_source *src);
+/* The same source as an image stream (engine/stream.h); its ready callback
+ * is the one given to open until a reader sets its own. */
+struct hs_stream *hs__source_stream(struct hs_source *src);
 
 #endif

@@ -308,3 +308,45 @@ const char *hs__url_redact(const char *url, char *buf, size_t len)
         snprintf(buf, len, "%.*s***%s", (int)(host - url), url, at);
     return buf;
 }
+
+void hs__strv_free(char **v)
+{
+    char **p;
+
+    for (p = v; p && *p; p++)
+        free(*p);
+    free(v);
+}
+
+/* Append @s to @out at @n, percent-encoding all but unreserved characters
+ * and @keep; returns the new length. @out has room for 3 * strlen(@s). */
+static size_t uri_encode(char *out, size_t n, const char *s, const char *keep)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const unsigned char *p;
+
+    for (p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~", *p) || strchr(keep, *p)) {
+            out[n++] = (char)*p;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        }
+    }
+    return n;
+}
+
+char *hs__nbd_uri(const char *export_name, const char *socket)
+{
+    char *out = hs__calloc(1, 32 + 3 * (strlen(export_name) + strlen(socket)));
+    size_t n;
+
+    n = (size_t)sprintf(out, "nbd+unix:///");
+    n = uri_encode(out, n, export_name, "");
+    n += (size_t)sprintf(out + n, "?socket=");
+    n = uri_encode(out, n, socket, "/");
+    out[n] = 0;
+    return out;
+}

@@ -40,5 +40,10 @@ int hs__path_in_dir(const char *path, const char *dir);
 const char *hs__url_redact(const char *url, char *buf, size_t len);
 /* Lower-case hex of @n bytes into @out (2n + 1 bytes). */
 void hs__hex(const unsigned char *b, unsigned n, char *out);
+/* Free a NULL-terminated array of strings and the strings; NULL-safe. */
+void hs__strv_free(char **v);
+/* The NBD URI of @export at the unix socket @socket (nbd+unix:///...),
+ * percent-encoded; caller frees. */
+char *hs__nbd_uri(const char *export_name, const char *socket);
 
 #endif

@@ -35,11 +35,13 @@ enum hs_log_level {
 
 /* How a disk's point-in-time content is captured. */
 enum hs_mode {
-    HS_MODE_AUTO,    /* live for running and paused domains, offline when shut off */
-    HS_MODE_LIVE,    /* libvirt backup API (push): all disks at one instant, guest runs */
+    HS_MODE_AUTO,    /* stream for running and paused domains, offline when shut off */
+    HS_MODE_LIVE,    /* libvirt backup API (push): all disks at one instant, copied to scratch */
     HS_MODE_MIRROR,  /* block copy to a delta, aborted at READY (Nova's live method) */
     HS_MODE_COLD,    /* managed save, convert, restore (Nova's cold path) */
-    HS_MODE_OFFLINE, /* domain is shut off: convert its disks directly */
+    HS_MODE_OFFLINE, /* domain is shut off: its disks streamed (or converted) where they are */
+    HS_MODE_STREAM,  /* libvirt backup API (pull): all disks at one instant, streamed over NBD
+                        into the store, no image in scratch */
 };
 
 /* Freeze the guest's filesystems (QEMU guest agent) for the instant of capture. */

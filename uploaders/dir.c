@@ -1,10 +1,12 @@
 /*
  * The local image store, "dir:PATH": PATH/<id>.<format> and PATH/<id>.json.
- * The image is copied in chunks on the worker pool, hashed (sha256, sha512)
- * as it streams, fsynced and renamed into place; the metadata follows the
- * same way, so a reader never sees half an image, and an image whose .json
- * exists is complete. Both are root's alone (0600) unless the operator
- * chose a store mode to serve the store to a group.
+ * The image stream (engine/stream.h) is written straight into
+ * PATH/.<id>.<format>.part: the loop takes its bytes into one of two 4 MiB
+ * buffers while a worker writes the other (and updates the sidecar's
+ * sha256); the sha512 is the stream's own. Then fsync and rename, and the
+ * metadata the same way, so a reader never sees half an image, and an image
+ * whose .json exists is complete. Both are root's alone (0600) unless the
+ * operator chose a store mode to serve the store to a group.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +16,7 @@
 #include <unistd.h>
 #include <openssl/evp.h>
 
+#include "stream.h"
 #include "uploader.h"
 #include "util.h"
 #define HS_LOG_TAG "dir"
@@ -34,17 +37,19 @@ struct dir_upload {
     char *final_path;
     char *tmp_path;
     char *meta_path;
-    int src_fd;
     int dst_fd;
-    EVP_MD_CTX *sha256;
-    EVP_MD_CTX *sha512;
-    unsigned char *buf;
-    size_t chunk; /* bytes moved by the last work item */
+    EVP_MD_CTX *sha256; /* worker */
+    char h512[129];     /* the stream's, once every byte was taken */
+    unsigned char *buf[2];
+    size_t len[2];
+    int fill;     /* the buffer the loop fills */
+    int writing;  /* a worker writes the other one */
+    size_t w_len; /* bytes the worker writes */
+    int w_final;  /* ... and then fsync, rename, metadata */
     int eof;
-    int finishing;
+    int done;
     int canceled;
     int rc;
-    int err_no;
     const char *err_what;
 };
 
@@ -76,7 +81,7 @@ static int dir_write_meta(struct dir_upload *u)
 {
     struct hs_upload_req *req = u->req;
     unsigned char md[EVP_MAX_MD_SIZE];
-    char h256[2 * 32 + 1], h512[2 * 64 + 1], now[40];
+    char h256[2 * 32 + 1], now[40];
     unsigned len;
     cJSON *m = cJSON_CreateObject(), *it;
     char *text;
@@ -84,8 +89,6 @@ static int dir_write_meta(struct dir_upload *u)
 
     EVP_DigestFinal_ex(u->sha256, md, &len);
     hs__hex(md, len, h256);
-    EVP_DigestFinal_ex(u->sha512, md, &len);
-    hs__hex(md, len, h512);
     hs__iso8601(hs__now(), now, sizeof(now));
     cJSON_AddStringToObject(m, "id", req->image_id);
     cJSON_AddStringToObject(m, "name", req->name);
@@ -96,7 +99,7 @@ static int dir_write_meta(struct dir_upload *u)
     cJSON_AddNumberToObject(m, "virtual_size", (double)req->virtual_size);
     cJSON_AddStringToObject(m, "sha256", h256);
     cJSON_AddStringToObject(m, "os_hash_algo", "sha512");
-    cJSON_AddStringToObject(m, "os_hash_value", h512);
+    cJSON_AddStringToObject(m, "os_hash_value", u->h512);
     cJSON_AddStringToObject(m, "created_at", now);
     cJSON_AddStringToObject(m, "file", strrchr(u->final_path, '/') + 1);
     /* the properties a Nova snapshot carries, next to the image's own fields */
@@ -111,56 +114,44 @@ static int dir_write_meta(struct dir_upload *u)
     return rc;
 }
 
+/* Worker: write a buffer; after the last one, fsync, rename, metadata. */
 static void dir_work_cb(uv_work_t *w)
 {
     struct dir_upload *u = hs_container_of(w, struct dir_upload, work);
-    ssize_t n;
+    const unsigned char *p = u->buf[!u->fill];
 
-    u->chunk = 0;
-    if (u->finishing) {
-        if (fsync(u->dst_fd) < 0) {
-            u->rc = -errno, u->err_what = "fsync";
+    if (u->w_len) {
+        EVP_DigestUpdate(u->sha256, p, u->w_len);
+        u->rc = write_all(u->dst_fd, p, u->w_len);
+        if (u->rc < 0) {
+            u->err_what = "write";
             return;
         }
-        close(u->dst_fd);
-        u->dst_fd = -1;
-        if (rename(u->tmp_path, u->final_path) < 0) {
-            u->rc = -errno, u->err_what = "rename";
-            return;
-        }
-        u->rc = dir_write_meta(u);
-        if (u->rc < 0)
-            u->err_what = "metadata write";
+    }
+    if (!u->w_final)
+        return;
+    if (fsync(u->dst_fd) < 0) {
+        u->rc = -errno, u->err_what = "fsync";
         return;
     }
-    do {
-        n = read(u->src_fd, u->buf, DIR_CHUNK);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        u->rc = -errno, u->err_what = "read";
+    close(u->dst_fd);
+    u->dst_fd = -1;
+    if (rename(u->tmp_path, u->final_path) < 0) {
+        u->rc = -errno, u->err_what = "rename";
         return;
     }
-    if (n == 0) {
-        u->eof = 1;
-        return;
-    }
-    EVP_DigestUpdate(u->sha256, u->buf, (size_t)n);
-    EVP_DigestUpdate(u->sha512, u->buf, (size_t)n);
-    u->rc = write_all(u->dst_fd, u->buf, (size_t)n);
+    u->rc = dir_write_meta(u);
     if (u->rc < 0)
-        u->err_what = "write";
-    u->chunk = (size_t)n;
+        u->err_what = "metadata write";
 }
 
 static void dir_free(struct dir_upload *u)
 {
-    if (u->src_fd >= 0)
-        close(u->src_fd);
     if (u->dst_fd >= 0)
         close(u->dst_fd);
     EVP_MD_CTX_free(u->sha256);
-    EVP_MD_CTX_free(u->sha512);
-    free(u->buf);
+    free(u->buf[0]);
+    free(u->buf[1]);
     free(u->final_path);
     free(u->tmp_path);
     free(u->meta_path);
@@ -171,6 +162,7 @@ static void dir_finish(struct dir_upload *u, int status)
 {
     struct hs_upload_req *req = u->req;
 
+    hs__stream_reader(req->src, NULL, NULL);
     if (status < 0) {
         unlink(u->tmp_path);
         unlink(u->final_path);
@@ -183,34 +175,119 @@ static void dir_finish(struct dir_upload *u, int status)
     req->cb(req, status);
 }
 
+static void dir_fail(struct dir_upload *u, int rc)
+{
+    struct hs_upload_req *req = u->req;
+
+    if (rc == -ECANCELED)
+        hs_err_set(&req->err, rc, HS_ERR_CANCELED, 0, "storing image '%s' canceled", req->name);
+    else if (!req->err.code)
+        hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "storing image '%s' in '%s' failed (%s): %s",
+                   req->name, u->dir, u->err_what, strerror(-rc));
+    dir_finish(u, rc);
+}
+
+static void dir_after_work_cb(uv_work_t *w, int status);
+
+/* Take what the stream has into the buffer being filled (also while a
+ * worker writes the other); hand it to a worker once it is full, or the
+ * last, and the other one is written. */
+static void dir_pump(struct dir_upload *u)
+{
+    struct hs_upload_req *req = u->req;
+    ssize_t n;
+    int rc;
+
+    if (u->done)
+        return;
+    while (!u->eof && !u->rc && !u->canceled && u->len[u->fill] < DIR_CHUNK) {
+        n = hs__stream_read(req->src, u->buf[u->fill] + u->len[u->fill],
+                            DIR_CHUNK - u->len[u->fill], &req->err);
+        if (n == -EAGAIN)
+            break; /* dir_ready pumps again */
+        if (n < 0)
+            u->rc = (int)n;
+        else if (n == 0)
+            u->eof = 1;
+        else
+            u->len[u->fill] += (size_t)n;
+    }
+    if (u->writing)
+        return; /* its end pumps again */
+    if (u->rc < 0 || u->canceled) {
+        /* a canceled job publishes nothing, also after the rename */
+        dir_fail(u, u->rc < 0 ? u->rc : -ECANCELED);
+        return;
+    }
+    if (!u->eof && u->len[u->fill] < DIR_CHUNK)
+        return;
+    if (u->eof && req->sent + u->len[u->fill] != req->size) {
+        hs_err_set(&req->err, -EIO, HS_ERR_SYS, 0, "image '%s' ended after %llu of %llu bytes",
+                   req->name, (unsigned long long)(req->sent + u->len[u->fill]),
+                   (unsigned long long)req->size);
+        dir_fail(u, -EIO);
+        return;
+    }
+    u->w_len = u->len[u->fill];
+    u->w_final = u->eof;
+    if (u->eof) {
+        const char *h512 = hs__stream_sha512(req->src); /* final: every byte was taken */
+
+        snprintf(u->h512, sizeof(u->h512), "%s", h512 ? h512 : "");
+    }
+    u->fill = !u->fill;
+    u->len[u->fill] = 0;
+    rc = uv_queue_work(req->up->loop, &u->work, dir_work_cb, dir_after_work_cb);
+    if (rc < 0) {
+        u->err_what = "queue";
+        dir_fail(u, rc);
+        return;
+    }
+    u->writing = 1;
+    if (!u->eof)
+        dir_pump(u); /* fill the other buffer meanwhile */
+}
+
+static void dir_ready(struct hs_stream *st, void *data)
+{
+    dir_pump(data);
+}
+
+/* Pump on a later iteration (a worker's turn that writes nothing): never
+ * inside begin or cancel. */
+static int dir_kick(struct dir_upload *u)
+{
+    int rc;
+
+    u->w_len = 0;
+    u->w_final = 0;
+    rc = uv_queue_work(u->req->up->loop, &u->work, dir_work_cb, dir_after_work_cb);
+    if (rc == 0)
+        u->writing = 1;
+    return rc;
+}
+
 static void dir_after_work_cb(uv_work_t *w, int status)
 {
     struct dir_upload *u = hs_container_of(w, struct dir_upload, work);
     struct hs_upload_req *req = u->req;
 
+    u->writing = 0;
+    if (status < 0 && !u->rc)
+        u->rc = status, u->err_what = "worker";
     if (u->rc < 0) {
-        hs_err_set(&req->err, u->rc, HS_ERR_SYS, -u->rc,
-                   "storing image '%s' in '%s' failed (%s): %s", req->name, u->dir, u->err_what,
-                   strerror(-u->rc));
-        dir_finish(u, u->rc);
+        dir_fail(u, u->rc);
         return;
     }
-    if (u->finishing && !u->canceled) {
+    req->sent += u->w_len;
+    if (u->w_len && req->on_progress)
+        req->on_progress(req);
+    if (u->w_final && !u->canceled) {
+        u->done = 1;
         dir_finish(u, 0);
         return;
     }
-    req->sent += u->chunk;
-    if (u->chunk && req->on_progress)
-        req->on_progress(req);
-    if (u->canceled) {
-        /* also after the rename: a canceled job publishes nothing */
-        hs_err_set(&req->err, -ECANCELED, HS_ERR_CANCELED, 0, "storing image '%s' canceled",
-                   req->name);
-        dir_finish(u, -ECANCELED);
-        return;
-    }
-    u->finishing = u->eof;
-    uv_queue_work(req->up->loop, &u->work, dir_work_cb, dir_after_work_cb);
+    dir_pump(u);
 }
 
 static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb)
@@ -227,55 +304,47 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
     u->req = req;
     u->dir = dir;
     u->mode = st->mode;
-    u->dst_fd = -1;
     u->final_path = hs__asprintf("%s/%s.%s", dir, req->image_id, req->format);
     u->tmp_path = hs__asprintf("%s/.%s.%s.part", dir, req->image_id, req->format);
     u->meta_path = hs__asprintf("%s/%s.json", dir, req->image_id);
-    u->src_fd = open(req->path, O_RDONLY | O_CLOEXEC);
-    if (u->src_fd < 0) {
-        rc = -errno;
-        hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "cannot open '%s': %s", req->path,
-                   strerror(-rc));
-        goto fail;
-    }
-    posix_fadvise(u->src_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     u->dst_fd = open(u->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (u->dst_fd < 0 || fchmod(u->dst_fd, u->mode) < 0) {
         rc = -errno;
         hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "cannot create '%s': %s", u->tmp_path,
                    strerror(-rc));
-        goto fail;
+        if (u->dst_fd >= 0)
+            unlink(u->tmp_path);
+        dir_free(u);
+        return rc;
     }
     u->sha256 = EVP_MD_CTX_new();
-    u->sha512 = EVP_MD_CTX_new();
-    if (!u->sha256 || !u->sha512 || !EVP_DigestInit_ex(u->sha256, EVP_sha256(), NULL) ||
-        !EVP_DigestInit_ex(u->sha512, EVP_sha512(), NULL))
+    u->buf[0] = malloc(DIR_CHUNK);
+    u->buf[1] = malloc(DIR_CHUNK);
+    if (!u->sha256 || !EVP_DigestInit_ex(u->sha256, EVP_sha256(), NULL) || !u->buf[0] ||
+        !u->buf[1])
         abort();
-    u->buf = malloc(DIR_CHUNK);
-    if (!u->buf)
-        abort();
-    req->priv = u;
-    rc = uv_queue_work(up->loop, &u->work, dir_work_cb, dir_after_work_cb);
+    rc = dir_kick(u);
     if (rc < 0) {
         hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "cannot queue work: %s", uv_strerror(rc));
-        req->priv = NULL;
-        goto fail;
-    }
-    hs_log(HS_LOG_DEBUG, "storing '%s' as '%s'", req->path, u->final_path);
-    return 0;
-fail:
-    if (u->dst_fd >= 0)
         unlink(u->tmp_path);
-    dir_free(u);
-    return rc;
+        dir_free(u);
+        return rc;
+    }
+    req->priv = u;
+    hs__stream_reader(req->src, dir_ready, u);
+    hs_log(HS_LOG_DEBUG, "storing '%s' as '%s'", req->name, u->final_path);
+    return 0;
 }
 
 static void dir_cancel(struct hs_upload_req *req)
 {
     struct dir_upload *u = req->priv;
 
-    if (u)
-        u->canceled = 1;
+    if (!u)
+        return;
+    u->canceled = 1;
+    if (!u->writing)
+        dir_kick(u); /* waiting for the stream: out on the next iteration */
 }
 
 static void dir_destroy(struct hs_uploader *up)

@@ -20,9 +20,11 @@
  * - On failure or cancel every doomed record is deleted; one that cannot be
  *   is reported (a warning and req->left_behind).
  *
- * The file is read ahead and hashed on the worker pool (engine/source.c),
- * two chunks per upload: the loop only hands bytes to curl. Credentials and
- * tokens are never logged or put in messages.
+ * The image is a stream (engine/stream.h: a file read ahead, or an NBD
+ * export laid out as it is read), hashed on the worker pool: the loop only
+ * hands bytes to curl, which pauses while the stream has none ready. A
+ * retry starts the stream again from byte 0. Credentials and tokens are
+ * never logged or put in messages.
  */
 #include <errno.h>
 #include <math.h>
@@ -34,7 +36,7 @@
 
 #include "http.h"
 #include "keystone.h"
-#include "source.h"
+#include "stream.h"
 #include "uploader.h"
 #include "util.h"
 #define HS_LOG_TAG "glance"
@@ -98,7 +100,7 @@ struct glance_up {
     int importing; /* the data goes by glance-direct import, not by a plain upload */
     double import_deadline;
     char forbidden[512]; /* the 403 that sent us to import, reported if import is not offered */
-    struct hs_source *src; /* the file, read ahead and hashed on the worker pool */
+    int streamed; /* the stream was read before: a retry rewinds it */
     int paused;            /* curl waits for the next chunk */
     char sha512_hex[129];
     uv_timer_t backoff;
@@ -269,7 +271,7 @@ static size_t gu_read_cb(char *buf, size_t size, size_t n, void *data)
 
     if (u->canceled)
         return CURL_READFUNC_ABORT;
-    got = hs__source_read(u->src, buf, size * n, &u->req->err);
+    got = hs__stream_read(u->req->src, buf, size * n, &u->req->err);
     if (got == -EAGAIN) {
         u->paused = 1; /* gu_source_ready lets curl go on */
         return CURL_READFUNC_PAUSE;
@@ -282,7 +284,7 @@ static size_t gu_read_cb(char *buf, size_t size, size_t n, void *data)
     return (size_t)got;
 }
 
-static void gu_source_ready(struct hs_source *src, void *data)
+static void gu_source_ready(struct hs_stream *st, void *data)
 {
     struct glance_up *u = data;
 
@@ -298,13 +300,10 @@ static int gu_start_upload(struct glance_up *u)
     char *url =
         hs__asprintf("%s/v2/images/%s/%s", u->g->url, u->id, u->importing ? "stage" : "file");
 
-    if (u->src) {
-        hs__source_rewind(u->src);
-    } else if (hs__source_open(req->up->loop, req->path, req->size, gu_source_ready, u, &u->src,
-                               &req->err) < 0) {
-        free(url);
-        return req->err.code;
-    }
+    hs__stream_reader(req->src, gu_source_ready, u);
+    if (u->streamed)
+        hs__stream_rewind(req->src);
+    u->streamed = 1;
     req->sent = 0;
     u->paused = 0;
     gu_request(u, "PUT", url);
@@ -322,7 +321,7 @@ static int gu_start_upload(struct glance_up *u)
 
 static void gu_hash_done(struct glance_up *u)
 {
-    const char *hex = hs__source_sha512(u->src);
+    const char *hex = hs__stream_sha512(u->req->src);
 
     snprintf(u->sha512_hex, sizeof(u->sha512_hex), "%s", hex ? hex : "");
 }
@@ -450,8 +449,7 @@ static void gu_step(struct glance_up *u)
                     u->doomed[i], req->name);
         if (u->ndoomed)
             snprintf(req->left_behind, sizeof(req->left_behind), "%s", u->doomed[0]);
-        hs__source_close(u->src);
-        u->src = NULL;
+        hs__stream_reader(req->src, NULL, NULL);
         hs__http_req_clear(&u->http);
         if (code == 0) {
             snprintf(req->image_id, sizeof(req->image_id), "%s", u->id);

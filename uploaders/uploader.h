@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "err.h"
+#include "stream.h"
 
 struct hs_uploader;
 struct hs_upload_req;
@@ -22,10 +23,10 @@ typedef void (*hs_upload_warn_cb)(struct hs_upload_req *req, const char *msg);
 
 struct hs_upload_req {
     /* in, borrowed */
-    const char *path;   /* the extracted image file */
+    struct hs_stream *src; /* the image: read from byte 0, rewound to retry */
     const char *name;   /* image name */
     const char *format; /* "qcow2" or "raw" */
-    uint64_t size;      /* bytes in path */
+    uint64_t size;      /* bytes in src */
     uint64_t virtual_size;
     const cJSON *props;                /* image properties */
     hs_upload_progress_cb on_progress; /* optional */

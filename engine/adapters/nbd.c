@@ -187,8 +187,10 @@ static void nbd_update(struct hs_nbd *n)
     }
 }
 
-int hs__nbd_open(uv_loop_t *loop, const char *path, const char *export_name,
-                 hs_nbd_done_cb connected, void *data, struct hs_nbd **out, struct hs_err *err)
+/* @path: a unix socket to connect to; else @argv: a server libnbd starts
+ * with socket activation, its child until the handle is closed. */
+static int nbd_open(uv_loop_t *loop, const char *path, char *const *argv, const char *export_name,
+                    hs_nbd_done_cb connected, void *data, struct hs_nbd **out, struct hs_err *err)
 {
     struct hs_nbd *n = hs__calloc(1, sizeof(*n));
 
@@ -198,9 +200,11 @@ int hs__nbd_open(uv_loop_t *loop, const char *path, const char *export_name,
     n->h = nbd_create();
     if (!n->h || nbd_set_export_name(n->h, export_name) < 0 ||
         nbd_add_meta_context(n->h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
-        nbd_aio_connect_unix(n->h, path) < 0) {
-        int rc = hs_err_set(err, -EIO, HS_ERR_SYS, 0, "cannot connect to NBD export '%s' at '%s': %s",
-                            export_name, path, nbd_get_error() ? nbd_get_error() : "?");
+        (path ? nbd_aio_connect_unix(n->h, path)
+              : nbd_aio_connect_systemd_socket_activation(n->h, (char **)argv)) < 0) {
+        int rc = hs_err_set(err, -EIO, HS_ERR_SYS, 0, "cannot connect to NBD export '%s' %s '%s': %s",
+                            export_name, path ? "at" : "of", path ? path : argv[0],
+                            nbd_get_error() ? nbd_get_error() : "?");
 
         nbd_close(n->h);
         nbd_free(n);
@@ -217,6 +221,19 @@ int hs__nbd_open(uv_loop_t *loop, const char *path, const char *export_name,
     nbd_update(n);
     *out = n;
     return 0;
+}
+
+int hs__nbd_open(uv_loop_t *loop, const char *path, const char *export_name,
+                 hs_nbd_done_cb connected, void *data, struct hs_nbd **out, struct hs_err *err)
+{
+    return nbd_open(loop, path, NULL, export_name, connected, data, out, err);
+}
+
+int hs__nbd_open_command(uv_loop_t *loop, char *const *argv, const char *export_name,
+                         hs_nbd_done_cb connected, void *data, struct hs_nbd **out,
+                         struct hs_err *err)
+{
+    return nbd_open(loop, NULL, argv, export_name, connected, data, out, err);
 }
 
 uint64_t hs__nbd_size(const struct hs_nbd *n)

@@ -25,6 +25,12 @@ typedef void (*hs_nbd_extent_cb)(void *data, uint64_t off, uint64_t len, uint32_
  * @connected runs once the handshake is done or failed. */
 int hs__nbd_open(uv_loop_t *loop, const char *path, const char *export_name,
                  hs_nbd_done_cb connected, void *data, struct hs_nbd **out, struct hs_err *err);
+/* Start the NBD server @argv (e.g. qemu-nbd) as a child with systemd socket
+ * activation and connect to its @export: the server lives as long as the
+ * connection, so it ends with hs__nbd_close, or with this process. */
+int hs__nbd_open_command(uv_loop_t *loop, char *const *argv, const char *export_name,
+                         hs_nbd_done_cb connected, void *data, struct hs_nbd **out,
+                         struct hs_err *err);
 /* The export's size, once connected. */
 uint64_t hs__nbd_size(const struct hs_nbd *n);
 /* Whether the server answers block status (base:allocation). */

@@ -343,9 +343,10 @@ _guest_kernel = None
 
 
 def guest_kernel():
-    """Build the writer guest's kernel and initramfs once per process."""
+    """Build the writer guest's kernel and initramfs once per process (again
+    when a sweep between test classes removed them)."""
     global _guest_kernel
-    if _guest_kernel is None:
+    if _guest_kernel is None or not all(os.path.exists(p) for p in _guest_kernel):
         out = os.path.join(IMAGES, "_guest")
         os.makedirs(IMAGES, exist_ok=True)
         os.chmod(IMAGES, 0o755)
@@ -589,6 +590,20 @@ config_file = /etc/glance/glance-api-paste.ini
         """Through python3-glanceclient, as an operator would."""
         from glanceclient import Client
         return b"".join(Client("2", endpoint=self.url).images.data(image_id))
+
+
+class GlanceGuestTestCase(GuestTestCase):
+    """GuestTestCase with a real Glance for the class (self.glance)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.glance = GlanceServer()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.glance.close()
+        super().tearDownClass()
 
 
 class KeystoneServer:

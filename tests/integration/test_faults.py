@@ -183,11 +183,13 @@ class RecoveryTest(FaultTestCase):
 
     def test_list_leaves_another_tools_backup_running(self):
         # a dead run's journal of the domain (killed while its upload
-        # retried), then another tool backs the domain up: recovery, run by
-        # `hotsnap list`, leaves that backup alone
+        # retried, after its push backup ended: a stream's backup runs until
+        # its upload ends, and test_live kills that one), then another tool
+        # backs the domain up: recovery, run by `hotsnap list`, leaves that
+        # backup alone
         g = self.guest("other-backup", size_mb=1024, data_mb=1000).start()
         run = Run(self.state, "snapshot", "--to", "glance:http://127.0.0.1:9", "--attempts", "9",
-                  g.name)
+                  "--mode", "live", g.name)
         run.until(state_event("upload"))
         run.p.send_signal(signal.SIGKILL)
         run.finish()

@@ -8,21 +8,11 @@ import unittest
 
 import libvirt
 
-from hsfix import (GlanceServer, GuestTestCase, Run, hotsnap, images_identical, job_active,
+from hsfix import (GlanceGuestTestCase, GlanceServer, Run, hotsnap, images_identical, job_active,
                    state_event)
 
 
-class GlanceTest(GuestTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.glance = GlanceServer()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.glance.close()
-        super().tearDownClass()
+class GlanceTest(GlanceGuestTestCase):
 
     def setUp(self):
         super().setUp()

@@ -55,14 +55,14 @@ class OfflineTest(GuestTestCase):
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
         self.assert_nothing_left()
 
-    def test_qemu_img_failure_carries_its_stderr(self):
+    def test_reader_failure_carries_its_stderr(self):
         g = self.guest("off-broken")
         os.unlink(g.disks[0].base)  # the overlay's backing file is gone
         run = self.snapshot(g.name)
         self.assertEqual(run.rc, 1)
         err = run.summary()["results"][0]["error"]
-        self.assertIn("qemu-img convert of disk 'vda' of domain '%s' failed" % g.name, err)
-        self.assertIn(g.disks[0].base, err)  # qemu-img's own words name the missing file
+        self.assertIn("disk 'vda' of domain '%s': the NBD server failed: qemu-nbd:" % g.name, err)
+        self.assertIn(g.disks[0].base, err)  # qemu-nbd's own words name the missing file
         self.assertEqual(os.listdir(self.store), [])
         self.assert_nothing_left()
 

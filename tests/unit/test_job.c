@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -24,6 +25,8 @@ static struct {
     int release_status;
     int upload_status;
     int cancel_at_extract;
+    int streaming; /* the backend gives NBD exports (qemu-nbd of src_path) */
+    uint64_t streamed; /* bytes the fake upload read from the stream */
     struct hs_job *cancel_on_extract; /* cancel this job when another enters extract */
     char captured_domain[64];         /* the last capture's */
     const char *pit_path;
@@ -57,6 +60,21 @@ static void capture_done(void)
     size_t i;
 
     for (i = 0; t.capture_status == 0 && i < fake_cap->ndisks; i++) {
+        if (t.streaming) {
+            char **argv = calloc(8, sizeof(char *));
+
+            argv[0] = strdup("qemu-nbd");
+            argv[1] = strdup("-r");
+            argv[2] = strdup("-f");
+            argv[3] = strdup("qcow2");
+            argv[4] = strdup("-x");
+            argv[5] = strdup("vda");
+            argv[6] = strdup(t.pit_path);
+            fake_cap->disks[i].nbd_argv = argv;
+            fake_cap->disks[i].nbd_export = strdup("vda");
+            fake_cap->exported = 1;
+            continue;
+        }
         fake_cap->disks[i].pit_path = strdup(t.pit_path);
         fake_cap->disks[i].pit_format = strdup("qcow2");
     }
@@ -97,11 +115,18 @@ static const struct hs_backend_ops fake_backend = {
     .release = fake_release,
 };
 
+static const struct hs_backend_ops fake_stream_backend = {
+    .name = "fake-stream",
+    .exports = 1,
+    .capture = fake_capture,
+    .release = fake_release,
+};
+
 static const struct hs_backend_ops *fake_select(const struct hs_select_in *in, char *why,
                                                 size_t whylen, struct hs_err *err)
 {
     snprintf(why, whylen, "fake");
-    return &fake_backend;
+    return t.streaming ? &fake_stream_backend : &fake_backend;
 }
 
 static int fake_check(struct hs_uploader *up, struct hs_err *err)
@@ -120,17 +145,41 @@ static void upload_done(void)
     fake_req->cb(fake_req, t.upload_status);
 }
 
+/* The fake upload reads the whole stream, as an uploader would. */
+static void fake_pump(struct hs_stream *st, void *data)
+{
+    static char buf[100000];
+    struct hs_err err = {0};
+    ssize_t n;
+
+    while ((n = hs__stream_read(st, buf, sizeof(buf), &err)) > 0)
+        t.streamed += (uint64_t)n;
+    CHECK(n == 0 || n == -EAGAIN);
+    if (n == 0) {
+        CHECK(t.streamed == fake_req->size);
+        CHECK(hs__stream_sha512(st) != NULL);
+        hs__stream_reader(st, NULL, NULL);
+        later(upload_done);
+    }
+}
+
 static int fake_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb)
 {
-    struct stat st;
-
     t.uploads++;
-    CHECK(t.releases == t.uploads); /* the domain is back before the upload starts */
-    CHECK(stat(req->path, &st) == 0 && (uint64_t)st.st_size == req->size);
+    /* the domain is back before the upload starts; a stream's export stays
+     * until the upload has ended */
+    CHECK(t.releases == (t.streaming ? t.uploads - 1 : t.uploads));
+    CHECK(req->src && req->src->size == req->size);
     CHECK(req->virtual_size == 8 << 20);
     CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(req->props, "image_type")), "snapshot"));
     req->cb = cb;
     fake_req = req;
+    if (t.streaming) {
+        t.streamed = 0;
+        hs__stream_reader(req->src, fake_pump, NULL);
+        fake_pump(req->src, NULL); /* its cb still comes later (upload_done) */
+        return 0;
+    }
     later(upload_done);
     return 0;
 }
@@ -235,6 +284,28 @@ static void test_success(void)
     CHECK(hs_job_image_count(t.job) == 1);
     CHECK(!strcmp(hs_job_image(t.job, 0)->id, "fake-image"));
     CHECK(!strcmp(hs_job_mode(t.job), "fake"));
+    hs_job_free(t.job);
+}
+
+/* A backend that gives exports: the job streams from them and releases
+ * after the upload (qemu-nbd started by libnbd, ended with the stream). */
+static void test_streaming_order(void)
+{
+    int status;
+
+    t.pit_path = src_path;
+    t.streaming = 1;
+    run_job();
+    t.streaming = 0;
+    CHECK(t.job_status == 0);
+    CHECK(!strcmp(t.states,
+                  "inspect prepare waiting capture extract upload release cleanup done "));
+    CHECK(t.captures == 1 && t.releases == 1 && t.uploads == 1);
+    CHECK(t.streamed > 0);
+    CHECK(hs_job_image(t.job, 0)->virtual_size == 8 << 20);
+    CHECK(!strcmp(hs_job_mode(t.job), "fake-stream"));
+    /* the export's server is gone with the stream */
+    CHECK(waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD);
     hs_job_free(t.job);
 }
 
@@ -459,6 +530,7 @@ int main(void)
     define_domain("hs-unit-2");
 
     RUN(test_success);
+    RUN(test_streaming_order);
     RUN(test_capture_failure_still_releases);
     RUN(test_qemu_img_failure);
     RUN(test_upload_failure);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <libnbd.h>
 #include <uv.h>
@@ -27,6 +28,7 @@
 static uv_loop_t loop;
 static char dir[] = "/tmp/hs-test-nbd-XXXXXX";
 static char disk[256], sock[256], pidfile[256], out[256];
+static struct hs_nbd_export served = {.socket = sock, .name = "vda"};
 
 static int sh(const char *cmd)
 {
@@ -254,7 +256,7 @@ static void src_opened(struct hs_nbd_source *src, int status, const struct hs_er
     p->status = status;
 }
 
-static void src_ready(struct hs_nbd_source *src, void *data)
+static void src_ready(struct hs_stream *st, void *data)
 {
     ((struct pull *)data)->readies++;
 }
@@ -305,7 +307,7 @@ static void file_sha512(const char *path, char *hex)
     hs__hex(md, len, hex);
 }
 
-static void stream_format(int qcow2)
+static void stream_format(const struct hs_nbd_export *ex, int qcow2)
 {
     struct pull p = {0};
     struct hs_nbd_source *src;
@@ -314,8 +316,7 @@ static void stream_format(int qcow2)
     uint64_t size, got;
     int fd;
 
-    CHECK(hs__nbd_source_open(&loop, sock, "vda", qcow2, src_opened, src_ready, &p, &src, &err) ==
-          0);
+    CHECK(hs__nbd_source_open(&loop, ex, qcow2, src_opened, src_ready, &p, &src, &err) == 0);
     while (!p.opened)
         uv_run(&loop, UV_RUN_ONCE);
     CHECK(p.status == 0);
@@ -349,12 +350,25 @@ static void stream_format(int qcow2)
 
 static void test_stream_as_qcow2(void)
 {
-    stream_format(1);
+    stream_format(&served, 1);
 }
 
 static void test_stream_as_raw(void)
 {
-    stream_format(0);
+    stream_format(&served, 0);
+}
+
+/* A server of the stream's own (offline): qemu-nbd started by libnbd with
+ * socket activation, gone once the stream is closed. */
+static void test_stream_from_own_server(void)
+{
+    char *argv[] = {"qemu-nbd", "-r", "-f", "qcow2", "-x", "vda", disk, NULL};
+    struct hs_nbd_export own = {.argv = argv, .name = "vda"};
+    int status;
+
+    stream_format(&own, 1);
+    /* libnbd reaped its child on close: no child of ours is left */
+    CHECK(waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD);
 }
 
 static void test_close_mid_stream(void)
@@ -363,7 +377,7 @@ static void test_close_mid_stream(void)
     struct hs_nbd_source *src;
     struct hs_err err = {0};
 
-    CHECK(hs__nbd_source_open(&loop, sock, "vda", 1, src_opened, src_ready, &p, &src, &err) == 0);
+    CHECK(hs__nbd_source_open(&loop, &served, 1, src_opened, src_ready, &p, &src, &err) == 0);
     while (!p.opened)
         uv_run(&loop, UV_RUN_ONCE);
     CHECK(pull_into(src, &p, -1, 65536, 2u << 20) >= 2u << 20);
@@ -384,6 +398,7 @@ int main(void)
     RUN(test_stream_as_qcow2);
     RUN(test_stream_as_raw);
     RUN(test_close_mid_stream);
+    RUN(test_stream_from_own_server);
     stop_server();
     CHECK(uv_loop_close(&loop) == 0);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);

@@ -17,7 +17,7 @@ static unsigned char *data;
 static size_t size;
 static int readies;
 
-static void ready(struct hs_source *src, void *d)
+static void ready(struct hs_stream *st, void *d)
 {
     readies++;
 }

@@ -1,0 +1,242 @@
+"""Live snapshots streamed from QEMU's pull-mode backup over NBD into the store:
+the default for running guests. One read of the data, no image in scratch."""
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+import unittest
+
+import libvirt
+
+import hsfix
+from hsfix import (IMAGES, EventLog, GlanceGuestTestCase, Run, check_images,
+                   job_active, sh)
+
+STOPS = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_STOPPED)
+
+
+def sha512_of(path):
+    h = hashlib.sha512()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ScratchWatch:
+    """Polls, every 20 ms, the bytes allocated below a scratch directory and
+    the free space of its filesystem, independently of hotsnap."""
+
+    def __init__(self, path):
+        self.path = path
+        self.peak = 0
+        self.min_free = None
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            total = 0
+            for root, _, files in os.walk(self.path):
+                for f in files:
+                    try:
+                        total += os.lstat(os.path.join(root, f)).st_blocks * 512
+                    except OSError:
+                        pass
+            self.peak = max(self.peak, total)
+            if os.path.isdir(self.path):
+                st = os.statvfs(self.path)
+                free = st.f_bavail * st.f_frsize
+                self.min_free = free if self.min_free is None else min(self.min_free, free)
+            time.sleep(0.02)
+
+    def close(self):
+        self.stop.set()
+        self.t.join()
+
+
+class StreamTest(GlanceGuestTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.log = EventLog()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.log.close()
+        super().tearDownClass()
+
+    def streamed(self, g, run, t0, t1):
+        """The run streamed, the guest ran and wrote throughout."""
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        [res] = run.summary()["results"]
+        self.assertEqual(res["mode"], "stream")
+        # never paused or stopped: no SUSPENDED event
+        self.assertEqual([e for e, _ in self.log.of(g.name, t0, t1 + 0.5) if e in STOPS], [])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        [done] = [e for e in run.events if e.get("event") == "state" and e["state"] == "done"]
+        return res, done
+
+    def assert_in_glance(self, g, image_id):
+        """Active, hashed by Glance as sha512 of what it holds, and one instant."""
+        meta = self.glance.api("GET", "/v2/images/" + image_id)
+        data = self.glance.download(image_id)
+        self.assertEqual(meta["status"], "active")
+        self.assertEqual(meta["os_hash_value"], hashlib.sha512(data).hexdigest())
+        down = os.path.join(self.state, "down.qcow2")
+        with open(down, "wb") as f:
+            f.write(data)
+        ok, msg = check_images(g.BLOCKS, down)
+        self.assertTrue(ok, msg)
+
+    def big_writer(self, name, **kw):
+        # data enough that the stream takes a while, and the writer's ring
+        # (16 MiB) is all the copy-before-write data there can be
+        return self.writer(name, size_mb=512, data_mb=160, **kw)
+
+    def test_writer_streamed_to_dir_and_to_glance(self):
+        g = self.big_writer("st-writer")
+        before = g.heartbeats()[-1]
+        watch = ScratchWatch(os.path.join(self.state, "scratch"))
+        t0 = time.time()
+        run = self.snapshot(g.name)
+        t1 = time.time()
+        watch.close()
+        res, done = self.streamed(g, run, t0, t1)
+        [(img, meta)] = self.image_files(run)
+        path = os.path.join(self.store, meta["file"])
+        # every byte verified: the sidecar's sha512 is the file's
+        self.assertEqual(meta["os_hash_value"], sha512_of(path))
+        ok, msg = check_images(g.BLOCKS, path)
+        self.assertTrue(ok, msg)
+        sh("qemu-img", "check", "-q", path)
+        # no image in scratch: at most the overwritten blocks, far below the image
+        self.assertGreater(img["size"], 150 << 20)
+        self.assertLess(watch.peak, img["size"] / 5, "peak scratch %d" % watch.peak)
+        self.assertLessEqual(done["scratch_peak"], 17 << 20)
+        self.assert_nothing_left()
+
+        # the same guest into a real Glance
+        t0 = time.time()
+        run = hsfix.hotsnap(self.state, "snapshot", "--to", "glance:" + self.glance.url, g.name)
+        t1 = time.time()
+        res, _ = self.streamed(g, run, t0, t1)
+        [img] = res["images"]
+        self.assert_in_glance(g, img["id"])
+        time.sleep(2.2)
+        self.assertGreater(g.heartbeats()[-1], before)  # it kept writing
+        self.assert_nothing_left()
+
+    def test_glance_restarted_mid_stream_reads_the_export_again(self):
+        g = self.big_writer("st-glance")
+        for img in self.glance.images():
+            self.glance.api("DELETE", "/v2/images/" + img["id"])
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--max-rate",
+                  "20M", "--attempts", "8", g.name)
+        run.until(lambda ev: ev.get("phase") == "upload" and ev.get("percent", 0) > 10)
+        self.glance.stop()
+        time.sleep(1.0)
+        self.glance.start()
+        run.finish()
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        [res] = run.summary()["results"]
+        self.assertEqual(res["mode"], "stream")
+        [img] = res["images"]
+        # one active, verified image, no stray record
+        self.assertEqual([i["id"] for i in self.glance.images()], [img["id"]])
+        self.assert_in_glance(g, img["id"])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
+
+    def test_scratch_filesystem_that_fills_ends_the_backup_first(self):
+        # a 24 MiB scratch filesystem, a writing guest and a slow upload: the
+        # overwritten blocks would fill it; the backup ends before they do
+        mnt = os.path.join(IMAGES, "hstest-scratchfs")
+        img = mnt + ".img"
+        os.makedirs(mnt, exist_ok=True)
+        sh("truncate", "-s", "24M", img)
+        sh("mkfs.ext4", "-q", "-F", img)
+        sh("mount", "-o", "loop", img, mnt)
+        try:
+            os.chmod(mnt, 0o711)
+            g = self.writer("st-full", size_mb=512, data_mb=160, rate=1000)
+            before = g.heartbeats()[-1]
+            watch = ScratchWatch(mnt)
+            run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url,
+                      "--scratch-dir", mnt, "--max-rate", "2M", g.name)
+            run.finish()
+            watch.close()
+            self.assertEqual(run.rc, 1, run.stderr)
+            err = run.summary()["results"][0]["error"]
+            self.assertIn("scratch filesystem", err)
+            self.assertIn("nearly full", err)
+            # it never filled, and the guest never saw a failed write
+            self.assertGreater(watch.min_free, 0)
+            self.assertGreater(watch.peak, 4 << 20)
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+            self.assertFalse(job_active(g.dom))
+            time.sleep(2.2)
+            self.assertGreater(g.heartbeats()[-1], before)
+            self.assertEqual(os.listdir(mnt), ["lost+found"])
+            # no half-made record
+            self.assertEqual([i for i in self.glance.images() if i["name"].startswith(g.name)], [])
+            self.assert_nothing_left()
+        finally:
+            subprocess.run(["umount", mnt], check=False)
+            os.unlink(img)
+            os.rmdir(mnt)
+
+    def test_shut_off_guest_streamed_through_qemu_nbd(self):
+        g = self.guest("st-off", size_mb=256, data_mb=64)
+        run = self.snapshot(g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        [res] = run.summary()["results"]
+        self.assertEqual(res["mode"], "offline")
+        [(img, meta)] = self.image_files(run)
+        path = os.path.join(self.store, meta["file"])
+        same, out = hsfix.images_identical(path, g.disks[0].path)
+        self.assertTrue(same, out)
+        self.assertEqual(meta["os_hash_value"], sha512_of(path))
+        # qemu-nbd lived only as long as the stream
+        self.assertEqual(sh("pgrep", "-x", "qemu-nbd", check=False).stdout, "")
+        self.assert_nothing_left()
+
+
+
+class StreamLibvirtdTest(GlanceGuestTestCase):
+    """Apart: libvirtd's restart ends the other class's event connection."""
+
+    def test_libvirtd_restarted_mid_stream(self):
+        # QEMU serves the export: the stream goes on while libvirtd is away,
+        # and the backup is ended once it is back
+        g = self.writer("st-libvirtd", size_mb=512, data_mb=160)
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--max-rate",
+                  "20M", g.name)
+        run.until(lambda ev: ev.get("phase") == "upload" and ev.get("percent", 0) > 10)
+        hsfix.restart_libvirtd(signal.SIGKILL, down_s=1)
+        type(self).c = self.c = hsfix.conn()
+        g.c = self.c
+        g.dom = self.c.lookupByName(g.name)
+        run.finish()
+        self.assertEqual(run.rc, 0, "%s %s" % (run.stderr, run.events[-5:]))
+        [res] = run.summary()["results"]
+        self.assertEqual(res["mode"], "stream")
+        # the stream went on through the restart: one upload, no second attempt
+        self.assertIn("down", [e.get("connection") for e in run.events])
+        data = self.glance.download(res["images"][0]["id"])
+        down = os.path.join(self.state, "down.qcow2")
+        with open(down, "wb") as f:
+            f.write(data)
+        ok, msg = check_images(g.BLOCKS, down)
+        self.assertTrue(ok, msg)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(job_active(g.dom))
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    unittest.main()
