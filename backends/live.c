@@ -684,14 +684,18 @@ static void live_cancel(struct hs_capture *cap)
 static int live_cleanup(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct live *l = call->data;
-    int rc = 0;
+    int rc = 0, i;
 
     if (l->abort_owed && backup_abort(call->dom, l->cap->scratch) < 0)
         rc = hs_err_virt(&call->err, -EIO, "cannot abort the backup of domain '%s'",
                          l->cap->info->name);
     if (live_thaw(call, l) < 0 && rc == 0)
         rc = call->err.code;
-    /* the domain stopped meanwhile: with QEMU gone, so are the backup and any freeze */
+    /* the domain stopped meanwhile: with QEMU gone, so are the backup and any
+     * freeze. An abort that failed may have met a QEMU on its way out: give
+     * it a moment to be gone before calling the failure ours. */
+    for (i = 0; rc < 0 && i < 30 && virDomainIsActive(call->dom) == 1; i++)
+        usleep(100 * 1000);
     if (virDomainIsActive(call->dom) == 0) {
         int state, reason;
 

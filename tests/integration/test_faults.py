@@ -110,6 +110,15 @@ class LibvirtdKilledTest(FaultTestCase):
         self.assert_promise(g)
 
 
+def catches(pid, sig):
+    """Whether process pid has a handler for sig (SigCgt in /proc)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return (int(line.split()[1], 16) >> (sig - 1)) & 1 == 1
+    return False
+
+
 class SignalTest(FaultTestCase):
 
     def test_sighup_during_a_cold_snapshot(self):
@@ -131,7 +140,12 @@ class SignalTest(FaultTestCase):
         g = self.guest("term-recover", size_mb=1024, data_mb=384).start()
         self.kill_after_the_save(g)
         nxt = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
-        time.sleep(0.05)
+        # once its handler is in place (before recovery starts; the restore
+        # of the saved guest takes seconds): not while it is still loading
+        for _ in range(500):
+            if catches(nxt.p.pid, signal.SIGTERM):
+                break
+            time.sleep(0.01)
         nxt.p.send_signal(signal.SIGTERM)
         nxt.finish()
         self.assertEqual(nxt.rc, 1, nxt.stderr)

@@ -95,7 +95,7 @@ class GlanceTest(GlanceGuestTestCase):
         self.assertEqual(run.summary()["failed"], 1)
         # the guests it touched were held a short while; the shut-off ones never
         for g in [run_a] + paused:
-            self.assertEqual(res[g.name]["mode"], "live")
+            self.assertEqual(res[g.name]["mode"], "stream")
             self.assertLess(res[g.name]["stall_ms"], 5000)
         for g in off:
             self.assertNotIn("stall_ms", res[g.name])
