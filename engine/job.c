@@ -595,8 +595,10 @@ static int job_stream_open(struct hs_job *job, struct hs_job_disk *d, struct hs_
 
     rc = hs__nbd_source_open(job->eng->loop, &ex, job->format == HS_FORMAT_QCOW2,
                              job_stream_opened, NULL, job, &src, &job->err);
-    if (rc < 0)
+    if (rc < 0) {
+        job->err_from_stream = 1; /* e.g. refused: QEMU may be on its way out */
         return rc;
+    }
     d->src = hs__nbd_source_stream(src);
     return 0;
 }
