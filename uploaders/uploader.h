@@ -1,7 +1,8 @@
 /*
  * Uploaders: where an image goes. One request per image; the caller owns the
- * request and its strings; completion is cb(req, status), never called from
- * inside begin().
+ * request, its strings and its image stream (the uploader sets the stream's
+ * reader while it reads, and clears it when done); completion is
+ * cb(req, status), never called from inside begin().
  */
 #ifndef HS_UPLOADER_H
 #define HS_UPLOADER_H
