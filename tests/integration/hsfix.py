@@ -592,6 +592,20 @@ config_file = /etc/glance/glance-api-paste.ini
         return b"".join(Client("2", endpoint=self.url).images.data(image_id))
 
 
+class EventLogMixin:
+    """For a GuestTestCase: libvirt's lifecycle events for the class (self.log)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.log = EventLog()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.log.close()
+        super().tearDownClass()
+
+
 class GlanceGuestTestCase(GuestTestCase):
     """GuestTestCase with a real Glance for the class (self.glance)."""
 

@@ -10,23 +10,13 @@ import unittest
 import libvirt
 import libvirt_qemu
 
-from hsfix import (EventLog, GuestTestCase, Run, check_images, hotsnap, job_active,
+from hsfix import (EventLogMixin, GuestTestCase, Run, check_images, hotsnap, job_active,
                    sh, state_event)
 
 STOPS = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_STOPPED)
 
 
-class LiveTest(GuestTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.log = EventLog()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.log.close()
-        super().tearDownClass()
+class LiveTest(EventLogMixin, GuestTestCase):
 
     def live_snapshot(self, g, *args):
         before = g.heartbeats()[-1]

@@ -11,7 +11,7 @@ import unittest
 import libvirt
 
 import hsfix
-from hsfix import (IMAGES, EventLog, GlanceGuestTestCase, Run, check_images,
+from hsfix import (IMAGES, EventLogMixin, GlanceGuestTestCase, Run, check_images,
                    job_active, sh)
 
 STOPS = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_STOPPED)
@@ -58,17 +58,7 @@ class ScratchWatch:
         self.t.join()
 
 
-class StreamTest(GlanceGuestTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.log = EventLog()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.log.close()
-        super().tearDownClass()
+class StreamTest(EventLogMixin, GlanceGuestTestCase):
 
     def streamed(self, g, run, t0, t1):
         """The run streamed, the guest ran and wrote throughout."""
