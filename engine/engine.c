@@ -88,6 +88,8 @@ static void engine_virt_state(void *data, int up, const struct hs_err *err)
     hs_recover_cb cb;
 
     if (up) {
+        if (eng->ever_up)
+            eng->reconnects++;
         eng->ever_up = 1;
         eng->conn_error[0] = '\0';
         if (eng->recover_pending)
@@ -154,6 +156,30 @@ int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs
 double hs_engine_max_stall_ms(const struct hs_engine *eng)
 {
     return eng->max_stall_ms;
+}
+
+cJSON *hs_engine_stats(const struct hs_engine *eng)
+{
+    static const char *const names[HS_RES_NR] = {"capture", "extract", "upload"};
+    cJSON *st = cJSON_CreateObject(), *slots = cJSON_AddObjectToObject(st, "slots"), *o;
+    const struct hs_sched_req *r;
+    int res, waiting;
+
+    cJSON_AddBoolToObject(st, "connected", hs__virt_up(eng->virt));
+    cJSON_AddNumberToObject(st, "reconnects", eng->reconnects);
+    for (res = 0; res < HS_RES_NR; res++) {
+        waiting = 0;
+        for (r = eng->sched.queue[res]; r; r = r->next)
+            waiting++;
+        o = cJSON_AddObjectToObject(slots, names[res]);
+        cJSON_AddNumberToObject(o, "used", eng->sched.used[res]);
+        cJSON_AddNumberToObject(o, "max", eng->sched.max[res]);
+        cJSON_AddNumberToObject(o, "waiting", waiting);
+    }
+    o = cJSON_AddObjectToObject(st, "scratch");
+    cJSON_AddNumberToObject(o, "reserved", (double)eng->sched.reserved);
+    cJSON_AddNumberToObject(o, "budget", (double)eng->sched.budget);
+    return st;
 }
 
 const char *hs_engine_error(const struct hs_engine *eng)

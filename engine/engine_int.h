@@ -23,6 +23,7 @@ struct hs_engine {
     uv_loop_t *loop;
     struct hs_virt *virt;
     int ever_up;           /* the connection has been up once */
+    unsigned reconnects;   /* times it came back up after the first */
     char conn_error[768];  /* why the last connection attempt failed, or "" */
     const struct hs_backend_ops *const *backends; /* by name, for recovery */
     struct hs_http *http;

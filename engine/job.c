@@ -770,6 +770,10 @@ static void job_uploaded(struct hs_upload_req *req, int status)
     job->uploading = 0;
     cJSON_Delete((cJSON *)req->props);
     req->props = NULL;
+    if (status == 0 && d->src && hs__stream_sha512(d->src)) {
+        snprintf(d->sha512, sizeof(d->sha512), "%s", hs__stream_sha512(d->src));
+        d->img.sha512 = d->sha512;
+    }
     hs__stream_close(d->src);
     d->src = NULL;
     if (status < 0) {

@@ -110,6 +110,8 @@ static cJSON *job_images_json(const struct hs_job *job)
         cJSON_AddStringToObject(o, "location", img->location);
         cJSON_AddNumberToObject(o, "size", (double)img->size);
         cJSON_AddNumberToObject(o, "virtual_size", (double)img->virtual_size);
+        if (img->sha512)
+            cJSON_AddStringToObject(o, "sha512", img->sha512);
         cJSON_AddItemToArray(arr, o);
     }
     return arr;

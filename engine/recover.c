@@ -107,6 +107,8 @@ static int recover_one(struct hs_engine *eng, virConnectPtr conn, const char *di
     scratch = hs__jstr(doc, "scratch");
     if (hs__jstr(doc, "domain"))
         cJSON_AddStringToObject(entry, "domain", hs__jstr(doc, "domain"));
+    if (hs__jstr(doc, "job"))
+        cJSON_AddStringToObject(entry, "job", hs__jstr(doc, "job"));
     if (recover_kill_children(scratch) > 0)
         cJSON_AddStringToObject(entry, "killed", "qemu-img children of the dead run");
     ops = NULL;

@@ -122,6 +122,15 @@ double hs_engine_max_stall_ms(const struct hs_engine *eng);
  * others. */
 double hs_engine_loop_lateness_ms(const struct hs_engine *eng, double q);
 
+/*
+ * The engine's gauges and counters now, for a front end's metrics (owned by
+ * the caller, cJSON_Delete): {"connected", "reconnects" (times the libvirt
+ * connection came back after the first), "slots": {"capture"|"extract"|
+ * "upload": {"used", "max", "waiting"}}, "scratch": {"reserved", "budget"}}
+ * (bytes; a budget of 0 is none).
+ */
+cJSON *hs_engine_stats(const struct hs_engine *eng);
+
 /* Cancel every running job (their callbacks still run). */
 void hs_engine_cancel_all(struct hs_engine *eng);
 
@@ -173,6 +182,7 @@ struct hs_image {
     const char *format;   /* "qcow2" or "raw" */
     uint64_t size;        /* bytes published */
     uint64_t virtual_size;
+    const char *sha512; /* hex digest of the published bytes; NULL until published */
 };
 
 const char *hs_job_id(const struct hs_job *job);
