@@ -14,6 +14,8 @@
 #include <string.h>
 
 #include "hotsnap.h"
+#include "agent/agent.h"
+#include "agent/api.h"
 #include "progress.h"
 
 #define EXIT_FAILED 1
@@ -34,6 +36,7 @@ struct cli {
     char *token;       /* --token, copied before argv is scrubbed */
     const char *match; /* --match GLOB */
     const char *from;  /* --from FILE */
+    struct hs_agent_config agent; /* the agent's own options */
     uint64_t t0;       /* when the snapshots started */
     uv_signal_t sigint, sigterm, sighup;
     int signals;
@@ -55,6 +58,7 @@ static void usage(FILE *f)
         "usage: hotsnap [options] snapshot DOMAIN... | snapshot --all\n"
         "       hotsnap [options] list\n"
         "       hotsnap [options] recover\n"
+        "       hotsnap [options] agent\n"
         "\n"
         "  -c, --connect URI      libvirt URI (default " HS_DEFAULT_URI ")\n"
         "      --state-dir DIR    journal, scratch and default store (default " HS_DEFAULT_STATE_DIR
@@ -100,7 +104,17 @@ static void usage(FILE *f)
         "      --max-extracts N   qemu-img converts at once (default 2)\n"
         "      --max-uploads N    uploads at once (default 4)\n"
         "      --scratch-budget SIZE  scratch images may take at once, e.g. 20G (default:\n"
-        "                         90% of the free space under the state directory)\n",
+        "                         90% of the free space under the state directory)\n"
+        "\n"
+        "agent: a daemon serving a JSON API over HTTP (the snapshot options above are\n"
+        "its defaults; see hotsnap(1)):\n"
+        "      --socket PATH      unix socket (default " AG_DEFAULT_SOCKET ", mode 0660)\n"
+        "      --socket-group G   group that may use the socket (default root)\n"
+        "      --listen ADDR:PORT also serve TCP; every request needs the bearer token\n"
+        "      --token-file FILE  the token for TCP clients (never on the command line)\n"
+        "      --history N        finished jobs kept across restarts (default 1000)\n"
+        "      --max-connections N  connections at once (default 256)\n"
+        "      --log FILE         log here instead of stderr; SIGHUP reopens it\n",
         f);
 }
 
@@ -192,6 +206,13 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_FROM,
         OPT_STALL_TIMEOUT,
         OPT_STORE_MODE,
+        OPT_SOCKET,
+        OPT_SOCKET_GROUP,
+        OPT_LISTEN,
+        OPT_TOKEN_FILE,
+        OPT_HISTORY,
+        OPT_MAX_CONNECTIONS,
+        OPT_LOG,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -222,10 +243,17 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"scratch-budget", required_argument, NULL, OPT_SCRATCH_BUDGET},
         {"match", required_argument, NULL, OPT_MATCH},
         {"from", required_argument, NULL, OPT_FROM},
+        {"socket", required_argument, NULL, OPT_SOCKET},
+        {"socket-group", required_argument, NULL, OPT_SOCKET_GROUP},
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+        {"history", required_argument, NULL, OPT_HISTORY},
+        {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
+        {"log", required_argument, NULL, OPT_LOG},
         {NULL, 0, NULL, 0},
     };
     char err[512];
-    int c, json = 0, quiet = 0;
+    int c, json = 0, quiet = 0, agent_opt = 0;
     long v;
 
     while ((c = getopt_long(argc, argv, "c:vqh", longopts, NULL)) != -1) {
@@ -275,8 +303,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             cli->sopts.all_disks = 1;
             break;
         case OPT_TO:
-            if (!((!strncmp(optarg, "dir:", 4) && optarg[4]) || !strcmp(optarg, "glance") ||
-                  (!strncmp(optarg, "glance:", 7) && optarg[7])))
+            if (!ag_target_ok(optarg))
                 die_usage("target '%s' is not one of dir:PATH, glance or glance:URL", optarg);
             cli->sopts.target = optarg;
             break;
@@ -342,6 +369,25 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             if (hs_quiesce_parse(optarg, &cli->sopts.quiesce) < 0)
                 die_usage("unknown quiesce setting '%s' (expected auto, required or off)", optarg);
             break;
+        case OPT_SOCKET:
+        case OPT_SOCKET_GROUP:
+        case OPT_LISTEN:
+        case OPT_TOKEN_FILE:
+        case OPT_LOG:
+            *(c == OPT_SOCKET         ? &cli->agent.socket_path
+              : c == OPT_SOCKET_GROUP ? &cli->agent.socket_group
+              : c == OPT_LISTEN       ? &cli->agent.listen
+              : c == OPT_TOKEN_FILE   ? &cli->agent.token_file
+                                      : &cli->agent.log_path) = optarg;
+            agent_opt = c;
+            break;
+        case OPT_HISTORY:
+        case OPT_MAX_CONNECTIONS:
+            if (parse_long(optarg, 10, 1, 100000, &v) < 0)
+                die_usage("'%s' is not a number from 1 to 100000", optarg);
+            *(c == OPT_HISTORY ? &cli->agent.history : &cli->agent.max_connections) = (int)v;
+            agent_opt = c;
+            break;
         default:
             usage(stderr);
             exit(EXIT_USAGE);
@@ -359,12 +405,21 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             die_usage("--all takes every domain; --match narrows it: give one of them");
         if (cli->sopts.compress && cli->sopts.format == HS_FORMAT_RAW)
             die_usage("--compress needs --format qcow2");
-    } else if (!strcmp(cli->command, "list") || !strcmp(cli->command, "recover")) {
+    } else if (!strcmp(cli->command, "list") || !strcmp(cli->command, "recover") ||
+               !strcmp(cli->command, "agent")) {
         if (cli->ndomains > 0)
             die_usage("'%s' takes no arguments", cli->command);
     } else {
-        die_usage("unknown command '%s' (expected snapshot, list or recover)", cli->command);
+        die_usage("unknown command '%s' (expected snapshot, list, recover or agent)",
+                  cli->command);
     }
+    if (agent_opt && strcmp(cli->command, "agent"))
+        die_usage("--socket, --socket-group, --listen, --token-file, --history, "
+                  "--max-connections and --log are options of 'agent'");
+    if (!strcmp(cli->command, "agent") &&
+        (cli->all || cli->match || cli->from || cli->include_shutoff || json))
+        die_usage("the agent takes its domains from requests: --all, --match, --from, "
+                  "--include-shutoff and --json are not its options");
     if (cli->include_shutoff && !cli->all && !cli->match)
         die_usage("--include-shutoff goes with --all or --match");
     if (!cli->sopts.token && getenv("OS_TOKEN") && *getenv("OS_TOKEN"))
@@ -866,6 +921,12 @@ int main(int argc, char **argv)
      * default): enough that a slow managed save never starves the uploads */
     setenv("UV_THREADPOOL_SIZE", "16", 0);
     parse_args(&cli, argc, argv);
+    if (!strcmp(cli.command, "agent")) {
+        cli.agent.eopts = cli.eopts;
+        cli.agent.defaults = cli.sopts;
+        cli.agent.verbose = cli.verbose;
+        return hs_agent_main(&cli.agent);
+    }
     cli.eopts.on_event = on_event;
     cli.eopts.event_data = &cli;
     /* warnings always reach the operator; -v adds the rest */

@@ -58,7 +58,14 @@ class LibraryTest(GuestTestCase):
         r = subprocess.run([os.path.join(self.prefix, "bin", "hotsnap"), "--help"],
                            capture_output=True, text=True)
         self.assertIn("usage: hotsnap", r.stdout + r.stderr)
-        self.assertEqual(self.pkg_config("--modversion"), ["0.1.0"])
+        with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+            version = re.search(r"set\(HS_VERSION ([0-9.]+)\)", f.read()).group(1)
+        self.assertEqual(self.pkg_config("--modversion"), [version])
+        # the agent's service unit is installed too
+        unit = os.path.join(self.prefix, "lib", "systemd", "system", "hotsnap-agent.service")
+        with open(unit) as f:
+            self.assertIn("ExecStart=%s agent" % os.path.join(self.prefix, "bin", "hotsnap"),
+                          f.read())
 
     def test_example_embeds_the_engine(self):
         exe = os.path.join(self.prefix, "embed")

@@ -1,0 +1,29 @@
+/*
+ * hotsnap agent: the engine as a long-running daemon with a JSON API over
+ * HTTP/1.1 (H2O on the same libuv loop). A front end like the command: it
+ * uses only include/hotsnap.h.
+ */
+#ifndef HS_AGENT_H
+#define HS_AGENT_H
+
+#include "hotsnap.h"
+
+#define AG_DEFAULT_SOCKET "/run/hotsnap/hotsnap.sock"
+
+struct hs_agent_config {
+    struct hs_engine_opts eopts;      /* on_event and on_log are the agent's */
+    struct hs_snapshot_opts defaults; /* what a request leaves out */
+    const char *socket_path;          /* NULL: AG_DEFAULT_SOCKET */
+    const char *socket_group;         /* group of the socket; NULL: root's */
+    const char *listen;               /* ADDR:PORT for TCP, or NULL */
+    const char *token_file;           /* bearer token for TCP clients */
+    const char *log_path;             /* NULL: stderr */
+    int history;                      /* finished jobs kept; 0: 1000 */
+    int max_connections;              /* 0: 256 */
+    int verbose;
+};
+
+/* Run the agent until SIGTERM or SIGINT; the process's exit status. */
+int hs_agent_main(const struct hs_agent_config *cfg);
+
+#endif

@@ -1,0 +1,329 @@
+/* The agent's request grammar (see api.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+
+static int printable(const char *s, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+static int prefix(const char *path, size_t len, const char *want)
+{
+    size_t n = strlen(want);
+
+    return len >= n && !memcmp(path, want, n);
+}
+
+int ag_route_match(const char *path, size_t len, struct ag_route *out, char *err, size_t errlen)
+{
+    const char *q = memchr(path, '?', len);
+    size_t plen = q ? (size_t)(q - path) : len;
+    static const struct {
+        const char *path;
+        enum ag_endpoint ep;
+    } fixed[] = {
+        {"/v1/snapshots", AG_EP_SNAPSHOTS}, {"/v1/events", AG_EP_EVENTS},
+        {"/v1/domains", AG_EP_DOMAINS},     {"/healthz", AG_EP_HEALTHZ},
+        {"/metrics", AG_EP_METRICS},
+    };
+    size_t i;
+
+    memset(out, 0, sizeof(*out));
+    if (q) {
+        out->query = q + 1;
+        out->query_len = len - plen - 1;
+    }
+    if (plen > 1 && path[plen - 1] == '/')
+        plen--; /* /v1/snapshots/ is /v1/snapshots */
+    for (i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
+        if (plen == strlen(fixed[i].path) && !memcmp(path, fixed[i].path, plen)) {
+            out->ep = fixed[i].ep;
+            return 0;
+        }
+    }
+    if (prefix(path, plen, "/v1/snapshots/")) {
+        const char *id = path + strlen("/v1/snapshots/");
+        size_t n = plen - strlen("/v1/snapshots/");
+
+        if (n > AG_ID_MAX || !printable(id, n) || memchr(id, '/', n)) {
+            snprintf(err, errlen, "a job id is 1 to %d printable characters without '/'",
+                     AG_ID_MAX);
+            return -1;
+        }
+        memcpy(out->id, id, n);
+        out->id[n] = '\0';
+        out->ep = AG_EP_SNAPSHOT;
+    }
+    return 0;
+}
+
+int ag_method_allowed(enum ag_endpoint ep, const char *method, size_t len, const char **allow)
+{
+    const char *a = "GET";
+
+    switch (ep) {
+    case AG_EP_SNAPSHOTS:
+        a = "GET, POST";
+        break;
+    case AG_EP_SNAPSHOT:
+        a = "GET, DELETE";
+        break;
+    case AG_EP_NONE:
+    case AG_EP_EVENTS:
+    case AG_EP_DOMAINS:
+    case AG_EP_HEALTHZ:
+    case AG_EP_METRICS:
+        break;
+    }
+    *allow = a;
+    if (len == 3 && !memcmp(method, "GET", 3))
+        return 1;
+    if (len == 4 && !memcmp(method, "POST", 4))
+        return ep == AG_EP_SNAPSHOTS;
+    if (len == 6 && !memcmp(method, "DELETE", 6))
+        return ep == AG_EP_SNAPSHOT;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int ag_query_get(const char *q, size_t qlen, const char *key, char *out, size_t outlen)
+{
+    size_t klen = strlen(key), i = 0;
+
+    while (q && i < qlen) {
+        size_t end = i, o = 0;
+
+        while (end < qlen && q[end] != '&')
+            end++;
+        if (end - i > klen && !memcmp(q + i, key, klen) && q[i + klen] == '=') {
+            for (i += klen + 1; i < end; i++) {
+                int c = (unsigned char)q[i];
+
+                if (c == '%') {
+                    if (i + 2 >= end || hexval(q[i + 1]) < 0 || hexval(q[i + 2]) < 0)
+                        return -1;
+                    c = hexval(q[i + 1]) * 16 + hexval(q[i + 2]);
+                    i += 2;
+                } else if (c == '+') {
+                    c = ' ';
+                }
+                if (c == 0 || o + 1 >= outlen)
+                    return -1;
+                out[o++] = (char)c;
+            }
+            out[o] = '\0';
+            return 1;
+        }
+        i = end + 1;
+    }
+    return 0;
+}
+
+int ag_bearer_ok(const char *hdr, size_t len, const char *token)
+{
+    static const char scheme[] = "Bearer ";
+    size_t n = strlen(token), i;
+    unsigned char diff = 0;
+
+    if (len < sizeof(scheme) - 1 || strncasecmp(hdr, scheme, sizeof(scheme) - 1))
+        return 0;
+    hdr += sizeof(scheme) - 1;
+    len -= sizeof(scheme) - 1;
+    /* every byte of the token is looked at, whatever the header holds */
+    diff = len != n;
+    for (i = 0; i < n; i++)
+        diff |= (unsigned char)token[i] ^ (unsigned char)(i < len ? hdr[i] : 0);
+    return n > 0 && diff == 0;
+}
+
+int ag_key_ok(const char *key, size_t len)
+{
+    return len >= 1 && len <= AG_ID_MAX && printable(key, len);
+}
+
+int ag_target_ok(const char *t)
+{
+    return (!strncmp(t, "dir:", 4) && t[4]) || !strcmp(t, "glance") ||
+           (!strncmp(t, "glance:", 7) && t[7]);
+}
+
+/* One field of a request object; 0 or -1 with @err. */
+static int want_field(const cJSON *f, struct ag_want *w, char *err, size_t errlen)
+{
+    const char *k = f->string, *s = cJSON_IsString(f) ? f->valuestring : NULL;
+    char why[512];
+
+    if (!strcmp(k, "compress") || !strcmp(k, "all_disks")) {
+        if (!cJSON_IsBool(f))
+            goto not_bool;
+        *(!strcmp(k, "compress") ? &w->opts.compress : &w->opts.all_disks) = cJSON_IsTrue(f);
+        return 0;
+    }
+    if (!strcmp(k, "priority")) {
+        if (!cJSON_IsNumber(f) || f->valuedouble != (double)(int)f->valuedouble ||
+            f->valuedouble < -1000 || f->valuedouble > 1000) {
+            snprintf(err, errlen, "field 'priority' must be a whole number from -1000 to 1000");
+            return -1;
+        }
+        w->opts.priority = (int)f->valuedouble;
+        return 0;
+    }
+    if (!s) {
+        if (!strcmp(k, "domain") || !strcmp(k, "target") || !strcmp(k, "mode") ||
+            !strcmp(k, "quiesce") || !strcmp(k, "format") || !strcmp(k, "name") ||
+            !strcmp(k, "image_id")) {
+            snprintf(err, errlen, "field '%s' must be a string", k);
+            return -1;
+        }
+        goto unknown;
+    }
+    if (!strcmp(k, "domain")) {
+        if (!*s || strlen(s) > 256) {
+            snprintf(err, errlen, "field 'domain' must name a domain (1 to 256 characters)");
+            return -1;
+        }
+        w->domain = s;
+    } else if (!strcmp(k, "target")) {
+        if (!ag_target_ok(s)) {
+            snprintf(err, errlen, "field 'target': '%.200s' is not one of dir:PATH, glance or "
+                                  "glance:URL", s);
+            return -1;
+        }
+        w->opts.target = s;
+    } else if (!strcmp(k, "mode")) {
+        if (hs_mode_parse(s, &w->opts.mode) < 0) {
+            snprintf(err, errlen, "field 'mode': unknown mode '%.100s' (expected auto, stream, "
+                                  "live, mirror, cold or offline)", s);
+            return -1;
+        }
+    } else if (!strcmp(k, "quiesce")) {
+        if (hs_quiesce_parse(s, &w->opts.quiesce) < 0) {
+            snprintf(err, errlen, "field 'quiesce': '%.100s' is not auto, required or off", s);
+            return -1;
+        }
+    } else if (!strcmp(k, "format")) {
+        if (hs_format_parse(s, &w->opts.format) < 0) {
+            snprintf(err, errlen, "field 'format': '%.100s' is not qcow2 or raw", s);
+            return -1;
+        }
+    } else if (!strcmp(k, "name")) {
+        if (hs_name_template_check(s, why, sizeof(why)) < 0) {
+            snprintf(err, errlen, "field 'name': %s", why);
+            return -1;
+        }
+        w->opts.name = s;
+    } else if (!strcmp(k, "image_id")) {
+        if (!*s || strlen(s) > AG_ID_MAX || !printable(s, strlen(s))) {
+            snprintf(err, errlen, "field 'image_id' must be 1 to %d printable characters",
+                     AG_ID_MAX);
+            return -1;
+        }
+        w->opts.image_id = s;
+    } else {
+        goto unknown;
+    }
+    return 0;
+not_bool:
+    snprintf(err, errlen, "field '%s' must be true or false", k);
+    return -1;
+unknown:
+    snprintf(err, errlen, "unknown field '%.100s'", k);
+    return -1;
+}
+
+static int want_parse(const cJSON *o, const struct hs_snapshot_opts *defaults, struct ag_want *w,
+                      char *err, size_t errlen)
+{
+    const cJSON *f;
+
+    if (!cJSON_IsObject(o)) {
+        snprintf(err, errlen, "a snapshot request must be a JSON object");
+        return -1;
+    }
+    w->opts = *defaults;
+    w->domain = NULL;
+    cJSON_ArrayForEach(f, o) {
+        if (want_field(f, w, err, errlen) < 0)
+            return -1;
+    }
+    if (!w->domain) {
+        snprintf(err, errlen, "field 'domain' is missing");
+        return -1;
+    }
+    if (w->opts.compress && w->opts.format == HS_FORMAT_RAW) {
+        snprintf(err, errlen, "field 'compress' needs format qcow2");
+        return -1;
+    }
+    if (w->opts.image_id && w->opts.all_disks) {
+        snprintf(err, errlen, "field 'image_id' names one image; it cannot go with all_disks");
+        return -1;
+    }
+    return 0;
+}
+
+int ag_parse_snapshots(const char *body, size_t len, const struct hs_snapshot_opts *defaults,
+                       cJSON **doc, struct ag_want **wants, char *err, size_t errlen)
+{
+    cJSON *d, *o;
+    struct ag_want *w = NULL;
+    char prefix_[32];
+    int n, i = 0;
+
+    *doc = NULL;
+    *wants = NULL;
+    d = cJSON_ParseWithLength(body, len);
+    if (!d) {
+        snprintf(err, errlen, "the body is not JSON");
+        return -1;
+    }
+    n = cJSON_IsArray(d) ? cJSON_GetArraySize(d) : 1;
+    if (n < 1 || n > AG_MAX_BATCH) {
+        snprintf(err, errlen, "a list holds 1 to %d snapshot requests", AG_MAX_BATCH);
+        goto fail;
+    }
+    w = calloc((size_t)n, sizeof(*w));
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (!cJSON_IsArray(d)) {
+        if (want_parse(d, defaults, &w[0], err, errlen) < 0)
+            goto fail;
+    } else {
+        cJSON_ArrayForEach(o, d) {
+            char why[512];
+
+            if (want_parse(o, defaults, &w[i], why, sizeof(why)) < 0) {
+                snprintf(prefix_, sizeof(prefix_), "request %d: ", i);
+                snprintf(err, errlen, "%s%s", prefix_, why);
+                goto fail;
+            }
+            i++;
+        }
+    }
+    *doc = d;
+    *wants = w;
+    return n;
+fail:
+    free(w);
+    cJSON_Delete(d);
+    return -1;
+}

@@ -1,0 +1,71 @@
+/*
+ * The agent's request grammar: routes, query strings, bearer tokens and the
+ * body of POST /v1/snapshots. Pure functions over bytes, no I/O and no
+ * engine, so the fuzz harness (tests/fuzz/fuzz_api.c) drives them directly.
+ */
+#ifndef HS_AGENT_API_H
+#define HS_AGENT_API_H
+
+#include <stddef.h>
+
+#include "hotsnap.h"
+
+#define AG_MAX_BATCH 256 /* snapshot requests in one POST */
+#define AG_ID_MAX 64     /* job ids and idempotency keys */
+
+enum ag_endpoint {
+    AG_EP_NONE,           /* no such path: 404 */
+    AG_EP_SNAPSHOTS,      /* /v1/snapshots */
+    AG_EP_SNAPSHOT,       /* /v1/snapshots/{id} */
+    AG_EP_EVENTS,         /* /v1/events */
+    AG_EP_DOMAINS,        /* /v1/domains */
+    AG_EP_HEALTHZ,        /* /healthz */
+    AG_EP_METRICS,        /* /metrics */
+};
+
+struct ag_route {
+    enum ag_endpoint ep;
+    char id[AG_ID_MAX + 1]; /* AG_EP_SNAPSHOT */
+    const char *query;      /* after '?', not terminated; NULL when none */
+    size_t query_len;
+};
+
+/* Match @path (raw, as the request line has it) to an endpoint; 0, or -1
+ * with @err naming what was wrong (an id that is too long or not printable). */
+int ag_route_match(const char *path, size_t len, struct ag_route *out, char *err, size_t errlen);
+
+/* Whether @method is allowed on @ep; @allow gets the Allow header's value. */
+int ag_method_allowed(enum ag_endpoint ep, const char *method, size_t len, const char **allow);
+
+/* The percent-decoded value of @key in a query string: 1 found, 0 not,
+ * -1 malformed or longer than @outlen - 1. */
+int ag_query_get(const char *q, size_t qlen, const char *key, char *out, size_t outlen);
+
+/* Whether an Authorization header value is "Bearer <@token>", compared in
+ * time independent of where they differ. */
+int ag_bearer_ok(const char *hdr, size_t len, const char *token);
+
+/* An Idempotency-Key header: 1 to AG_ID_MAX printable ASCII characters. */
+int ag_key_ok(const char *key, size_t len);
+
+/* One snapshot request of a POST body: options with the agent's defaults
+ * filled in, strings borrowed from the parsed body. */
+struct ag_want {
+    const char *domain;
+    struct hs_snapshot_opts opts;
+};
+
+/*
+ * Parse a POST /v1/snapshots body: one request object or a list of them.
+ * Fields: domain (required), target, mode, quiesce, format, compress,
+ * all_disks, name, image_id, priority. Returns the number of requests (>= 1)
+ * and the parsed body in @doc (the wants' strings point into it; the caller
+ * frees both), or -1 with @err naming the field. Nothing is looked up.
+ */
+int ag_parse_snapshots(const char *body, size_t len, const struct hs_snapshot_opts *defaults,
+                       cJSON **doc, struct ag_want **wants, char *err, size_t errlen);
+
+/* Whether @t names a target: dir:PATH, glance or glance:URL. */
+int ag_target_ok(const char *t);
+
+#endif

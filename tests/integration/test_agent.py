@@ -1,0 +1,395 @@
+"""hotsnap agent: a real agent process on a unix socket and on TCP, driven over
+HTTP as a control plane would, against the real libvirtd, QEMU guests and the
+local Glance."""
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+import libvirt
+
+from hsfix import (HOTSNAP, GlanceGuestTestCase, free_port, images_identical, job_active)
+
+TOKEN = "s3cret-token-for-the-agent-tests"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=30):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Agent:
+    """A `hotsnap agent` process, started and stopped by its PID."""
+
+    def __init__(self, state, *args, port=None):
+        self.state = state
+        self.sock = os.path.join(state, "agent.sock")
+        self.port = port or free_port()
+        self.token_file = os.path.join(state, "token")
+        with open(self.token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(self.token_file, 0o600)
+        self.log = os.path.join(state, "agent.log")
+        self.args = [HOTSNAP, "agent", "--state-dir", state, "--socket", self.sock,
+                     "--listen", "127.0.0.1:%d" % self.port, "--token-file", self.token_file,
+                     "--log", self.log] + list(args)
+        self.start()
+
+    def start(self):
+        self.p = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.p.poll() is not None:
+                raise AssertionError("the agent exited: %s" % self.p.stderr.read())
+            try:
+                status, body, _ = self.request("GET", "/healthz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the agent did not become healthy: %s" % self.read_log())
+
+    def read_log(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def request(self, method, path, body=None, headers=None, tcp=False, token=TOKEN):
+        if tcp:
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        else:
+            c = UnixHTTPConnection(self.sock)
+        h = dict(headers or {})
+        if tcp and token:
+            h["Authorization"] = "Bearer " + token
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+            h["Content-Type"] = "application/json"
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            hdrs = {k.lower(): v for k, v in r.getheaders()}
+            ctype = hdrs.get("content-type", "")
+            return r.status, json.loads(data) if "json" in ctype else data.decode(), hdrs
+        finally:
+            c.close()
+
+    def job(self, job_id):
+        status, body, _ = self.request("GET", "/v1/snapshots/" + job_id)
+        assert status == 200, (status, body)
+        return body
+
+    def wait_job(self, job_id, pred, timeout=240):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            j = self.job(job_id)
+            if pred(j):
+                return j
+            time.sleep(0.2)
+        raise AssertionError("job %s: condition not met; last %s" % (job_id, j))
+
+    def wait_ended(self, job_id, timeout=240):
+        return self.wait_job(job_id, lambda j: j["state"] in ("done", "failed"), timeout)
+
+    def kill(self, sig=signal.SIGKILL):
+        self.p.send_signal(sig)
+        rc = self.p.wait(timeout=120)
+        self.p.stderr.close()
+        return rc
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+            self.p.stderr.close()
+
+
+class EventReader:
+    """GET /v1/events read on a thread: the engine's events as they come."""
+
+    def __init__(self, agent, query=""):
+        self.conn = UnixHTTPConnection(agent.sock, timeout=300)
+        self.conn.request("GET", "/v1/events" + query)
+        self.resp = self.conn.getresponse()
+        assert self.resp.status == 200
+        assert self.resp.getheader("content-type") == "text/event-stream"
+        self.events = []
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        try:
+            while True:
+                line = self.resp.fp.readline()
+                if not line:
+                    return
+                if line.startswith(b"data: "):
+                    self.events.append(json.loads(line[6:]))
+        except (OSError, ValueError):
+            return
+
+    def wait(self, pred, timeout=240):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for ev in list(self.events):
+                if pred(ev):
+                    return ev
+            time.sleep(0.1)
+        raise AssertionError("no such event; got %s" % self.events[-5:])
+
+    def close(self):
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.conn.close()
+
+
+def sha512_of(data):
+    return hashlib.sha512(data).hexdigest()
+
+
+class AgentTest(GlanceGuestTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.agent = Agent(self.state, "--to", "glance:" + self.glance.url)
+
+    def tearDown(self):
+        self.agent.stop()
+        super().tearDown()
+
+    def images_of(self, *guests):
+        return [i for i in self.glance.images() if any(i["name"].startswith(g.name + "-")
+                                                       for g in guests)]
+
+    def post(self, body, **kw):
+        return self.agent.request("POST", "/v1/snapshots", body, **kw)
+
+    def assert_in_glance(self, img, disk_path):
+        meta = self.glance.api("GET", "/v2/images/" + img["id"])
+        self.assertEqual(meta["status"], "active")
+        self.assertEqual(meta["os_hash_algo"], "sha512")
+        self.assertEqual(meta["os_hash_value"], img["sha512"])
+        data = self.glance.download(img["id"])
+        self.assertEqual(sha512_of(data), img["sha512"])
+        self.assertEqual(len(data), img["size"])
+        path = os.path.join(self.state, "downloaded-" + img["id"])
+        with open(path, "wb") as f:
+            f.write(data)
+        same, why = images_identical(disk_path, path)
+        self.assertTrue(same, why)
+        os.unlink(path)
+
+    def test_snapshot_followed_to_its_verified_image(self):
+        g = self.guest("ag-one").start()
+        events = EventReader(self.agent)
+        try:
+            status, job, hdrs = self.post({"domain": g.name, "name": "{domain}-via-agent"})
+            self.assertEqual(status, 202, job)
+            self.assertEqual(hdrs["location"], "/v1/snapshots/" + job["id"])
+            self.assertEqual(job["domain"], g.name)
+            self.assertEqual(job["request"]["target"], "glance:" + self.glance.url)
+            # followed through GET: the states it passes
+            seen = set()
+            j = self.agent.wait_job(job["id"], lambda j: seen.add(j["state"]) or
+                                    j["state"] in ("done", "failed"))
+            self.assertEqual(j["state"], "done", j.get("error"))
+            self.assertEqual(j["task_state"], "done")
+            self.assertEqual(j["mode"], "stream")
+            self.assertEqual(len(j["images"]), 1)
+            img = j["images"][0]
+            self.assertEqual(img["name"], g.name + "-via-agent")
+            self.assertTrue(img["location"].startswith(self.glance.url))
+            # and through the event stream, to the same end
+            ev = events.wait(lambda e: e.get("job") == job["id"] and e.get("event") == "state"
+                             and e.get("state") == "done")
+            self.assertEqual(ev["images"][0]["id"], img["id"])
+            self.assertTrue(any(e.get("event") == "accepted" and e["job"] == job["id"]
+                                for e in events.events))
+            self.assert_in_glance(img, g.disks[0].path)
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+            self.assert_nothing_left()
+            # listed, filtered
+            _, lst, _ = self.agent.request("GET", "/v1/snapshots?state=done&domain=" + g.name)
+            self.assertEqual([x["id"] for x in lst], [job["id"]])
+            _, lst, _ = self.agent.request("GET", "/v1/snapshots?state=running")
+            self.assertEqual(lst, [])
+            # the metrics count it
+            _, text, _ = self.agent.request("GET", "/metrics")
+            self.assertIn('hotsnap_jobs_total{result="done"} 1\n', text)
+            self.assertIn("hotsnap_published_bytes_total %d\n" % img["size"], text)
+            self.assertIn("hotsnap_libvirt_connected 1\n", text)
+        finally:
+            events.close()
+
+    def test_batch_over_tcp(self):
+        gs = [self.guest("ag-b%d" % i).start() for i in range(3)]
+        status, jobs, hdrs = self.post([{"domain": g.name, "priority": i}
+                                        for i, g in enumerate(gs)], tcp=True)
+        self.assertEqual(status, 202, jobs)
+        self.assertEqual([j["domain"] for j in jobs], [g.name for g in gs])
+        self.assertNotIn("location", hdrs)
+        for g, job in zip(gs, jobs):
+            j = self.agent.wait_ended(job["id"])
+            self.assertEqual(j["state"], "done", j.get("error"))
+            self.assert_in_glance(j["images"][0], g.disks[0].path)
+        self.assertEqual(len(self.images_of(*gs)), 3)
+        self.assert_nothing_left()
+
+    def test_cancel_by_delete_mid_capture(self):
+        g = self.guest("ag-cancel").start()
+        events = EventReader(self.agent)
+        try:
+            status, job, _ = self.post({"domain": g.name, "mode": "cold"})
+            self.assertEqual(status, 202, job)
+            events.wait(lambda e: e.get("job") == job["id"] and e.get("state") == "capture")
+            status, body, _ = self.agent.request("DELETE", "/v1/snapshots/" + job["id"])
+            self.assertEqual(status, 202, body)
+            self.assertTrue(body["cancel_requested"])
+            j = self.agent.wait_ended(job["id"])
+            self.assertEqual(j["state"], "failed")
+            self.assertIn("canceled", j["error"])
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+            self.assertFalse(g.dom.hasManagedSaveImage())
+            self.assertEqual(self.images_of(g), [])
+            self.assert_nothing_left()
+            # a second cancel of an ended job is refused, and says why
+            status, body, _ = self.agent.request("DELETE", "/v1/snapshots/" + job["id"])
+            self.assertEqual(status, 409)
+            self.assertIn("already ended", body["error"])
+        finally:
+            events.close()
+
+    def test_idempotent_retry_returns_the_same_job(self):
+        g = self.guest("ag-idem").start()
+        key = {"Idempotency-Key": "retry-1"}
+        status, first, _ = self.post({"domain": g.name}, headers=key)
+        self.assertEqual(status, 202)
+        status, again, hdrs = self.post({"domain": g.name}, headers=key)
+        self.assertEqual(status, 202)
+        self.assertEqual(again["id"], first["id"])
+        self.assertEqual(hdrs.get("idempotent-replayed"), "true")
+        self.agent.wait_ended(first["id"])
+        # also after the agent restarted: the key is kept with the job's history
+        self.agent.stop()
+        self.agent.start()
+        status, later, _ = self.post({"domain": g.name}, headers=key)
+        self.assertEqual(later["id"], first["id"])
+        self.assertEqual(later["state"], "done")
+        _, lst, _ = self.agent.request("GET", "/v1/snapshots?domain=" + g.name)
+        self.assertEqual(len(lst), 1)
+        self.assertEqual(len(self.images_of(g)), 1)
+
+    def test_bad_requests_start_nothing(self):
+        g = self.guest("ag-bad").start()
+        cases = [
+            ("not json", 400, "not JSON"),
+            ({"mode": "live"}, 400, "'domain' is missing"),
+            ({"domain": g.name, "mode": "warp"}, 400, "field 'mode'"),
+            ({"domain": g.name, "format": "raw", "compress": True}, 400, "compress"),
+            ({"domain": g.name, "priority": "high"}, 400, "field 'priority'"),
+            ({"domain": g.name, "tagret": "dir:/x"}, 400, "unknown field 'tagret'"),
+            ({"domain": g.name, "target": "s3:bucket"}, 400, "field 'target'"),
+            ({"domain": g.name, "name": "{nope}"}, 400, "field 'name'"),
+            ([{"domain": g.name}, {"domain": g.name}], 400, "asked for twice"),
+            ([{"domain": g.name}, {"domain": "hstest-no-such"}], 404,
+             "domain 'hstest-no-such' not found"),
+            ({"domain": "hstest-no-such"}, 404, "not found"),
+            ([], 400, "1 to"),
+        ]
+        for body, code, words in cases:
+            status, resp, _ = self.post(body)
+            self.assertEqual(status, code, (body, resp))
+            self.assertIn(words, resp["error"], body)
+        status, resp, _ = self.post({"domain": g.name}, headers={"Idempotency-Key": "x" * 65})
+        self.assertEqual(status, 400)
+        self.assertIn("Idempotency-Key", resp["error"])
+        # a body over the bound: refused on its Content-Length, before it is read
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(self.agent.sock)
+            s.sendall(b"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 2097152\r\n\r\n{")
+            self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 413 "))
+        status, resp, _ = self.agent.request("GET", "/v1/snapshots/no-such-job")
+        self.assertEqual(status, 404)
+        status, resp, _ = self.agent.request("GET", "/v2/whatever")
+        self.assertEqual(status, 404)
+        status, resp, hdrs = self.agent.request("PUT", "/v1/snapshots")
+        self.assertEqual(status, 405)
+        self.assertEqual(hdrs["allow"], "GET, POST")
+        # TCP: no token, a wrong one, and the right one
+        status, resp, hdrs = self.agent.request("GET", "/healthz", tcp=True, token=None)
+        self.assertEqual(status, 401)
+        self.assertEqual(hdrs["www-authenticate"], "Bearer")
+        status, resp, _ = self.post({"domain": g.name}, tcp=True, token=TOKEN[:-1] + "X")
+        self.assertEqual(status, 401)
+        status, resp, _ = self.agent.request("GET", "/healthz", tcp=True)
+        self.assertEqual(status, 200)
+        # nothing was started, and the agent is as it was
+        _, lst, _ = self.agent.request("GET", "/v1/snapshots")
+        self.assertEqual(lst, [])
+        self.assertEqual(self.images_of(g), [])
+        self.assertFalse(job_active(g.dom))
+        # the socket is for root and its group only
+        self.assertEqual(os.stat(self.agent.sock).st_mode & 0o777, 0o660)
+
+    def test_sigkill_mid_job_then_restart(self):
+        g = self.guest("ag-kill").start()
+        events = EventReader(self.agent)
+        status, job, _ = self.post({"domain": g.name, "mode": "cold"})
+        self.assertEqual(status, 202, job)
+        # the guest is saved (off) once the job extracts its disk
+        events.wait(lambda e: e.get("job") == job["id"] and e.get("state") == "extract")
+        events.close()
+        self.agent.kill(signal.SIGKILL)
+        # left saved (or still being torn down by libvirt): not running
+        self.assertNotEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.agent.start()  # healthy: recovery has run
+        j = self.agent.job(job["id"])
+        self.assertEqual(j["state"], "failed")
+        self.assertIn("the agent stopped while this snapshot was in state 'extract'", j["error"])
+        self.assertIn("on restart: ", j["error"])
+        self.assertEqual(len(j["recovered"]), 1)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(g.dom.hasManagedSaveImage())
+        self.assertEqual(self.images_of(g), [])
+        self.assert_nothing_left()
+
+    def test_sigterm_cancels_and_exits(self):
+        g = self.guest("ag-term").start()
+        events = EventReader(self.agent)
+        status, job, _ = self.post({"domain": g.name, "mode": "cold"})
+        events.wait(lambda e: e.get("job") == job["id"] and e.get("state") == "extract")
+        events.close()
+        self.assertEqual(self.agent.kill(signal.SIGTERM), 0)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(os.path.exists(self.agent.sock))
+        self.agent.start()
+        j = self.agent.job(job["id"])
+        self.assertEqual(j["state"], "failed")
+        self.assertIn("canceled", j["error"])
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,142 @@
+/* The agent's request grammar (cli/agent/api.c). */
+#include <string.h>
+
+#include "agent/api.h"
+#include "check.h"
+
+static int route(const char *path, struct ag_route *rt)
+{
+    char err[256];
+
+    return ag_route_match(path, strlen(path), rt, err, sizeof(err));
+}
+
+static void test_routes(void)
+{
+    struct ag_route rt;
+    const char *allow;
+    char id[AG_ID_MAX + 20];
+
+    CHECK(route("/v1/snapshots", &rt) == 0 && rt.ep == AG_EP_SNAPSHOTS && !rt.query);
+    CHECK(route("/v1/snapshots/?state=done", &rt) == 0 && rt.ep == AG_EP_SNAPSHOTS);
+    CHECK(rt.query_len == 10 && !memcmp(rt.query, "state=done", 10));
+    CHECK(route("/v1/snapshots/abc-1", &rt) == 0 && rt.ep == AG_EP_SNAPSHOT);
+    CHECK(!strcmp(rt.id, "abc-1"));
+    CHECK(route("/v1/snapshots/a/b", &rt) < 0);
+    memset(id, 'x', sizeof(id));
+    memcpy(id, "/v1/snapshots/", 14);
+    id[sizeof(id) - 1] = '\0';
+    CHECK(route(id, &rt) < 0); /* an id too long */
+    CHECK(route("/v1/events?job=x", &rt) == 0 && rt.ep == AG_EP_EVENTS);
+    CHECK(route("/healthz", &rt) == 0 && rt.ep == AG_EP_HEALTHZ);
+    CHECK(route("/metrics", &rt) == 0 && rt.ep == AG_EP_METRICS);
+    CHECK(route("/v1/domains", &rt) == 0 && rt.ep == AG_EP_DOMAINS);
+    CHECK(route("/v1/snapshotsX", &rt) == 0 && rt.ep == AG_EP_NONE);
+    CHECK(route("/", &rt) == 0 && rt.ep == AG_EP_NONE);
+
+    CHECK(ag_method_allowed(AG_EP_SNAPSHOTS, "POST", 4, &allow));
+    CHECK(!ag_method_allowed(AG_EP_SNAPSHOTS, "DELETE", 6, &allow));
+    CHECK(!strcmp(allow, "GET, POST"));
+    CHECK(ag_method_allowed(AG_EP_SNAPSHOT, "DELETE", 6, &allow));
+    CHECK(!ag_method_allowed(AG_EP_METRICS, "POST", 4, &allow) && !strcmp(allow, "GET"));
+}
+
+static void test_query(void)
+{
+    const char *q = "state=done&domain=web%201+x&bad=%zz&empty=";
+    char v[16];
+
+    CHECK(ag_query_get(q, strlen(q), "state", v, sizeof(v)) == 1 && !strcmp(v, "done"));
+    CHECK(ag_query_get(q, strlen(q), "domain", v, sizeof(v)) == 1 && !strcmp(v, "web 1 x"));
+    CHECK(ag_query_get(q, strlen(q), "bad", v, sizeof(v)) == -1);
+    CHECK(ag_query_get(q, strlen(q), "empty", v, sizeof(v)) == 1 && !strcmp(v, ""));
+    CHECK(ag_query_get(q, strlen(q), "job", v, sizeof(v)) == 0);
+    CHECK(ag_query_get(q, strlen(q), "stat", v, sizeof(v)) == 0);
+    CHECK(ag_query_get(q, strlen(q), "domain", v, 4) == -1); /* too long for the buffer */
+    CHECK(ag_query_get("a=%4", 4, "a", v, sizeof(v)) == -1);  /* cut escape */
+    CHECK(ag_query_get("a=%00", 5, "a", v, sizeof(v)) == -1); /* NUL */
+    CHECK(ag_query_get(NULL, 0, "a", v, sizeof(v)) == 0);
+}
+
+static void test_bearer(void)
+{
+    const char *tok = "0123456789abcdef";
+
+    CHECK(ag_bearer_ok("Bearer 0123456789abcdef", 23, tok));
+    CHECK(ag_bearer_ok("bearer 0123456789abcdef", 23, tok));
+    CHECK(!ag_bearer_ok("Bearer 0123456789abcdeX", 23, tok));
+    CHECK(!ag_bearer_ok("Bearer 0123456789abcde", 22, tok));
+    CHECK(!ag_bearer_ok("Bearer 0123456789abcdef0", 24, tok));
+    CHECK(!ag_bearer_ok("Basic 0123456789abcdef", 22, tok));
+    CHECK(!ag_bearer_ok("Bearer ", 7, ""));
+    CHECK(ag_key_ok("k-1", 3) && !ag_key_ok("a b", 3) && !ag_key_ok("", 0));
+}
+
+static int parse(const char *body, struct ag_want **w, cJSON **doc, char *err)
+{
+    struct hs_snapshot_opts dflt = {.target = "glance", .priority = 7};
+
+    return ag_parse_snapshots(body, strlen(body), &dflt, doc, w, err, 512);
+}
+
+static void test_bodies(void)
+{
+    struct ag_want *w;
+    cJSON *doc;
+    char err[512];
+
+    CHECK(parse("{\"domain\":\"web\"}", &w, &doc, err) == 1);
+    CHECK(!strcmp(w[0].domain, "web") && !strcmp(w[0].opts.target, "glance"));
+    CHECK(w[0].opts.priority == 7 && w[0].opts.mode == HS_MODE_AUTO);
+    free(w);
+    cJSON_Delete(doc);
+
+    CHECK(parse("[{\"domain\":\"a\",\"mode\":\"cold\",\"format\":\"raw\",\"priority\":-3},"
+                "{\"domain\":\"b\",\"compress\":true,\"target\":\"dir:/srv\","
+                "\"quiesce\":\"off\",\"all_disks\":true,\"name\":\"{domain}-{disk}\"}]",
+                &w, &doc, err) == 2);
+    CHECK(w[0].opts.mode == HS_MODE_COLD && w[0].opts.format == HS_FORMAT_RAW);
+    CHECK(w[0].opts.priority == -3);
+    CHECK(w[1].opts.compress && w[1].opts.all_disks && !strcmp(w[1].opts.target, "dir:/srv"));
+    CHECK(w[1].opts.quiesce == HS_QUIESCE_OFF && !strcmp(w[1].opts.name, "{domain}-{disk}"));
+    free(w);
+    cJSON_Delete(doc);
+
+    static const struct {
+        const char *body, *words;
+    } bad[] = {
+        {"", "not JSON"},
+        {"{\"domain\":\"a\"", "not JSON"},
+        {"[]", "1 to"},
+        {"\"web\"", "JSON object"},
+        {"{}", "'domain' is missing"},
+        {"{\"domain\":\"\"}", "field 'domain'"},
+        {"{\"domain\":1}", "field 'domain' must be a string"},
+        {"{\"domain\":\"a\",\"priority\":1.5}", "field 'priority'"},
+        {"{\"domain\":\"a\",\"priority\":5000}", "field 'priority'"},
+        {"{\"domain\":\"a\",\"compress\":\"yes\"}", "field 'compress' must be true or false"},
+        {"{\"domain\":\"a\",\"compress\":true,\"format\":\"raw\"}", "needs format qcow2"},
+        {"{\"domain\":\"a\",\"image_id\":\"x\",\"all_disks\":true}", "all_disks"},
+        {"{\"domain\":\"a\",\"target\":\"dir:\"}", "field 'target'"},
+        {"{\"domain\":\"a\",\"name\":\"{x}\"}", "field 'name'"},
+        {"{\"domain\":\"a\",\"colour\":\"red\"}", "unknown field 'colour'"},
+        {"[{\"domain\":\"a\"},{\"mode\":\"x\",\"domain\":\"b\"}]", "request 1: field 'mode'"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        CHECK(parse(bad[i].body, &w, &doc, err) == -1 && !w && !doc);
+        if (!strstr(err, bad[i].words)) {
+            fprintf(stderr, "%s: '%s' does not say '%s'\n", bad[i].body, err, bad[i].words);
+            CHECK(0);
+        }
+    }
+}
+
+int main(void)
+{
+    RUN(test_routes);
+    RUN(test_query);
+    RUN(test_bearer);
+    RUN(test_bodies);
+    return 0;
+}
