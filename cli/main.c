@@ -37,6 +37,7 @@ struct cli {
     const char *match; /* --match GLOB */
     const char *from;  /* --from FILE */
     struct hs_agent_config agent; /* the agent's own options */
+    char *transport_url;          /* --transport-url, copied before argv is scrubbed */
     uint64_t t0;       /* when the snapshots started */
     uv_signal_t sigint, sigterm, sighup;
     int signals;
@@ -114,7 +115,14 @@ static void usage(FILE *f)
         "      --token-file FILE  the token for TCP clients (never on the command line)\n"
         "      --history N        finished jobs kept across restarts (default 1000)\n"
         "      --max-connections N  connections at once (default 256)\n"
-        "      --log FILE         log here instead of stderr; SIGHUP reopens it\n",
+        "      --log FILE         log here instead of stderr; SIGHUP reopens it\n"
+        "      --transport-url URL  also serve the control plane's bus: rabbit://USER:PASS@\n"
+        "                         HOST:PORT/VHOST (oslo.messaging RPC and notifications)\n"
+        "      --transport-url-file FILE  the same, read from FILE (keeps the password\n"
+        "                         out of the process list)\n"
+        "      --rpc-topic NAME   RPC topic (default hotsnap)\n"
+        "      --rpc-server NAME  RPC server name (default the host name)\n"
+        "      --control-exchange NAME  the exchange (default openstack)\n",
         f);
 }
 
@@ -213,6 +221,11 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_HISTORY,
         OPT_MAX_CONNECTIONS,
         OPT_LOG,
+        OPT_TRANSPORT_URL,
+        OPT_TRANSPORT_URL_FILE,
+        OPT_RPC_TOPIC,
+        OPT_RPC_SERVER,
+        OPT_CONTROL_EXCHANGE,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -250,6 +263,11 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"history", required_argument, NULL, OPT_HISTORY},
         {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
         {"log", required_argument, NULL, OPT_LOG},
+        {"transport-url", required_argument, NULL, OPT_TRANSPORT_URL},
+        {"transport-url-file", required_argument, NULL, OPT_TRANSPORT_URL_FILE},
+        {"rpc-topic", required_argument, NULL, OPT_RPC_TOPIC},
+        {"rpc-server", required_argument, NULL, OPT_RPC_SERVER},
+        {"control-exchange", required_argument, NULL, OPT_CONTROL_EXCHANGE},
         {NULL, 0, NULL, 0},
     };
     char err[512];
@@ -381,6 +399,40 @@ static void parse_args(struct cli *cli, int argc, char **argv)
                                       : &cli->agent.log_path) = optarg;
             agent_opt = c;
             break;
+        case OPT_TRANSPORT_URL:
+            /* it holds a password: out of the process title */
+            free(cli->transport_url);
+            cli->transport_url = strdup(optarg);
+            memset(optarg, '*', strlen(optarg));
+            cli->agent.transport_url = cli->transport_url;
+            agent_opt = c;
+            break;
+        case OPT_TRANSPORT_URL_FILE: {
+            FILE *f = fopen(optarg, "re");
+            size_t cap = 0;
+
+            free(cli->transport_url);
+            cli->transport_url = NULL;
+            if (!f || getline(&cli->transport_url, &cap, f) < 0)
+                die_usage("cannot read a transport URL from '%s'", optarg);
+            fclose(f);
+            cli->transport_url[strcspn(cli->transport_url, "\r\n")] = '\0';
+            cli->agent.transport_url = cli->transport_url;
+            agent_opt = c;
+            break;
+        }
+        case OPT_RPC_TOPIC:
+        case OPT_RPC_SERVER:
+        case OPT_CONTROL_EXCHANGE:
+            if (!*optarg || strlen(optarg) > 200 || strpbrk(optarg, " ./#*"))
+                die_usage("'%s' is not a name of 1 to 200 characters without spaces, '.', '/', "
+                          "'#' or '*'",
+                          optarg);
+            *(c == OPT_RPC_TOPIC    ? &cli->agent.rpc_topic
+              : c == OPT_RPC_SERVER ? &cli->agent.rpc_server
+                                    : &cli->agent.control_exchange) = optarg;
+            agent_opt = c;
+            break;
         case OPT_HISTORY:
         case OPT_MAX_CONNECTIONS:
             if (parse_long(optarg, 10, 1, 100000, &v) < 0)
@@ -415,7 +467,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
     }
     if (agent_opt && strcmp(cli->command, "agent"))
         die_usage("--socket, --socket-group, --listen, --token-file, --history, "
-                  "--max-connections and --log are options of 'agent'");
+                  "--max-connections, --log and the bus's options are options of 'agent'");
     if (!strcmp(cli->command, "agent") &&
         (cli->all || cli->match || cli->from || cli->include_shutoff || json))
         die_usage("the agent takes its domains from requests: --all, --match, --from, "

@@ -30,6 +30,8 @@
 #include <h2o.h>
 
 #include "agent.h"
+#include "agent_int.h"
+#include "amqp.h"
 #include "api.h"
 #include "metrics.h"
 
@@ -81,11 +83,11 @@ struct ag_sub {
     struct ag_sub *prev, *next;
 };
 
-/* A request waiting for the engine (a domain listing). */
+/* An operation waiting for the engine (a domain listing). */
 struct ag_pending {
     struct agent *agent;
-    h2o_req_t *req; /* NULL once the client went away */
-    struct ag_pending **ref; /* in the request's pool: cleared when it is disposed */
+    ag_reply_fn reply; /* NULL once the asker went away */
+    void *data;
     cJSON *doc;
     struct ag_want *wants;
     int n;
@@ -131,12 +133,12 @@ struct agent {
     uv_timer_t heartbeat;
     uv_signal_t sigterm, sigint, sighup;
     struct ag_metrics m;
+    struct ag_amqp *amqp; /* the bus, with --transport-url */
     int exit_code;
     int engine_closed;
 };
 
-static void ag_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void ag_log(const char *level, const char *fmt, ...)
+void ag_log(const char *level, const char *fmt, ...)
 {
     char ts[32];
     time_t now = time(NULL);
@@ -449,14 +451,18 @@ static void job_done(struct hs_job *job, int status, void *data)
     cJSON_DeleteItemFromObject(j->obj, "progress");
     cJSON_DeleteItemFromObject(j->obj, "waiting_for");
     obj_touch(j->obj);
-    if (j->hidden)
-        ; /* never accepted */
-    else if (status == 0)
-        a->m.jobs_done++;
-    else if (status == -ECANCELED)
-        a->m.jobs_canceled++;
-    else
-        a->m.jobs_failed++;
+    if (a->amqp && !j->hidden)
+        ag_amqp_notify(a->amqp,
+                       status == 0 ? "hotsnap.snapshot.end" : "hotsnap.snapshot.error",
+                       status == 0 ? "INFO" : "ERROR", j->obj);
+    if (!j->hidden) { /* a hidden job was never accepted */
+        if (status == 0)
+            a->m.jobs_done++;
+        else if (status == -ECANCELED)
+            a->m.jobs_canceled++;
+        else
+            a->m.jobs_failed++;
+    }
     j->ended = 1;
     j->job = NULL;
     hs_job_free(job);
@@ -520,6 +526,7 @@ static void respond_text(struct agent *a, h2o_req_t *req, int status, const char
     free(body);
     req->res.status = status;
     req->res.reason = reason_of(status);
+    req->res.content_length = len;
     add_header(req, "content-type", type);
     ag_metrics_count_status(&a->m, status);
     h2o_send_inline(req, copy, len);
@@ -538,18 +545,39 @@ static void respond_json(struct agent *a, h2o_req_t *req, int status, const cJSO
     respond_text(a, req, status, "application/json", t ? t : s);
 }
 
+static cJSON *error_body_v(const char *fmt, va_list ap)
+{
+    char msg[1024];
+    cJSON *o = cJSON_CreateObject();
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    cJSON_AddStringToObject(o, "error", msg);
+    return o;
+}
+
+/* {"error": "..."}: what every failed request answers. */
+static cJSON *error_body(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static cJSON *error_body(const char *fmt, ...)
+{
+    cJSON *o;
+    va_list ap;
+
+    va_start(ap, fmt);
+    o = error_body_v(fmt, ap);
+    va_end(ap);
+    return o;
+}
+
 static void respond_error(struct agent *a, h2o_req_t *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void respond_error(struct agent *a, h2o_req_t *req, int status, const char *fmt, ...)
 {
-    char msg[1024];
-    cJSON *o = cJSON_CreateObject();
+    cJSON *o;
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    o = error_body_v(fmt, ap);
     va_end(ap);
-    cJSON_AddStringToObject(o, "error", msg);
     if (status == 401)
         add_header(req, "www-authenticate", "Bearer");
     respond_json(a, req, status, o);
@@ -736,26 +764,17 @@ static void handle_events(struct agent *a, h2o_req_t *req, const struct ag_route
     sub_push(s, "hotsnap events", strlen("hotsnap events"), 1);
 }
 
-/* ---- HTTP: requests that wait for the engine ---- */
+/* ---- the operations: what the HTTP API and the bus both ask ---- */
 
-static void pending_gone(void *p)
-{
-    struct ag_pending **ref = p;
-
-    if (*ref)
-        (*ref)->req = NULL;
-}
-
-static struct ag_pending *pending_new(struct agent *a, h2o_req_t *req)
+static struct ag_pending *pending_new(struct agent *a, ag_reply_fn reply, void *data)
 {
     struct ag_pending *p = calloc(1, sizeof(*p));
 
     if (!p)
         return NULL;
     p->agent = a;
-    p->req = req;
-    p->ref = h2o_mem_alloc_shared(&req->pool, sizeof(*p->ref), pending_gone);
-    *p->ref = p;
+    p->reply = reply;
+    p->data = data;
     p->next = a->pendings;
     if (a->pendings)
         a->pendings->prev = p;
@@ -763,12 +782,14 @@ static struct ag_pending *pending_new(struct agent *a, h2o_req_t *req)
     return p;
 }
 
-static void pending_free(struct ag_pending *p)
+/* Answer the asker (unless it left) and forget @p; takes @body. */
+static void pending_finish(struct ag_pending *p, int status, cJSON *body, int replayed)
 {
     struct agent *a = p->agent;
 
-    if (p->req)
-        *p->ref = NULL;
+    if (p->reply)
+        p->reply(p->data, status, body, replayed);
+    cJSON_Delete(body);
     if (p->prev)
         p->prev->next = p->next;
     else
@@ -780,16 +801,9 @@ static void pending_free(struct ag_pending *p)
     free(p);
 }
 
-/* ---- the API ---- */
-
-static const char *header(h2o_req_t *req, const char *name, size_t *len)
+void ag_pending_abandon(struct ag_pending *p)
 {
-    ssize_t i = h2o_find_header_by_str(&req->headers, name, strlen(name), -1);
-
-    if (i < 0)
-        return NULL;
-    *len = req->headers.entries[i].value.len;
-    return req->headers.entries[i].value.base;
+    p->reply = NULL;
 }
 
 static cJSON *jobs_with_key(struct agent *a, const char *key)
@@ -807,16 +821,16 @@ static cJSON *jobs_with_key(struct agent *a, const char *key)
     return arr;
 }
 
-static void respond_jobs(struct agent *a, h2o_req_t *req, int status, cJSON *arr, int batch)
+/* The answer to a snapshot request: the job, or the list of them. */
+static cJSON *jobs_answer(cJSON *arr, int batch)
 {
-    char loc[128];
+    cJSON *one;
 
-    if (cJSON_GetArraySize(arr) == 1) {
-        snprintf(loc, sizeof(loc), "/v1/snapshots/%s",
-                 cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(arr, 0), "id")));
-        add_header(req, "location", loc);
-    }
-    respond_json(a, req, status, batch ? arr : cJSON_GetArrayItem(arr, 0));
+    if (batch)
+        return arr;
+    one = cJSON_DetachItemFromArray(arr, 0);
+    cJSON_Delete(arr);
+    return one;
 }
 
 static void post_listed(struct hs_engine *eng, int status, cJSON *list, const char *error,
@@ -824,23 +838,23 @@ static void post_listed(struct hs_engine *eng, int status, cJSON *list, const ch
 {
     struct ag_pending *p = data;
     struct agent *a = p->agent;
-    h2o_req_t *req = p->req;
     struct ag_job **started;
     const char **names;
-    cJSON *d, *arr;
+    cJSON *d, *arr, *body = NULL;
     char err[1024], ts[40];
-    int i, k, n = 0;
+    int i, k, n = 0, code = 400;
 
-    if (!req) { /* the client left: nothing was accepted, nothing starts */
+    if (!p->reply) { /* the asker left: nothing was accepted, nothing starts */
         cJSON_Delete(list);
-        pending_free(p);
+        pending_finish(p, 0, NULL, 0);
         return;
     }
     if (status < 0 || a->stopping) {
-        respond_error(a, req, 503, "%s%s", status < 0 ? "cannot list the domains: " : "",
-                      status < 0 ? error : "the agent is stopping");
         cJSON_Delete(list);
-        pending_free(p);
+        pending_finish(p, 503,
+                       status < 0 ? error_body("cannot list the domains: %s", error)
+                                  : error_body("the agent is stopping"),
+                       0);
         return;
     }
     names = calloc((size_t)p->n, sizeof(*names));
@@ -856,12 +870,13 @@ static void post_listed(struct hs_engine *eng, int status, cJSON *list, const ch
                 found = name;
         }
         if (!found) {
-            respond_error(a, req, 404, "domain '%s' not found", want);
+            code = 404;
+            body = error_body("domain '%s' not found", want);
             goto cleanup;
         }
         for (k = 0; k < i; k++) {
             if (!strcmp(names[k], found)) {
-                respond_error(a, req, 400, "domain '%s' is asked for twice", want);
+                body = error_body("domain '%s' is asked for twice", want);
                 goto cleanup;
             }
         }
@@ -885,7 +900,7 @@ static void post_listed(struct hs_engine *eng, int status, cJSON *list, const ch
                 a->m.jobs_accepted--;
             }
             cJSON_Delete(arr);
-            respond_error(a, req, 400, "%s", err);
+            body = error_body("%s", err);
             goto cleanup;
         }
         j->job = job;
@@ -911,25 +926,244 @@ static void post_listed(struct hs_engine *eng, int status, cJSON *list, const ch
     for (k = 0; k < n; k++) {
         history_append(a, started[k]->obj);
         job_announce(a, started[k], "accepted");
+        if (a->amqp)
+            ag_amqp_notify(a->amqp, "hotsnap.snapshot.start", "INFO", started[k]->obj);
     }
-    respond_jobs(a, req, 202, arr, p->batch);
-    cJSON_Delete(arr);
+    code = 202;
+    body = jobs_answer(arr, p->batch);
 cleanup:
     free(names);
     free(started);
     cJSON_Delete(list);
-    pending_free(p);
+    pending_finish(p, code, body, 0);
+}
+
+int ag_op_snapshot(struct agent *a, const char *body, size_t len, const char *key,
+                   ag_reply_fn reply, void *data, struct ag_pending **out)
+{
+    struct ag_pending *p;
+    struct ag_want *wants;
+    cJSON *doc, *same, *ans;
+    char err[1024];
+    int n, code;
+
+    *out = NULL;
+    if (key && !ag_key_ok(key, strlen(key))) {
+        ans = error_body("the idempotency key must be 1 to %d printable characters", AG_ID_MAX);
+        code = 400;
+        goto answer;
+    }
+    n = ag_parse_snapshots(body, len, &a->cfg->defaults, &doc, &wants, err, sizeof(err));
+    if (n < 0) {
+        ans = error_body("%s", err);
+        code = 400;
+        goto answer;
+    }
+    if (key && (same = jobs_with_key(a, key))) {
+        ans = jobs_answer(same, cJSON_IsArray(doc));
+        cJSON_Delete(doc);
+        free(wants);
+        reply(data, 202, ans, 1);
+        cJSON_Delete(ans);
+        return 0;
+    }
+    code = 503;
+    ans = NULL;
+    for (p = a->pendings; key && p; p = p->next) {
+        if (!strcmp(p->key, key)) {
+            ans = error_body("a request with idempotency key '%s' is being accepted; retry", key);
+            code = 409;
+        }
+    }
+    if (!ans && (!a->ready || a->stopping))
+        ans = error_body("%s", a->stopping ? "the agent is stopping"
+                                           : "the agent is recovering what a dead run left; retry");
+    if (!ans && a->running + n > AG_MAX_RUNNING) {
+        ans = error_body("%d snapshots are running; at most %d may", a->running, AG_MAX_RUNNING);
+        code = 429;
+    }
+    if (!ans && !(p = pending_new(a, reply, data)))
+        ans = error_body("out of memory");
+    if (ans) {
+        cJSON_Delete(doc);
+        free(wants);
+        goto answer;
+    }
+    p->doc = doc;
+    p->wants = wants;
+    p->n = n;
+    p->batch = cJSON_IsArray(doc);
+    snprintf(p->key, sizeof(p->key), "%s", key ? key : "");
+    if (hs_engine_list(a->eng, post_listed, p) < 0) {
+        pending_finish(p, 503, error_body("not connected to libvirt: %s",
+                                          hs_engine_error(a->eng) ?: "?"), 0);
+        return 0;
+    }
+    *out = p;
+    return 1;
+answer:
+    reply(data, code, ans, 0);
+    cJSON_Delete(ans);
+    return 0;
+}
+
+int ag_op_get(struct agent *a, const char *id, cJSON **body)
+{
+    struct ag_job *j = job_find(a, id);
+
+    if (!j) {
+        *body = error_body("no snapshot job '%s'", id);
+        return 404;
+    }
+    *body = cJSON_Duplicate(j->obj, 1);
+    return 200;
+}
+
+int ag_op_cancel(struct agent *a, const char *id, cJSON **body)
+{
+    struct ag_job *j = job_find(a, id);
+
+    if (!j) {
+        *body = error_body("no snapshot job '%s'", id);
+        return 404;
+    }
+    if (j->ended) {
+        *body = error_body("snapshot job '%s' has already ended (%s)", id, j->state);
+        return 409;
+    }
+    if (!j->job) {
+        *body = error_body("snapshot job '%s' was left by an agent that died; recovery is "
+                           "ending it", id);
+        return 409;
+    }
+    hs_job_cancel(j->job);
+    obj_set(j->obj, "cancel_requested", cJSON_CreateTrue());
+    obj_touch(j->obj);
+    *body = cJSON_Duplicate(j->obj, 1);
+    return 202;
+}
+
+static int job_matches(const struct ag_job *j, const char *state, const char *domain)
+{
+    const char *s = cJSON_GetStringValue(cJSON_GetObjectItem(j->obj, "state"));
+    const char *d = cJSON_GetStringValue(cJSON_GetObjectItem(j->obj, "domain"));
+
+    if (j->hidden)
+        return 0;
+    if (state && state[0] && !(!strcmp(state, "running") ? !j->ended : s && !strcmp(state, s)))
+        return 0;
+    return !domain || !domain[0] || (d && !strcmp(domain, d));
+}
+
+int ag_op_list(struct agent *a, const char *state, const char *domain, long max, cJSON **body)
+{
+    cJSON *arr = cJSON_CreateArray();
+    struct ag_job *j;
+    long n = 0;
+
+    /* newest first */
+    for (j = a->jobs_tail; j && (max <= 0 || n < max); j = j->prev) {
+        if (job_matches(j, state, domain)) {
+            cJSON_AddItemToArray(arr, cJSON_Duplicate(j->obj, 1));
+            n++;
+        }
+    }
+    *body = arr;
+    return 200;
+}
+
+static void domains_listed(struct hs_engine *eng, int status, cJSON *list, const char *error,
+                           void *data)
+{
+    struct ag_pending *p = data;
+
+    if (status < 0)
+        pending_finish(p, 503, error_body("cannot list the domains: %s", error), 0);
+    else
+        pending_finish(p, 200, list, 0);
+}
+
+int ag_op_domains(struct agent *a, ag_reply_fn reply, void *data, struct ag_pending **out)
+{
+    struct ag_pending *p = pending_new(a, reply, data);
+    cJSON *err;
+
+    *out = NULL;
+    if (p && hs_engine_list(a->eng, domains_listed, p) == 0) {
+        *out = p;
+        return 1;
+    }
+    err = p ? error_body("not connected to libvirt: %s", hs_engine_error(a->eng) ?: "?")
+            : error_body("out of memory");
+    if (p) {
+        pending_finish(p, 503, err, 0);
+    } else {
+        reply(data, 503, err, 0);
+        cJSON_Delete(err);
+    }
+    return 0;
+}
+
+/* ---- the HTTP API ---- */
+
+static const char *header(h2o_req_t *req, const char *name, size_t *len)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, name, strlen(name), -1);
+
+    if (i < 0)
+        return NULL;
+    *len = req->headers.entries[i].value.len;
+    return req->headers.entries[i].value.base;
+}
+
+/* An HTTP request waiting for an operation; in the request's pool, whose
+ * disposal (the client left) abandons the operation's answer. */
+struct http_wait {
+    struct agent *agent;
+    h2o_req_t *req;
+    struct ag_pending *p;
+};
+
+static void http_wait_gone(void *data)
+{
+    struct http_wait *w = data;
+
+    if (w->p)
+        ag_pending_abandon(w->p);
+}
+
+static void http_reply(void *data, int status, const cJSON *body, int replayed)
+{
+    struct http_wait *w = data;
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(body, "id"));
+    char loc[128];
+
+    w->p = NULL;
+    if (status == 202 && id && cJSON_IsObject(body)) {
+        snprintf(loc, sizeof(loc), "/v1/snapshots/%s", id);
+        add_header(w->req, "location", loc);
+    }
+    if (replayed)
+        add_header(w->req, "idempotent-replayed", "true");
+    respond_json(w->agent, w->req, status, body);
+}
+
+static struct http_wait *http_wait_new(struct agent *a, h2o_req_t *req)
+{
+    struct http_wait *w = h2o_mem_alloc_shared(&req->pool, sizeof(*w), http_wait_gone);
+
+    w->agent = a;
+    w->req = req;
+    w->p = NULL;
+    return w;
 }
 
 static void handle_post(struct agent *a, h2o_req_t *req)
 {
-    const char *key = NULL;
+    struct http_wait *w = http_wait_new(a, req);
+    const char *key;
+    char kbuf[AG_ID_MAX + 1];
     size_t klen = 0;
-    struct ag_pending *p;
-    struct ag_want *wants;
-    cJSON *doc, *same;
-    char err[1024], kbuf[AG_ID_MAX + 1] = "";
-    int n;
 
     if ((key = header(req, "idempotency-key", &klen))) {
         if (!ag_key_ok(key, klen)) {
@@ -940,109 +1174,22 @@ static void handle_post(struct agent *a, h2o_req_t *req)
         memcpy(kbuf, key, klen);
         kbuf[klen] = '\0';
     }
-    n = ag_parse_snapshots(req->entity.base ? req->entity.base : "", req->entity.len,
-                           &a->cfg->defaults, &doc, &wants, err, sizeof(err));
-    if (n < 0) {
-        respond_error(a, req, 400, "%s", err);
-        return;
-    }
-    if (kbuf[0] && (same = jobs_with_key(a, kbuf))) {
-        add_header(req, "idempotent-replayed", "true");
-        respond_jobs(a, req, 202, same, cJSON_IsArray(doc));
-        cJSON_Delete(same);
-        goto done;
-    }
-    for (p = a->pendings; kbuf[0] && p; p = p->next) {
-        if (!strcmp(p->key, kbuf)) {
-            respond_error(a, req, 409, "a request with Idempotency-Key '%s' is being accepted; "
-                          "retry", kbuf);
-            goto done;
-        }
-    }
-    if (!a->ready || a->stopping) {
-        respond_error(a, req, 503, "%s", a->stopping ? "the agent is stopping"
-                                         : "the agent is recovering what a dead run left; retry");
-        goto done;
-    }
-    if (a->running + n > AG_MAX_RUNNING) {
-        respond_error(a, req, 429, "%d snapshots are running; at most %d may", a->running,
-                      AG_MAX_RUNNING);
-        goto done;
-    }
-    p = pending_new(a, req);
-    if (!p) {
-        respond_error(a, req, 503, "out of memory");
-        goto done;
-    }
-    p->doc = doc;
-    p->wants = wants;
-    p->n = n;
-    p->batch = cJSON_IsArray(doc);
-    snprintf(p->key, sizeof(p->key), "%s", kbuf);
-    if (hs_engine_list(a->eng, post_listed, p) < 0) {
-        respond_error(a, req, 503, "not connected to libvirt: %s",
-                      hs_engine_error(a->eng) ? hs_engine_error(a->eng) : "?");
-        pending_free(p);
-    }
-    return;
-done:
-    cJSON_Delete(doc);
-    free(wants);
+    ag_op_snapshot(a, req->entity.base ? req->entity.base : "", req->entity.len,
+                   key ? kbuf : NULL, http_reply, w, &w->p);
 }
 
-static void handle_get_one(struct agent *a, h2o_req_t *req, const char *id)
+static void respond_op(struct agent *a, h2o_req_t *req, int status, cJSON *body)
 {
-    struct ag_job *j = job_find(a, id);
-
-    if (!j) {
-        respond_error(a, req, 404, "no snapshot job '%s'", id);
-        return;
-    }
-    respond_json(a, req, 200, j->obj);
-}
-
-static void handle_delete(struct agent *a, h2o_req_t *req, const char *id)
-{
-    struct ag_job *j = job_find(a, id);
-
-    if (!j) {
-        respond_error(a, req, 404, "no snapshot job '%s'", id);
-        return;
-    }
-    if (j->ended) {
-        respond_error(a, req, 409, "snapshot job '%s' has already ended (%s)", id, j->state);
-        return;
-    }
-    if (!j->job) {
-        respond_error(a, req, 409, "snapshot job '%s' was left by an agent that died; "
-                      "recovery is ending it", id);
-        return;
-    }
-    hs_job_cancel(j->job);
-    obj_set(j->obj, "cancel_requested", cJSON_CreateTrue());
-    obj_touch(j->obj);
-    respond_json(a, req, 202, j->obj);
-}
-
-static int job_matches(const struct ag_job *j, const char *state, const char *domain)
-{
-    const char *s = cJSON_GetStringValue(cJSON_GetObjectItem(j->obj, "state"));
-    const char *d = cJSON_GetStringValue(cJSON_GetObjectItem(j->obj, "domain"));
-
-    if (j->hidden)
-        return 0;
-    if (state[0] && !(!strcmp(state, "running") ? !j->ended : s && !strcmp(state, s)))
-        return 0;
-    return !domain[0] || (d && !strcmp(domain, d));
+    respond_json(a, req, status, body);
+    cJSON_Delete(body);
 }
 
 static void handle_list(struct agent *a, h2o_req_t *req, const struct ag_route *rt)
 {
     char state[32] = "", domain[260] = "", limit[16] = "";
+    cJSON *body;
     long max = 0;
-    cJSON *arr;
-    struct ag_job *j;
-    int n = 0;
+    int status;
 
     if (ag_query_get(rt->query, rt->query_len, "state", state, sizeof(state)) < 0 ||
         ag_query_get(rt->query, rt->query_len, "domain", domain, sizeof(domain)) < 0 ||
@@ -1059,46 +1206,15 @@ static void handle_list(struct agent *a, h2o_req_t *req, const struct ag_route *
             return;
         }
     }
-    arr = cJSON_CreateArray();
-    /* newest first */
-    for (j = a->jobs_tail; j && (!max || n < max); j = j->prev) {
-        if (job_matches(j, state, domain)) {
-            cJSON_AddItemToArray(arr, cJSON_Duplicate(j->obj, 1));
-            n++;
-        }
-    }
-    respond_json(a, req, 200, arr);
-    cJSON_Delete(arr);
-}
-
-static void domains_listed(struct hs_engine *eng, int status, cJSON *list, const char *error,
-                           void *data)
-{
-    struct ag_pending *p = data;
-
-    if (p->req) {
-        if (status < 0)
-            respond_error(p->agent, p->req, 503, "cannot list the domains: %s", error);
-        else
-            respond_json(p->agent, p->req, 200, list);
-    }
-    cJSON_Delete(list);
-    pending_free(p);
+    status = ag_op_list(a, state, domain, max, &body);
+    respond_op(a, req, status, body);
 }
 
 static void handle_domains(struct agent *a, h2o_req_t *req)
 {
-    struct ag_pending *p = pending_new(a, req);
+    struct http_wait *w = http_wait_new(a, req);
 
-    if (!p) {
-        respond_error(a, req, 503, "out of memory");
-        return;
-    }
-    if (hs_engine_list(a->eng, domains_listed, p) < 0) {
-        respond_error(a, req, 503, "not connected to libvirt: %s",
-                      hs_engine_error(a->eng) ? hs_engine_error(a->eng) : "?");
-        pending_free(p);
-    }
+    ag_op_domains(a, http_reply, w, &w->p);
 }
 
 static void handle_healthz(struct agent *a, h2o_req_t *req)
@@ -1146,6 +1262,7 @@ static void handle_metrics(struct agent *a, h2o_req_t *req)
     now.connections = a->nconns;
     for (struct ag_sub *s = a->subs; s; s = s->next)
         now.subscribers++;
+    now.bus = a->amqp ? ag_amqp_connected(a->amqp, &now.bus_reconnects) : -1;
     text = ag_metrics_render(&a->m, &now);
     cJSON_Delete(stats);
     respond_text(a, req, 200, "text/plain; version=0.0.4", text);
@@ -1165,6 +1282,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     const char *allow, *auth;
     size_t alen;
     char err[256];
+    cJSON *body;
+    int status;
 
     if (is_tcp(a, req)) {
         auth = header(req, "authorization", &alen);
@@ -1197,10 +1316,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             handle_list(a, req, &rt);
         break;
     case AG_EP_SNAPSHOT:
-        if (req->method.len == 6)
-            handle_delete(a, req, rt.id);
-        else
-            handle_get_one(a, req, rt.id);
+        status = req->method.len == 6 ? ag_op_cancel(a, rt.id, &body)
+                                      : ag_op_get(a, rt.id, &body);
+        respond_op(a, req, status, body);
         break;
     case AG_EP_EVENTS:
         handle_events(a, req, &rt);
@@ -1573,6 +1691,20 @@ static void recovered(struct hs_engine *eng, int status, const cJSON *report, vo
     interrupted_settle(a, report);
     a->ready = 1;
     ag_log("info", "ready");
+    /* the bus's requests wait in their queues until now */
+    if (a->cfg->transport_url && !a->stopping) {
+        struct ag_amqp_config qc = {
+            .url = a->cfg->transport_url,
+            .topic = a->cfg->rpc_topic,
+            .server = a->cfg->rpc_server,
+            .exchange = a->cfg->control_exchange,
+            .state_dir = a->state_dir,
+        };
+        char err[512];
+
+        if (ag_amqp_start(&a->loop, a, &qc, &a->amqp, err, sizeof(err)) < 0)
+            ag_log("error", "the bus: %s", err);
+    }
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1661,6 +1793,15 @@ int hs_agent_main(const struct hs_agent_config *cfg)
         dup2(fd, STDERR_FILENO);
         close(fd);
     }
+    if (cfg->transport_url) {
+        struct ag_amqp_url url;
+
+        if (ag_amqp_url_parse(cfg->transport_url, &url, err, sizeof(err)) < 0) {
+            fprintf(stderr, "hotsnap: %s\n", err);
+            return 2;
+        }
+        explicit_bzero(&url, sizeof(url));
+    }
     if (cfg->listen && !cfg->token_file) {
         fprintf(stderr, "hotsnap: --listen needs --token-file: TCP clients must present a token\n");
         return 2;
@@ -1707,6 +1848,8 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     if (a->have_tcp)
         uv_close((uv_handle_t *)&a->tcp_listener, closed_quietly);
     history_compact(a);
+    if (a->amqp)
+        ag_amqp_stop(a->amqp); /* publishes the last notifications first */
     uv_close((uv_handle_t *)&a->heartbeat, closed_quietly);
     uv_close((uv_handle_t *)&a->recover_retry, closed_quietly);
     hs_engine_close(a->eng, engine_closed, a);

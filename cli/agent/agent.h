@@ -21,6 +21,11 @@ struct hs_agent_config {
     int history;                      /* finished jobs kept; 0: 1000 */
     int max_connections;              /* 0: 256 */
     int verbose;
+    /* the control plane's bus (oslo.messaging on RabbitMQ); NULL url: none */
+    const char *transport_url;        /* rabbit://USER:PASS@HOST:PORT/VHOST */
+    const char *rpc_topic;            /* NULL: "hotsnap" */
+    const char *rpc_server;           /* NULL: the host name */
+    const char *control_exchange;     /* NULL: "openstack" */
 };
 
 /* Run the agent until SIGTERM or SIGINT; the process's exit status. */

@@ -1,4 +1,4 @@
-/* The agent's request grammar (see api.h). */
+/* The agent's request grammar, and the bus's transport URL (see api.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -326,4 +326,103 @@ fail:
     free(w);
     cJSON_Delete(d);
     return -1;
+}
+
+/* The bus's transport URL (see api.h). */
+static int pct_decode(const char *s, size_t len, char *out, size_t outlen)
+{
+    size_t i, o = 0;
+
+    for (i = 0; i < len; i++) {
+        unsigned c = (unsigned char)s[i];
+
+        if (c == '%') {
+            unsigned v;
+
+            if (i + 2 >= len)
+                return -1;
+            if (sscanf(s + i + 1, "%2x", &v) != 1 || v == 0)
+                return -1;
+            c = v;
+            i += 2;
+        }
+        if (o + 1 >= outlen)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+int ag_amqp_url_parse(const char *url, struct ag_amqp_url *out, char *err, size_t errlen)
+{
+    const char *p, *at, *slash, *hostp, *colon;
+    size_t n;
+    char port[16];
+
+    memset(out, 0, sizeof(*out));
+    out->port = 5672;
+    snprintf(out->vhost, sizeof(out->vhost), "/");
+    snprintf(out->user, sizeof(out->user), "guest");
+    snprintf(out->pass, sizeof(out->pass), "guest");
+    if (strncmp(url, "rabbit://", 9)) {
+        snprintf(err, errlen, "the transport URL must start with rabbit://");
+        return -1;
+    }
+    p = url + 9;
+    slash = strchr(p, '/');
+    n = slash ? (size_t)(slash - p) : strlen(p);
+    if (memchr(p, ',', n)) {
+        snprintf(err, errlen, "the transport URL names several hosts; give one");
+        return -1;
+    }
+    at = memrchr(p, '@', n);
+    hostp = p;
+    if (at) {
+        const char *c = memchr(p, ':', (size_t)(at - p));
+
+        if (pct_decode(p, (size_t)((c ? c : at) - p), out->user, sizeof(out->user)) < 0 ||
+            (c && pct_decode(c + 1, (size_t)(at - c - 1), out->pass, sizeof(out->pass)) < 0)) {
+            snprintf(err, errlen, "the transport URL's user or password is malformed");
+            return -1;
+        }
+        hostp = at + 1;
+    }
+    n = (size_t)((slash ? slash : p + strlen(p)) - hostp);
+    colon = memrchr(hostp, ':', n);
+    if (colon && (hostp[0] != '[' || colon[-1] == ']')) {
+        char *end;
+        long v;
+
+        snprintf(port, sizeof(port), "%.*s", (int)(n - (size_t)(colon - hostp) - 1), colon + 1);
+        v = strtol(port, &end, 10);
+        if (!port[0] || *end || v < 1 || v > 65535) {
+            snprintf(err, errlen, "the transport URL's port is not a number from 1 to 65535");
+            return -1;
+        }
+        out->port = (int)v;
+        n = (size_t)(colon - hostp);
+    }
+    if (n && hostp[0] == '[' && hostp[n - 1] == ']') {
+        hostp++;
+        n -= 2;
+    }
+    if (n == 0 || n >= sizeof(out->host)) {
+        snprintf(err, errlen, "the transport URL names no host");
+        return -1;
+    }
+    memcpy(out->host, hostp, n);
+    out->host[n] = '\0';
+    if (slash && slash[1]) {
+        const char *q = strchr(slash + 1, '?');
+
+        if (pct_decode(slash + 1, q ? (size_t)(q - slash - 1) : strlen(slash + 1), out->vhost,
+                       sizeof(out->vhost)) < 0) {
+            snprintf(err, errlen, "the transport URL's virtual host is malformed");
+            return -1;
+        }
+        if (!out->vhost[0])
+            snprintf(out->vhost, sizeof(out->vhost), "/");
+    }
+    return 0;
 }

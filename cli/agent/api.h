@@ -1,6 +1,6 @@
 /*
- * The agent's request grammar: routes, query strings, bearer tokens and the
- * body of POST /v1/snapshots. Pure functions over bytes, no I/O and no
+ * The agent's request grammar: routes, query strings, bearer tokens, the
+ * body of POST /v1/snapshots, and the bus's transport URL. Pure functions over bytes, no I/O and no
  * engine, so the fuzz harness (tests/fuzz/fuzz_api.c) drives them directly.
  */
 #ifndef HS_AGENT_API_H
@@ -67,5 +67,18 @@ int ag_parse_snapshots(const char *body, size_t len, const struct hs_snapshot_op
 
 /* Whether @t names a target: dir:PATH, glance or glance:URL. */
 int ag_target_ok(const char *t);
+
+struct ag_amqp_url {
+    char host[256];
+    int port;
+    char user[256];
+    char pass[256];
+    char vhost[256];
+};
+
+/* rabbit://USER:PASS@HOST:PORT/VHOST (as Nova's transport_url; one host; user,
+ * password and vhost percent-decoded; port 5672 and vhost "/" by default).
+ * 0, or -1 with a one-line @err that never shows the password. */
+int ag_amqp_url_parse(const char *url, struct ag_amqp_url *out, char *err, size_t errlen);
 
 #endif

@@ -180,5 +180,13 @@ char *ag_metrics_render(const struct ag_metrics *m, const struct ag_metrics_now 
             "hotsnap_event_readers_dropped_total %llu\n",
         now->connections, (unsigned long long)m->conns_refused, now->subscribers,
         (unsigned long long)m->subs_dropped);
+    if (now->bus >= 0)
+        put(&o, "# HELP hotsnap_bus_connected Whether the AMQP connection is up.\n"
+                "# TYPE hotsnap_bus_connected gauge\n"
+                "hotsnap_bus_connected %d\n"
+                "# HELP hotsnap_bus_reconnects_total Times the AMQP connection came back.\n"
+                "# TYPE hotsnap_bus_reconnects_total counter\n"
+                "hotsnap_bus_reconnects_total %u\n",
+            now->bus, now->bus_reconnects);
     return o.buf;
 }

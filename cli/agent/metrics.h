@@ -34,6 +34,8 @@ struct ag_metrics_now {
     const cJSON *stats;       /* hs_engine_stats() */
     double late_p50, late_p99, late_max;
     int connections, subscribers;
+    int bus;                 /* -1: no --transport-url; else whether it is connected */
+    unsigned bus_reconnects;
 };
 
 void ag_metrics_init(struct ag_metrics *m);

@@ -1,7 +1,8 @@
 /*
  * libFuzzer harness for the agent's request handling (cli/agent/api.c): the
  * input is a request as the agent sees it once H2O has parsed it, written as
- * text: "METHOD PATH\n", header lines "Name: value\n", a blank line, the body.
+ * text: "METHOD PATH\n", header lines "Name: value\n", a blank line, the body
+ * (a "Transport-URL:" line is given to the bus's URL parser).
  * Every function a request reaches runs on it, and what they return is
  * checked against what the handlers rely on.
  *
@@ -63,9 +64,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sp = colon + 1;
         while (sp < eol && *sp == ' ')
             sp++;
-        if ((size_t)(colon - p) == 13 && !strncasecmp(p, "authorization", 13))
+        if ((size_t)(colon - p) == 13 && !strncasecmp(p, "authorization", 13)) {
             (void)ag_bearer_ok(sp, (size_t)(eol - sp), "0123456789abcdef-token");
-        else
+        } else if ((size_t)(colon - p) == 13 && !strncasecmp(p, "transport-url", 13)) {
+            struct ag_amqp_url u;
+            char url[512];
+
+            snprintf(url, sizeof(url), "%.*s", (int)(eol - sp), sp);
+            if (ag_amqp_url_parse(url, &u, err, sizeof(err)) == 0)
+                assert(u.host[0] && u.port > 0 && u.port < 65536 && u.vhost[0]);
+            else
+                assert(err[0] && !strstr(err, "hunter2"));
+        } else
             (void)ag_key_ok(sp, (size_t)(eol - sp));
         if (eol == end)
             break;

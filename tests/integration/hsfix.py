@@ -4,10 +4,13 @@ Guests are named with PREFIX and removed (with their disks) even when a test
 fails; each test class also sweeps leftovers of an earlier, killed run.
 Disks are laid out as Nova does: a qcow2 overlay on a shared raw base.
 """
+import hashlib
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -619,6 +622,28 @@ class GlanceGuestTestCase(GuestTestCase):
         cls.glance.close()
         super().tearDownClass()
 
+    def assert_in_glance(self, img, disk_path):
+        """An image a job reported ({id, sha512, size}) is active in Glance, with
+        that hash, and holds what the guest's disk holds."""
+        meta = self.glance.api("GET", "/v2/images/" + img["id"])
+        self.assertEqual(meta["status"], "active")
+        self.assertEqual(meta["os_hash_algo"], "sha512")
+        self.assertEqual(meta["os_hash_value"], img["sha512"])
+        data = self.glance.download(img["id"])
+        self.assertEqual(hashlib.sha512(data).hexdigest(), img["sha512"])
+        self.assertEqual(len(data), img["size"])
+        path = os.path.join(self.state, "downloaded-" + img["id"])
+        with open(path, "wb") as f:
+            f.write(data)
+        same, why = images_identical(disk_path, path)
+        self.assertTrue(same, why)
+        os.unlink(path)
+
+    def images_of(self, *guests):
+        """Glance's images of these guests (named {domain}-...)."""
+        return [i for i in self.glance.images() if any(i["name"].startswith(g.name + "-")
+                                                       for g in guests)]
+
 
 class KeystoneServer:
     """A real Keystone (Debian's package) on 127.0.0.1: sqlite in WAL mode,
@@ -753,3 +778,193 @@ def restart_libvirtd(sig=signal.SIGTERM, down_s=0):
     if started:
         with open("/run/libvirtd.pid") as f, open(started, "a") as out:
             out.write(f.read().strip() + "\n")
+
+
+class RabbitServer:
+    """A private RabbitMQ node (Debian's rabbitmq-server, started directly, no
+    systemd) on 127.0.0.1 with its own epmd, ports, data and cookie; started,
+    restarted and stopped by PID. The guest user may connect from loopback."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="hstest-rabbit-")
+        self.port, self.dist, self.epmd_port = free_port(), free_port(), free_port()
+        self.node = "hstest%d@localhost" % os.getpid()
+        self.url = "rabbit://guest:guest@127.0.0.1:%d/" % self.port
+        with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as f:
+            f.write("listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n" % self.port)
+        with open(os.path.join(self.dir, "enabled_plugins"), "w") as f:
+            f.write("[].\n")
+        self.env = dict(os.environ, HOME=self.dir, RABBITMQ_NODENAME=self.node,
+                        RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(self.dist),
+                        RABBITMQ_MNESIA_BASE=os.path.join(self.dir, "mnesia"),
+                        RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
+                        RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "enabled_plugins"),
+                        RABBITMQ_PID_FILE=os.path.join(self.dir, "pid"),
+                        RABBITMQ_CONFIG_FILE=os.path.join(self.dir, "rabbitmq"),
+                        ERL_EPMD_PORT=str(self.epmd_port), ERL_EPMD_ADDRESS="127.0.0.1",
+                        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                            "-kernel inet_dist_use_interface {127,0,0,1}"))
+        self.epmd = subprocess.Popen(["epmd", "-port", str(self.epmd_port),
+                                      "-address", "127.0.0.1"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = None
+        self.start()
+
+    def ctl(self, *args, timeout=120):
+        return subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.node] +
+                              list(args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self):
+        if self.proc:
+            return
+        self.proc = subprocess.Popen(["/usr/lib/rabbitmq/bin/rabbitmq-server"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     cwd=self.dir)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("rabbitmq-server exited")
+            if self.ctl("await_startup", "--timeout", "10").returncode == 0:
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("rabbitmq-server did not come up")
+
+    def stop(self):
+        """Stop the node: by the PID it wrote, then its start script."""
+        if not self.proc:
+            return
+        pidfile = os.path.join(self.dir, "pid")
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(300):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        try:
+            os.unlink(pidfile)
+        except OSError:
+            pass
+
+    def close(self):
+        self.stop()
+        self.epmd.kill()
+        self.epmd.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+TOKEN = "s3cret-token-for-the-agent-tests"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=30):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Agent:
+    """A `hotsnap agent` process, started and stopped by its PID."""
+
+    def __init__(self, state, *args, port=None):
+        self.state = state
+        self.sock = os.path.join(state, "agent.sock")
+        self.port = port or free_port()
+        self.token_file = os.path.join(state, "token")
+        with open(self.token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(self.token_file, 0o600)
+        self.log = os.path.join(state, "agent.log")
+        self.args = [HOTSNAP, "agent", "--state-dir", state, "--socket", self.sock,
+                     "--listen", "127.0.0.1:%d" % self.port, "--token-file", self.token_file,
+                     "--log", self.log] + list(args)
+        self.start()
+
+    def start(self):
+        self.p = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.p.poll() is not None:
+                raise AssertionError("the agent exited: %s" % self.p.stderr.read())
+            try:
+                status, body, _ = self.request("GET", "/healthz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the agent did not become healthy: %s" % self.read_log())
+
+    def read_log(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def request(self, method, path, body=None, headers=None, tcp=False, token=TOKEN):
+        if tcp:
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        else:
+            c = UnixHTTPConnection(self.sock)
+        h = dict(headers or {})
+        if tcp and token:
+            h["Authorization"] = "Bearer " + token
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+            h["Content-Type"] = "application/json"
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            hdrs = {k.lower(): v for k, v in r.getheaders()}
+            ctype = hdrs.get("content-type", "")
+            return r.status, json.loads(data) if "json" in ctype else data.decode(), hdrs
+        finally:
+            c.close()
+
+    def job(self, job_id):
+        status, body, _ = self.request("GET", "/v1/snapshots/" + job_id)
+        assert status == 200, (status, body)
+        return body
+
+    def wait_job(self, job_id, pred, timeout=240):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            j = self.job(job_id)
+            if pred(j):
+                return j
+            time.sleep(0.2)
+        raise AssertionError("job %s: condition not met; last %s" % (job_id, j))
+
+    def wait_ended(self, job_id, timeout=240):
+        return self.wait_job(job_id, lambda j: j["state"] in ("done", "failed"), timeout)
+
+    def kill(self, sig=signal.SIGKILL):
+        self.p.send_signal(sig)
+        rc = self.p.wait(timeout=120)
+        self.p.stderr.close()
+        return rc
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+            self.p.stderr.close()

@@ -1,126 +1,17 @@
 """hotsnap agent: a real agent process on a unix socket and on TCP, driven over
 HTTP as a control plane would, against the real libvirtd, QEMU guests and the
 local Glance."""
-import hashlib
-import http.client
 import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 import unittest
 
 import libvirt
 
-from hsfix import (HOTSNAP, GlanceGuestTestCase, free_port, images_identical, job_active)
-
-TOKEN = "s3cret-token-for-the-agent-tests"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=30):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-class Agent:
-    """A `hotsnap agent` process, started and stopped by its PID."""
-
-    def __init__(self, state, *args, port=None):
-        self.state = state
-        self.sock = os.path.join(state, "agent.sock")
-        self.port = port or free_port()
-        self.token_file = os.path.join(state, "token")
-        with open(self.token_file, "w") as f:
-            f.write(TOKEN + "\n")
-        os.chmod(self.token_file, 0o600)
-        self.log = os.path.join(state, "agent.log")
-        self.args = [HOTSNAP, "agent", "--state-dir", state, "--socket", self.sock,
-                     "--listen", "127.0.0.1:%d" % self.port, "--token-file", self.token_file,
-                     "--log", self.log] + list(args)
-        self.start()
-
-    def start(self):
-        self.p = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.p.poll() is not None:
-                raise AssertionError("the agent exited: %s" % self.p.stderr.read())
-            try:
-                status, body, _ = self.request("GET", "/healthz")
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("the agent did not become healthy: %s" % self.read_log())
-
-    def read_log(self):
-        with open(self.log) as f:
-            return f.read()
-
-    def request(self, method, path, body=None, headers=None, tcp=False, token=TOKEN):
-        if tcp:
-            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        else:
-            c = UnixHTTPConnection(self.sock)
-        h = dict(headers or {})
-        if tcp and token:
-            h["Authorization"] = "Bearer " + token
-        if body is not None and not isinstance(body, (bytes, str)):
-            body = json.dumps(body)
-            h["Content-Type"] = "application/json"
-        try:
-            c.request(method, path, body=body, headers=h)
-            r = c.getresponse()
-            data = r.read()
-            hdrs = {k.lower(): v for k, v in r.getheaders()}
-            ctype = hdrs.get("content-type", "")
-            return r.status, json.loads(data) if "json" in ctype else data.decode(), hdrs
-        finally:
-            c.close()
-
-    def job(self, job_id):
-        status, body, _ = self.request("GET", "/v1/snapshots/" + job_id)
-        assert status == 200, (status, body)
-        return body
-
-    def wait_job(self, job_id, pred, timeout=240):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            j = self.job(job_id)
-            if pred(j):
-                return j
-            time.sleep(0.2)
-        raise AssertionError("job %s: condition not met; last %s" % (job_id, j))
-
-    def wait_ended(self, job_id, timeout=240):
-        return self.wait_job(job_id, lambda j: j["state"] in ("done", "failed"), timeout)
-
-    def kill(self, sig=signal.SIGKILL):
-        self.p.send_signal(sig)
-        rc = self.p.wait(timeout=120)
-        self.p.stderr.close()
-        return rc
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-            self.p.stderr.close()
-
+from hsfix import TOKEN, Agent, GlanceGuestTestCase, UnixHTTPConnection, job_active
 
 class EventReader:
     """GET /v1/events read on a thread: the engine's events as they come."""
@@ -163,10 +54,6 @@ class EventReader:
         self.conn.close()
 
 
-def sha512_of(data):
-    return hashlib.sha512(data).hexdigest()
-
-
 class AgentTest(GlanceGuestTestCase):
 
     def setUp(self):
@@ -177,27 +64,8 @@ class AgentTest(GlanceGuestTestCase):
         self.agent.stop()
         super().tearDown()
 
-    def images_of(self, *guests):
-        return [i for i in self.glance.images() if any(i["name"].startswith(g.name + "-")
-                                                       for g in guests)]
-
     def post(self, body, **kw):
         return self.agent.request("POST", "/v1/snapshots", body, **kw)
-
-    def assert_in_glance(self, img, disk_path):
-        meta = self.glance.api("GET", "/v2/images/" + img["id"])
-        self.assertEqual(meta["status"], "active")
-        self.assertEqual(meta["os_hash_algo"], "sha512")
-        self.assertEqual(meta["os_hash_value"], img["sha512"])
-        data = self.glance.download(img["id"])
-        self.assertEqual(sha512_of(data), img["sha512"])
-        self.assertEqual(len(data), img["size"])
-        path = os.path.join(self.state, "downloaded-" + img["id"])
-        with open(path, "wb") as f:
-            f.write(data)
-        same, why = images_identical(disk_path, path)
-        self.assertTrue(same, why)
-        os.unlink(path)
 
     def test_snapshot_followed_to_its_verified_image(self):
         g = self.guest("ag-one").start()

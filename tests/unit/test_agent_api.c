@@ -132,8 +132,33 @@ static void test_bodies(void)
     }
 }
 
+static void test_transport_url(void)
+{
+    struct ag_amqp_url u;
+    char err[256];
+
+    CHECK(ag_amqp_url_parse("rabbit://nova:s%40cret@10.0.0.5:5673/cloud%2Fa", &u, err,
+                            sizeof(err)) == 0);
+    CHECK(!strcmp(u.user, "nova") && !strcmp(u.pass, "s@cret") && !strcmp(u.host, "10.0.0.5"));
+    CHECK(u.port == 5673 && !strcmp(u.vhost, "cloud/a"));
+    CHECK(ag_amqp_url_parse("rabbit://h", &u, err, sizeof(err)) == 0);
+    CHECK(!strcmp(u.host, "h") && u.port == 5672 && !strcmp(u.vhost, "/"));
+    CHECK(!strcmp(u.user, "guest"));
+    CHECK(ag_amqp_url_parse("rabbit://u:p@[::1]:5672/", &u, err, sizeof(err)) == 0);
+    CHECK(!strcmp(u.host, "::1") && !strcmp(u.vhost, "/"));
+    CHECK(ag_amqp_url_parse("amqp://h/", &u, err, sizeof(err)) < 0 && strstr(err, "rabbit://"));
+    CHECK(ag_amqp_url_parse("rabbit://u:p@h1,u:p@h2/", &u, err, sizeof(err)) < 0);
+    CHECK(ag_amqp_url_parse("rabbit://u:p@h:99999/", &u, err, sizeof(err)) < 0);
+    CHECK(ag_amqp_url_parse("rabbit://u:p@/", &u, err, sizeof(err)) < 0);
+    /* a bad URL's message never shows the password */
+    CHECK(ag_amqp_url_parse("rabbit://u:hunter2@h:x/", &u, err, sizeof(err)) < 0);
+    CHECK(!strstr(err, "hunter2"));
+    CHECK(ag_amqp_url_parse("rabbit://u:p%zz@h/", &u, err, sizeof(err)) < 0);
+}
+
 int main(void)
 {
+    RUN(test_transport_url);
     RUN(test_routes);
     RUN(test_query);
     RUN(test_bearer);

@@ -1,0 +1,1049 @@
+/*
+ * The agent as an oslo.messaging RPC server on RabbitMQ (see amqp.h).
+ *
+ * One thread owns the rabbitmq-c connection: it connects (with backoff),
+ * declares what an oslo RPC server declares, consumes, publishes replies and
+ * notifications (in confirm mode), and acks. It never blocks on the loop and
+ * the loop never blocks on it: deliveries go to the loop through a queue and
+ * a uv_async_t; replies, notifications and acks come back through another
+ * queue and an eventfd the thread polls beside the AMQP socket.
+ *
+ * A delivery is acked once what it asked is done and, for a snapshot, the
+ * job is accepted and recorded; a redelivery (after a reconnect) carries the
+ * same _unique_id, which is the job's idempotency key, so it starts nothing
+ * new. Notifications are appended to <state>/agent/outbox.jsonl before they
+ * are handed to the thread and leave it when the broker confirms them.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+
+#include "agent_int.h"
+#include "amqp.h"
+#include "api.h"
+
+#define AQ_CHANNEL 1
+#define AQ_HEARTBEAT 30       /* seconds */
+#define AQ_PREFETCH 64
+#define AQ_FANOUT_EXPIRES 1800000 /* ms: oslo's rabbit_transient_queues_ttl */
+#define AQ_BACKOFF_MAX_MS 15000
+#define AQ_STOP_GRACE_MS 5000
+
+enum aq_kind {
+    AQ_DELIVERY,  /* thread -> loop */
+    AQ_CONFIRMED, /* thread -> loop: a notification is safe with the broker */
+    AQ_STATE,     /* thread -> loop: connected or not, and why */
+    AQ_PUBLISH,   /* loop -> thread: a reply */
+    AQ_NOTIFY,    /* loop -> thread: a notification, kept until confirmed */
+    AQ_ACK,       /* loop -> thread */
+};
+
+struct aq_msg {
+    enum aq_kind kind;
+    struct aq_msg *next;
+    uint64_t gen; /* the connection a delivery came on, or an ack is for */
+    uint64_t tag; /* delivery tag */
+    uint64_t seq; /* notification number */
+    char *exchange, *key;
+    char *body;
+    size_t len;
+    int up;
+    uint64_t publish_no; /* thread: its number in confirm mode, 0 unpublished */
+};
+
+struct aq_queue {
+    struct aq_msg *head, *tail;
+};
+
+struct ag_amqp {
+    uv_loop_t *loop;
+    struct agent *agent;
+    struct ag_amqp_url url;
+    char *topic, *server, *exchange, *host;
+    char outbox[4200];
+    uv_thread_t thread;
+    uv_async_t async;
+    int wake_fd;
+    uv_mutex_t mu;
+    struct aq_queue to_thread, to_loop;
+    int stop;
+    /* the loop's */
+    uint64_t next_seq;
+    struct aq_msg *outbox_list; /* notifications not confirmed (seq, key, body) */
+    int connected;
+    unsigned reconnects;
+    int ever_up;
+    /* the thread's */
+    amqp_connection_state_t conn;
+    uint64_t gen;
+    uint64_t published;          /* publishes on this connection, for confirms */
+    struct aq_queue notifs;      /* notifications not confirmed */
+    char declared[8][64];        /* notification queues declared on this connection */
+    int ndeclared;
+};
+
+/* ---- queues between the loop and the thread ---- */
+
+static void aq_push(struct aq_queue *q, struct aq_msg *m)
+{
+    m->next = NULL;
+    if (q->tail)
+        q->tail->next = m;
+    else
+        q->head = m;
+    q->tail = m;
+}
+
+static struct aq_msg *aq_take_all(struct aq_queue *q)
+{
+    struct aq_msg *m = q->head;
+
+    q->head = q->tail = NULL;
+    return m;
+}
+
+static void aq_free(struct aq_msg *m)
+{
+    if (!m)
+        return;
+    free(m->exchange);
+    free(m->key);
+    free(m->body);
+    free(m);
+}
+
+static struct aq_msg *aq_new(enum aq_kind kind, const char *exchange, const char *key,
+                             const char *body, size_t len)
+{
+    struct aq_msg *m = calloc(1, sizeof(*m));
+
+    if (!m)
+        abort();
+    m->kind = kind;
+    m->exchange = exchange ? strdup(exchange) : NULL;
+    m->key = key ? strdup(key) : NULL;
+    if (body) {
+        m->body = malloc(len + 1);
+        if (!m->body)
+            abort();
+        memcpy(m->body, body, len);
+        m->body[len] = '\0';
+        m->len = len;
+    }
+    return m;
+}
+
+static void to_thread(struct ag_amqp *q, struct aq_msg *m)
+{
+    uint64_t one = 1;
+
+    uv_mutex_lock(&q->mu);
+    aq_push(&q->to_thread, m);
+    uv_mutex_unlock(&q->mu);
+    if (write(q->wake_fd, &one, sizeof(one)) < 0) {
+        /* the counter is saturated: the thread is awake anyway */
+    }
+}
+
+static void to_loop(struct ag_amqp *q, struct aq_msg *m)
+{
+    uv_mutex_lock(&q->mu);
+    aq_push(&q->to_loop, m);
+    uv_mutex_unlock(&q->mu);
+    uv_async_send(&q->async);
+}
+
+/* ---- the thread ---- */
+
+static int rpc_ok(struct ag_amqp *q, const char *what)
+{
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(q->conn);
+
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        return 0;
+    case AMQP_RESPONSE_NONE:
+        ag_log("warning", "amqp: %s: no reply", what);
+        break;
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        ag_log("warning", "amqp: %s: %s", what, amqp_error_string2(r.library_error));
+        break;
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD ||
+            r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+            amqp_bytes_t text = r.reply.id == AMQP_CONNECTION_CLOSE_METHOD
+                                    ? ((amqp_connection_close_t *)r.reply.decoded)->reply_text
+                                    : ((amqp_channel_close_t *)r.reply.decoded)->reply_text;
+
+            ag_log("warning", "amqp: %s: the broker says: %.*s", what, (int)text.len,
+                   (char *)text.bytes);
+        } else {
+            ag_log("warning", "amqp: %s: the broker closed the connection", what);
+        }
+        break;
+    }
+    return -1;
+}
+
+static void disconnect(struct ag_amqp *q, const char *why)
+{
+    struct aq_msg *m;
+
+    if (!q->conn)
+        return;
+    amqp_destroy_connection(q->conn);
+    q->conn = NULL;
+    q->ndeclared = 0;
+    for (m = q->notifs.head; m; m = m->next)
+        m->publish_no = 0; /* published again on the next connection */
+    m = aq_new(AQ_STATE, NULL, NULL, why, strlen(why));
+    m->up = 0;
+    to_loop(q, m);
+}
+
+static int declare_queue(struct ag_amqp *q, const char *queue, const char *exchange,
+                         const char *key, int auto_delete, amqp_table_t args)
+{
+    amqp_queue_declare(q->conn, AQ_CHANNEL, amqp_cstring_bytes(queue), 0, 0, 0, auto_delete,
+                       args);
+    if (rpc_ok(q, "declaring a queue") < 0)
+        return -1;
+    amqp_queue_bind(q->conn, AQ_CHANNEL, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
+                    amqp_cstring_bytes(key), amqp_empty_table);
+    return rpc_ok(q, "binding a queue");
+}
+
+static int consume(struct ag_amqp *q, const char *queue)
+{
+    amqp_basic_consume(q->conn, AQ_CHANNEL, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
+                       amqp_empty_table);
+    return rpc_ok(q, "consuming");
+}
+
+/* What an oslo.messaging RPC server declares, and consume it all. */
+static int connect_broker(struct ag_amqp *q)
+{
+    struct timeval tv = {5, 0};
+    amqp_socket_t *sock;
+    amqp_rpc_reply_t r;
+    char server_q[600], fanout_x[300], fanout_q[400];
+    amqp_table_entry_t exp = {.key = amqp_cstring_bytes("x-expires"),
+                              .value = {.kind = AMQP_FIELD_KIND_I32,
+                                        .value = {.i32 = AQ_FANOUT_EXPIRES}}};
+    amqp_table_t fanout_args = {1, &exp};
+    unsigned char rnd[16];
+    int i, rc;
+
+    q->conn = amqp_new_connection();
+    sock = amqp_tcp_socket_new(q->conn);
+    if (!sock) {
+        disconnect(q, "out of memory");
+        return -1;
+    }
+    rc = amqp_socket_open_noblock(sock, q->url.host, q->url.port, &tv);
+    if (rc != AMQP_STATUS_OK) {
+        char why[512];
+
+        snprintf(why, sizeof(why), "cannot reach %s:%d: %s", q->url.host, q->url.port,
+                 amqp_error_string2(rc));
+        disconnect(q, why);
+        return -1;
+    }
+    r = amqp_login(q->conn, q->url.vhost, 0, 131072, AQ_HEARTBEAT, AMQP_SASL_METHOD_PLAIN,
+                   q->url.user, q->url.pass);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        disconnect(q, "the broker refused the login (user, password or virtual host)");
+        return -1;
+    }
+    amqp_channel_open(q->conn, AQ_CHANNEL);
+    if (rpc_ok(q, "opening a channel") < 0)
+        goto fail;
+    amqp_confirm_select(q->conn, AQ_CHANNEL);
+    if (rpc_ok(q, "selecting confirms") < 0)
+        goto fail;
+    amqp_basic_qos(q->conn, AQ_CHANNEL, 0, AQ_PREFETCH, 0);
+    if (rpc_ok(q, "setting the prefetch") < 0)
+        goto fail;
+    amqp_exchange_declare(q->conn, AQ_CHANNEL, amqp_cstring_bytes(q->exchange),
+                          amqp_cstring_bytes("topic"), 0, 0, 0, 0, amqp_empty_table);
+    if (rpc_ok(q, "declaring the control exchange") < 0)
+        goto fail;
+    snprintf(server_q, sizeof(server_q), "%s.%s", q->topic, q->server);
+    snprintf(fanout_x, sizeof(fanout_x), "%s_fanout", q->topic);
+    if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) < 0)
+        memset(rnd, 7, sizeof(rnd));
+    i = snprintf(fanout_q, sizeof(fanout_q), "%s_fanout_", q->topic);
+    for (size_t k = 0; k < sizeof(rnd); k++)
+        i += snprintf(fanout_q + i, sizeof(fanout_q) - (size_t)i, "%02x", rnd[k]);
+    if (declare_queue(q, q->topic, q->exchange, q->topic, 0, amqp_empty_table) < 0 ||
+        declare_queue(q, server_q, q->exchange, server_q, 0, amqp_empty_table) < 0)
+        goto fail;
+    amqp_exchange_declare(q->conn, AQ_CHANNEL, amqp_cstring_bytes(fanout_x),
+                          amqp_cstring_bytes("fanout"), 0, 0, 1, 0, amqp_empty_table);
+    if (rpc_ok(q, "declaring the fanout exchange") < 0 ||
+        declare_queue(q, fanout_q, fanout_x, q->topic, 0, fanout_args) < 0)
+        goto fail;
+    if (consume(q, q->topic) < 0 || consume(q, server_q) < 0 || consume(q, fanout_q) < 0)
+        goto fail;
+    q->gen++;
+    q->published = 0;
+    {
+        struct aq_msg *m = aq_new(AQ_STATE, NULL, NULL, "", 0);
+
+        m->up = 1;
+        to_loop(q, m);
+    }
+    return 0;
+fail:
+    disconnect(q, "the broker refused a declaration");
+    return -1;
+}
+
+static int publish(struct ag_amqp *q, const char *exchange, const char *key, const char *body,
+                   size_t len, int persistent)
+{
+    amqp_basic_properties_t props = {0};
+    amqp_bytes_t b = {len, (void *)body};
+    int rc;
+
+    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
+                   AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.content_type = amqp_cstring_bytes("application/json");
+    props.content_encoding = amqp_cstring_bytes("utf-8");
+    props.delivery_mode = persistent ? 2 : 1;
+    rc = amqp_basic_publish(q->conn, AQ_CHANNEL, amqp_cstring_bytes(exchange),
+                            amqp_cstring_bytes(key), 0, 0, &props, b);
+    if (rc != AMQP_STATUS_OK) {
+        char why[256];
+
+        snprintf(why, sizeof(why), "publishing failed: %s", amqp_error_string2(rc));
+        disconnect(q, why);
+        return -1;
+    }
+    q->published++;
+    return 0;
+}
+
+/* A notification: its queue declared (as oslo's notifier does, so nothing
+ * is lost before a listener comes), then published; confirmed later. */
+static int publish_notif(struct ag_amqp *q, struct aq_msg *m)
+{
+    int i;
+
+    for (i = 0; i < q->ndeclared; i++)
+        if (!strcmp(q->declared[i], m->key))
+            break;
+    if (i == q->ndeclared) {
+        if (declare_queue(q, m->key, q->exchange, m->key, 0, amqp_empty_table) < 0) {
+            disconnect(q, "the broker refused the notification queue");
+            return -1;
+        }
+        if (q->ndeclared < 8)
+            snprintf(q->declared[q->ndeclared++], sizeof(q->declared[0]), "%s", m->key);
+    }
+    if (publish(q, q->exchange, m->key, m->body, m->len, 1) < 0)
+        return -1;
+    m->publish_no = q->published;
+    return 0;
+}
+
+static void confirmed(struct ag_amqp *q, uint64_t tag, int multiple)
+{
+    struct aq_msg **pp = &q->notifs.head, *m, *prev = NULL;
+
+    while ((m = *pp)) {
+        if (m->publish_no && (m->publish_no == tag || (multiple && m->publish_no <= tag))) {
+            struct aq_msg *c = aq_new(AQ_CONFIRMED, NULL, NULL, NULL, 0);
+
+            c->seq = m->seq;
+            to_loop(q, c);
+            *pp = m->next;
+            if (q->notifs.tail == m)
+                q->notifs.tail = prev;
+            aq_free(m);
+            continue;
+        }
+        prev = m;
+        pp = &m->next;
+    }
+}
+
+/* What the loop sent: replies, notifications, acks. */
+static void thread_drain(struct ag_amqp *q)
+{
+    struct aq_msg *m, *next;
+
+    uv_mutex_lock(&q->mu);
+    m = aq_take_all(&q->to_thread);
+    uv_mutex_unlock(&q->mu);
+    for (; m; m = next) {
+        next = m->next;
+        switch (m->kind) {
+        case AQ_NOTIFY:
+            aq_push(&q->notifs, m);
+            if (q->conn)
+                publish_notif(q, m);
+            continue; /* kept until confirmed */
+        case AQ_PUBLISH:
+            if (q->conn)
+                publish(q, m->exchange, m->key, m->body, m->len, 0);
+            break;
+        case AQ_ACK:
+            if (q->conn && m->gen == q->gen &&
+                amqp_basic_ack(q->conn, AQ_CHANNEL, m->tag, 0) != AMQP_STATUS_OK)
+                disconnect(q, "an ack failed");
+            break;
+        case AQ_DELIVERY:
+        case AQ_CONFIRMED:
+        case AQ_STATE:
+            break;
+        }
+        aq_free(m);
+    }
+}
+
+/* Frames other than a delivery: confirms, returns, the broker closing. */
+static int other_frame(struct ag_amqp *q)
+{
+    struct timeval zero = {0, 0};
+    amqp_frame_t f;
+    int rc = amqp_simple_wait_frame_noblock(q->conn, &f, &zero);
+
+    if (rc == AMQP_STATUS_TIMEOUT)
+        return 0;
+    if (rc != AMQP_STATUS_OK) {
+        disconnect(q, amqp_error_string2(rc));
+        return -1;
+    }
+    if (f.frame_type != AMQP_FRAME_METHOD)
+        return 0;
+    switch (f.payload.method.id) {
+    case AMQP_BASIC_ACK_METHOD: {
+        amqp_basic_ack_t *ack = f.payload.method.decoded;
+
+        confirmed(q, ack->delivery_tag, ack->multiple);
+        return 0;
+    }
+    case AMQP_BASIC_RETURN_METHOD: {
+        amqp_message_t msg;
+
+        if (amqp_read_message(q->conn, f.channel, &msg, 0).reply_type == AMQP_RESPONSE_NORMAL)
+            amqp_destroy_message(&msg);
+        return 0;
+    }
+    case AMQP_CHANNEL_CLOSE_METHOD:
+    case AMQP_CONNECTION_CLOSE_METHOD:
+        disconnect(q, "the broker closed the connection");
+        return -1;
+    }
+    return 0; /* basic.nack and others: the notification stays, published again */
+}
+
+static void thread_read(struct ag_amqp *q)
+{
+    struct timeval zero = {0, 0};
+    amqp_envelope_t env;
+    amqp_rpc_reply_t r;
+
+    while (q->conn) {
+        amqp_maybe_release_buffers(q->conn);
+        r = amqp_consume_message(q->conn, &env, &zero, 0);
+        if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+            struct aq_msg *m = aq_new(AQ_DELIVERY, NULL, NULL, env.message.body.bytes,
+                                      env.message.body.len);
+
+            m->gen = q->gen;
+            m->tag = env.delivery_tag;
+            amqp_destroy_envelope(&env);
+            to_loop(q, m);
+            continue;
+        }
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_TIMEOUT)
+            return;
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+            if (other_frame(q) < 0)
+                return;
+            continue;
+        }
+        disconnect(q, r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
+                          ? amqp_error_string2(r.library_error)
+                          : "the broker closed the connection");
+    }
+}
+
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
+static void thread_main(void *arg)
+{
+    struct ag_amqp *q = arg;
+    uint64_t next_try = 0, backoff = 500, stop_at = 0;
+    struct pollfd pfd[2];
+    uint64_t drain;
+    int stop;
+
+    for (;;) {
+        uv_mutex_lock(&q->mu);
+        stop = q->stop;
+        uv_mutex_unlock(&q->mu);
+        if (stop && !stop_at)
+            stop_at = now_ms() + AQ_STOP_GRACE_MS;
+        /* stopping: once every notification is confirmed, or time is up */
+        if (stop_at && (!q->notifs.head || !q->conn || now_ms() >= stop_at))
+            break;
+        if (!q->conn && now_ms() >= next_try) {
+            if (connect_broker(q) == 0) {
+                struct aq_msg *m;
+
+                backoff = 500;
+                for (m = q->notifs.head; m && q->conn; m = m->next)
+                    publish_notif(q, m);
+            } else {
+                next_try = now_ms() + backoff;
+                backoff = backoff * 2 > AQ_BACKOFF_MAX_MS ? AQ_BACKOFF_MAX_MS : backoff * 2;
+            }
+        }
+        thread_drain(q);
+        if (q->conn && (amqp_frames_enqueued(q->conn) || amqp_data_in_buffer(q->conn))) {
+            thread_read(q);
+            continue;
+        }
+        pfd[0].fd = q->wake_fd;
+        pfd[0].events = POLLIN;
+        pfd[1].fd = q->conn ? amqp_get_sockfd(q->conn) : -1;
+        pfd[1].events = POLLIN;
+        if (poll(pfd, 2, q->conn ? 1000 : (int)(next_try > now_ms() ? next_try - now_ms() : 0)) >
+                0 &&
+            (pfd[0].revents & POLLIN)) {
+            if (read(q->wake_fd, &drain, sizeof(drain)) < 0) {
+                /* nothing to take */
+            }
+        }
+        if (q->conn)
+            thread_read(q); /* also sends heartbeats when due */
+    }
+    if (q->conn) {
+        amqp_channel_close(q->conn, AQ_CHANNEL, AMQP_REPLY_SUCCESS);
+        amqp_connection_close(q->conn, AMQP_REPLY_SUCCESS);
+        amqp_destroy_connection(q->conn);
+        q->conn = NULL;
+    }
+}
+
+/* ---- the loop's side ---- */
+
+static void outbox_write(struct ag_amqp *q)
+{
+    char tmp[4210];
+    struct aq_msg *m;
+    FILE *f;
+
+    snprintf(tmp, sizeof(tmp), "%s.tmp", q->outbox);
+    f = fopen(tmp, "we");
+    if (!f) {
+        ag_log("warning", "amqp: cannot write '%s': %s", tmp, strerror(errno));
+        return;
+    }
+    for (m = q->outbox_list; m; m = m->next) {
+        cJSON *o = cJSON_CreateObject();
+        char *s;
+
+        cJSON_AddStringToObject(o, "key", m->key);
+        cJSON_AddStringToObject(o, "body", m->body);
+        s = cJSON_PrintUnformatted(o);
+        fprintf(f, "%s\n", s);
+        free(s);
+        cJSON_Delete(o);
+    }
+    if (fflush(f) != 0 || fsync(fileno(f)) < 0)
+        ag_log("warning", "amqp: cannot write '%s': %s", tmp, strerror(errno));
+    fclose(f);
+    if (rename(tmp, q->outbox) < 0)
+        ag_log("warning", "amqp: cannot replace '%s': %s", q->outbox, strerror(errno));
+}
+
+/* Hand a notification to the thread, remembering it until confirmed. */
+static void notif_send(struct ag_amqp *q, const char *key, const char *body)
+{
+    struct aq_msg *keep = aq_new(AQ_NOTIFY, NULL, key, body, strlen(body));
+    struct aq_msg *m = aq_new(AQ_NOTIFY, NULL, key, body, strlen(body));
+
+    keep->seq = m->seq = ++q->next_seq;
+    keep->next = q->outbox_list;
+    q->outbox_list = keep;
+    to_thread(q, m);
+}
+
+static void hex_uuid(char *out, int dashes)
+{
+    unsigned char r[16];
+    int i, o = 0;
+
+    if (uv_random(NULL, NULL, r, sizeof(r), 0, NULL) < 0)
+        for (i = 0; i < 16; i++)
+            r[i] = (unsigned char)rand();
+    r[6] = (r[6] & 0x0f) | 0x40;
+    r[8] = (r[8] & 0x3f) | 0x80;
+    for (i = 0; i < 16; i++) {
+        if (dashes && (i == 4 || i == 6 || i == 8 || i == 10))
+            out[o++] = '-';
+        o += sprintf(out + o, "%02x", r[i]);
+    }
+}
+
+/* The oslo.message envelope around @msg (taken). */
+static char *envelope(cJSON *msg)
+{
+    cJSON *env = cJSON_CreateObject();
+    char *inner = cJSON_PrintUnformatted(msg), *s;
+
+    cJSON_AddStringToObject(env, "oslo.version", "2.0");
+    cJSON_AddStringToObject(env, "oslo.message", inner ? inner : "{}");
+    s = cJSON_PrintUnformatted(env);
+    free(inner);
+    cJSON_Delete(env);
+    cJSON_Delete(msg);
+    return s;
+}
+
+void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *priority,
+                    const cJSON *job)
+{
+    cJSON *msg = cJSON_CreateObject();
+    char id[40], ts[40], key[64], lower[16];
+    struct timespec now;
+    struct tm tm;
+    char *body;
+    size_t n, i;
+    FILE *f;
+
+    hex_uuid(id, 1);
+    clock_gettime(CLOCK_REALTIME, &now);
+    n = strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", gmtime_r(&now.tv_sec, &tm));
+    snprintf(ts + n, sizeof(ts) - n, ".%06ld", now.tv_nsec / 1000);
+    for (i = 0; priority[i] && i < sizeof(lower) - 1; i++)
+        lower[i] = (char)(priority[i] | 0x20);
+    lower[i] = '\0';
+    snprintf(key, sizeof(key), "notifications.%s", lower);
+    cJSON_AddStringToObject(msg, "message_id", id);
+    {
+        char pub[300];
+
+        snprintf(pub, sizeof(pub), "hotsnap.%s", q->host);
+        cJSON_AddStringToObject(msg, "publisher_id", pub);
+    }
+    cJSON_AddStringToObject(msg, "event_type", event_type);
+    cJSON_AddStringToObject(msg, "priority", priority);
+    cJSON_AddItemToObject(msg, "payload", cJSON_Duplicate(job, 1));
+    cJSON_AddStringToObject(msg, "timestamp", ts);
+    body = envelope(msg);
+    /* on disk before the thread has it */
+    f = fopen(q->outbox, "ae");
+    if (f) {
+        cJSON *o = cJSON_CreateObject();
+        char *s;
+
+        cJSON_AddStringToObject(o, "key", key);
+        cJSON_AddStringToObject(o, "body", body);
+        s = cJSON_PrintUnformatted(o);
+        fprintf(f, "%s\n", s);
+        free(s);
+        cJSON_Delete(o);
+        if (fflush(f) != 0 || fsync(fileno(f)) < 0)
+            ag_log("warning", "amqp: cannot write '%s': %s", q->outbox, strerror(errno));
+        fclose(f);
+    }
+    notif_send(q, key, body);
+    free(body);
+}
+
+static void on_confirmed(struct ag_amqp *q, uint64_t seq)
+{
+    struct aq_msg **pp = &q->outbox_list, *m;
+
+    while ((m = *pp)) {
+        if (m->seq == seq) {
+            *pp = m->next;
+            aq_free(m);
+            break;
+        }
+        pp = &m->next;
+    }
+    if (!q->outbox_list) {
+        if (truncate(q->outbox, 0) < 0 && errno != ENOENT)
+            ag_log("warning", "amqp: cannot empty '%s': %s", q->outbox, strerror(errno));
+    } else {
+        outbox_write(q);
+    }
+}
+
+/* ---- requests ---- */
+
+struct aq_call {
+    struct ag_amqp *q;
+    uint64_t gen, tag;
+    char *msg_id, *reply_q;
+};
+
+static const char *class_of(int status)
+{
+    switch (status) {
+    case 400:
+        return "BadRequest";
+    case 404:
+        return "NotFound";
+    case 409:
+        return "Conflict";
+    case 429:
+        return "TooManyRequests";
+    }
+    return "Unavailable";
+}
+
+/* Answer a call (result or failure), then ack its delivery. */
+static void call_done(struct aq_call *c, const cJSON *result, int status, const char *error)
+{
+    struct ag_amqp *q = c->q;
+    struct aq_msg *m;
+
+    if (c->reply_q && c->msg_id) {
+        cJSON *msg = cJSON_CreateObject();
+        char uid[40], *body;
+
+        cJSON_AddItemToObject(msg, "result", result && !error ? cJSON_Duplicate(result, 1)
+                                                              : cJSON_CreateNull());
+        if (error) {
+            cJSON *f = cJSON_CreateObject(), *args = cJSON_CreateArray();
+            char *fs;
+
+            cJSON_AddStringToObject(f, "class", class_of(status));
+            cJSON_AddStringToObject(f, "module", "hotsnap");
+            cJSON_AddStringToObject(f, "message", error);
+            cJSON_AddItemToObject(f, "tb", cJSON_CreateArray());
+            cJSON_AddItemToArray(args, cJSON_CreateString(error));
+            cJSON_AddItemToObject(f, "args", args);
+            cJSON_AddItemToObject(f, "kwargs", cJSON_CreateObject());
+            fs = cJSON_PrintUnformatted(f);
+            cJSON_AddStringToObject(msg, "failure", fs);
+            free(fs);
+            cJSON_Delete(f);
+        } else {
+            cJSON_AddNullToObject(msg, "failure");
+        }
+        cJSON_AddTrueToObject(msg, "ending");
+        cJSON_AddStringToObject(msg, "_msg_id", c->msg_id);
+        hex_uuid(uid, 0);
+        cJSON_AddStringToObject(msg, "_unique_id", uid);
+        body = envelope(msg);
+        to_thread(q, aq_new(AQ_PUBLISH, "", c->reply_q, body, strlen(body)));
+        free(body);
+    } else if (error) {
+        ag_log("warning", "amqp: a cast failed: %s", error);
+    }
+    m = aq_new(AQ_ACK, NULL, NULL, NULL, 0);
+    m->gen = c->gen;
+    m->tag = c->tag;
+    to_thread(q, m);
+    free(c->msg_id);
+    free(c->reply_q);
+    free(c);
+}
+
+static void op_replied(void *data, int status, const cJSON *body, int replayed)
+{
+    struct aq_call *c = data;
+
+    if (status >= 400)
+        call_done(c, NULL, status,
+                  cJSON_GetStringValue(cJSON_GetObjectItem(body, "error")) ?: "failed");
+    else
+        call_done(c, body, status, NULL);
+}
+
+static const char *arg_str(const cJSON *args, const char *name, int *bad)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(args, name);
+
+    if (!v || cJSON_IsNull(v))
+        return NULL;
+    if (!cJSON_IsString(v))
+        *bad = 1;
+    return cJSON_GetStringValue(v);
+}
+
+static void dispatch(struct ag_amqp *q, struct aq_call *c, const char *method, cJSON *args,
+                     const char *unique)
+{
+    struct ag_pending *p;
+    cJSON *body = NULL, *a, *next;
+    char why[300], key[AG_ID_MAX + 1] = "";
+    int bad = 0, status;
+
+    if (!method) {
+        call_done(c, NULL, 400, "the message names no method");
+        return;
+    }
+    if (args && !cJSON_IsObject(args)) {
+        call_done(c, NULL, 400, "the message's args are not an object");
+        return;
+    }
+    if (!strcmp(method, "snapshot")) {
+        const char *k = arg_str(args, "idempotency_key", &bad);
+        cJSON *req = cJSON_CreateObject();
+        char *s;
+
+        if (bad) {
+            cJSON_Delete(req);
+            call_done(c, NULL, 400, "argument 'idempotency_key' must be a string");
+            return;
+        }
+        /* a redelivered message is the same request: its id is the key */
+        if (k)
+            snprintf(key, sizeof(key), "%s", k);
+        else if (unique)
+            snprintf(key, sizeof(key), "amqp-%.58s", unique);
+        for (a = args ? args->child : NULL; a; a = next) {
+            next = a->next;
+            if (!cJSON_IsNull(a) && strcmp(a->string, "idempotency_key"))
+                cJSON_AddItemToObject(req, a->string, cJSON_Duplicate(a, 1));
+        }
+        s = cJSON_PrintUnformatted(req);
+        cJSON_Delete(req);
+        ag_op_snapshot(q->agent, s, strlen(s), key[0] ? key : NULL, op_replied, c, &p);
+        free(s);
+        return;
+    }
+    if (!strcmp(method, "domains")) {
+        ag_op_domains(q->agent, op_replied, c, &p);
+        return;
+    }
+    if (!strcmp(method, "get") || !strcmp(method, "cancel")) {
+        const char *id = arg_str(args, "id", &bad);
+
+        if (!id || bad) {
+            snprintf(why, sizeof(why), "%s needs an argument 'id', a job id string", method);
+            call_done(c, NULL, 400, why);
+            return;
+        }
+        status = method[0] == 'g' ? ag_op_get(q->agent, id, &body)
+                                  : ag_op_cancel(q->agent, id, &body);
+    } else if (!strcmp(method, "list")) {
+        const char *state = arg_str(args, "state", &bad), *dom = arg_str(args, "domain", &bad);
+
+        if (bad) {
+            call_done(c, NULL, 400, "list takes 'state' and 'domain' as strings");
+            return;
+        }
+        status = ag_op_list(q->agent, state, dom, 0, &body);
+    } else {
+        snprintf(why, sizeof(why), "unknown method '%.100s' (expected snapshot, get, list, "
+                                   "cancel or domains)", method);
+        call_done(c, NULL, 400, why);
+        return;
+    }
+    op_replied(c, status, body, 0);
+    cJSON_Delete(body);
+}
+
+static void on_delivery(struct ag_amqp *q, struct aq_msg *m)
+{
+    struct aq_call *c = calloc(1, sizeof(*c));
+    cJSON *env = cJSON_ParseWithLength(m->body, m->len), *msg = env;
+    const char *inner = cJSON_GetStringValue(cJSON_GetObjectItem(env, "oslo.message"));
+
+    c->q = q;
+    c->gen = m->gen;
+    c->tag = m->tag;
+    if (inner)
+        msg = cJSON_Parse(inner);
+    c->msg_id = cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_msg_id"))
+                    ? strdup(cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_msg_id")))
+                    : NULL;
+    c->reply_q = cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_reply_q"))
+                     ? strdup(cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_reply_q")))
+                     : NULL;
+    if (!cJSON_IsObject(msg))
+        call_done(c, NULL, 400, "the message is not an oslo.messaging RPC message");
+    else
+        dispatch(q, c, cJSON_GetStringValue(cJSON_GetObjectItem(msg, "method")),
+                 cJSON_GetObjectItem(msg, "args"),
+                 cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_unique_id")));
+    if (msg != env)
+        cJSON_Delete(msg);
+    cJSON_Delete(env);
+}
+
+static void on_async(uv_async_t *h)
+{
+    struct ag_amqp *q = h->data;
+    struct aq_msg *m, *next;
+
+    uv_mutex_lock(&q->mu);
+    m = aq_take_all(&q->to_loop);
+    uv_mutex_unlock(&q->mu);
+    for (; m; m = next) {
+        next = m->next;
+        switch (m->kind) {
+        case AQ_DELIVERY:
+            on_delivery(q, m);
+            break;
+        case AQ_CONFIRMED:
+            on_confirmed(q, m->seq);
+            break;
+        case AQ_STATE:
+            if (m->up) {
+                if (q->ever_up)
+                    q->reconnects++;
+                q->ever_up = 1;
+                ag_log("info", "amqp: connected to %s:%d, serving topic '%s' as server '%s'",
+                       q->url.host, q->url.port, q->topic, q->server);
+            } else if (q->connected) {
+                ag_log("warning", "amqp: connection lost (%s); reconnecting", m->body);
+            } else {
+                ag_log("warning", "amqp: not connected (%s); retrying", m->body);
+            }
+            q->connected = m->up;
+            break;
+        case AQ_PUBLISH:
+        case AQ_NOTIFY:
+        case AQ_ACK:
+            break;
+        }
+        aq_free(m);
+    }
+}
+
+int ag_amqp_connected(const struct ag_amqp *q, unsigned *reconnects)
+{
+    if (reconnects)
+        *reconnects = q->reconnects;
+    return q->connected;
+}
+
+/* Notifications a dead agent left unconfirmed: sent again. */
+static void outbox_load(struct ag_amqp *q)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    FILE *f = fopen(q->outbox, "re");
+    int n = 0;
+
+    while (f && getline(&line, &cap, f) > 0) {
+        cJSON *o = cJSON_Parse(line);
+        const char *key = cJSON_GetStringValue(cJSON_GetObjectItem(o, "key"));
+        const char *body = cJSON_GetStringValue(cJSON_GetObjectItem(o, "body"));
+
+        if (key && body) {
+            notif_send(q, key, body);
+            n++;
+        }
+        cJSON_Delete(o);
+    }
+    free(line);
+    if (f)
+        fclose(f);
+    if (n)
+        ag_log("info", "amqp: %d notification(s) not yet confirmed by the broker: sending them", n);
+    outbox_write(q);
+}
+
+int ag_amqp_start(uv_loop_t *loop, struct agent *a, const struct ag_amqp_config *cfg,
+                  struct ag_amqp **out, char *err, size_t errlen)
+{
+    struct ag_amqp *q = calloc(1, sizeof(*q));
+    char host[256];
+
+    if (!q) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (ag_amqp_url_parse(cfg->url, &q->url, err, errlen) < 0) {
+        free(q);
+        return -1;
+    }
+    if (gethostname(host, sizeof(host)) < 0)
+        snprintf(host, sizeof(host), "localhost");
+    host[sizeof(host) - 1] = '\0';
+    q->loop = loop;
+    q->agent = a;
+    q->topic = strdup(cfg->topic ? cfg->topic : "hotsnap");
+    q->server = strdup(cfg->server ? cfg->server : host);
+    q->exchange = strdup(cfg->exchange ? cfg->exchange : "openstack");
+    q->host = strdup(cfg->server ? cfg->server : host);
+    snprintf(q->outbox, sizeof(q->outbox), "%s/agent/outbox.jsonl", cfg->state_dir);
+    q->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (q->wake_fd < 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        free(q);
+        return -1;
+    }
+    uv_mutex_init(&q->mu);
+    uv_async_init(loop, &q->async, on_async);
+    q->async.data = q;
+    outbox_load(q);
+    if (uv_thread_create(&q->thread, thread_main, q) != 0) {
+        snprintf(err, errlen, "cannot start the AMQP thread");
+        return -1;
+    }
+    *out = q;
+    return 0;
+}
+
+static void async_closed(uv_handle_t *h)
+{
+    struct ag_amqp *q = h->data;
+    struct aq_msg *m, *next;
+
+    for (m = q->outbox_list; m; m = next) {
+        next = m->next;
+        aq_free(m);
+    }
+    for (m = aq_take_all(&q->to_loop); m; m = next) {
+        next = m->next;
+        aq_free(m);
+    }
+    for (m = aq_take_all(&q->to_thread); m; m = next) {
+        next = m->next;
+        aq_free(m);
+    }
+    for (m = aq_take_all(&q->notifs); m; m = next) {
+        next = m->next;
+        aq_free(m);
+    }
+    uv_mutex_destroy(&q->mu);
+    close(q->wake_fd);
+    free(q->topic);
+    free(q->server);
+    free(q->exchange);
+    free(q->host);
+    explicit_bzero(&q->url, sizeof(q->url));
+    free(q);
+}
+
+void ag_amqp_stop(struct ag_amqp *q)
+{
+    uint64_t one = 1;
+
+    uv_mutex_lock(&q->mu);
+    q->stop = 1;
+    uv_mutex_unlock(&q->mu);
+    if (write(q->wake_fd, &one, sizeof(one)) < 0) {
+        /* awake anyway */
+    }
+    uv_thread_join(&q->thread);
+    on_async(&q->async); /* the last confirms */
+    uv_close((uv_handle_t *)&q->async, async_closed);
+}

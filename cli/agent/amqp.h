@@ -1,0 +1,39 @@
+/*
+ * The agent on the control plane's bus: an RPC server on AMQP 0-9-1 that
+ * speaks oslo.messaging's rabbit driver (the oslo.message envelope; topic,
+ * per-server and fanout queues on the control exchange; replies on the
+ * caller's reply queue with "ending"), and oslo's notifications. rabbitmq-c
+ * runs on one thread of its own; the loop and it trade messages through
+ * queues, a uv_async_t one way and an eventfd the other (docs/decisions.md).
+ */
+#ifndef HS_AGENT_AMQP_H
+#define HS_AGENT_AMQP_H
+
+#include <uv.h>
+#include <cjson/cJSON.h>
+
+#include "api.h"
+
+struct agent;
+struct ag_amqp;
+
+struct ag_amqp_config {
+    const char *url;       /* transport URL */
+    const char *topic;     /* RPC topic (default "hotsnap") */
+    const char *server;    /* RPC server name (default the host name) */
+    const char *exchange;  /* control exchange (default "openstack") */
+    const char *state_dir; /* the outbox of notifications not yet confirmed */
+};
+
+int ag_amqp_start(uv_loop_t *loop, struct agent *a, const struct ag_amqp_config *cfg,
+                  struct ag_amqp **out, char *err, size_t errlen);
+/* Publish a notification (oslo messagingv2) about @job; kept in the outbox
+ * file until the broker confirms it, across reconnects and restarts. */
+void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *priority,
+                    const cJSON *job);
+/* Whether the connection is up, and how often it came back. */
+int ag_amqp_connected(const struct ag_amqp *q, unsigned *reconnects);
+/* Stop: the thread gets up to 5 s to publish what waits, then ends. */
+void ag_amqp_stop(struct ag_amqp *q);
+
+#endif

@@ -1,0 +1,259 @@
+"""The agent on the control plane's bus: two real agents serve oslo.messaging
+RPC on a real RabbitMQ, driven by oslo.messaging's own RPCClient and heard by
+its NotificationListener, as Nova drives its compute hosts; real libvirtd,
+QEMU guests and the local Glance."""
+import json
+import os
+import threading
+import time
+import unittest
+
+import libvirt
+
+from hsfix import Agent, GlanceGuestTestCase, RabbitServer
+
+import oslo_messaging as om  # noqa: E402 (after hsfix: it sets up nothing of oslo's)
+from oslo_config import cfg  # noqa: E402
+
+# oslo.messaging's metrics collector is set up once, from the global CONF
+CONF = cfg.CONF
+CONF([], project="hstest")
+
+
+class Notifications:
+    """A NotificationListener on the notifications topic, on its own thread."""
+
+    def __init__(self, url):
+        self.events = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Endpoint:
+            def info(self, ctxt, publisher_id, event_type, payload, metadata):
+                with outer.lock:
+                    outer.events.append(("info", publisher_id, event_type, payload))
+
+            def error(self, ctxt, publisher_id, event_type, payload, metadata):
+                with outer.lock:
+                    outer.events.append(("error", publisher_id, event_type, payload))
+
+        self.transport = om.get_notification_transport(CONF, url=url)
+        self.listener = om.get_notification_listener(
+            self.transport, [om.Target(topic="notifications")], [Endpoint()],
+            executor="threading")
+        self.listener.start()
+
+    def wait(self, pred, timeout=240):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                for ev in self.events:
+                    if pred(ev):
+                        return ev
+            time.sleep(0.2)
+        raise AssertionError("no such notification; got %s" % [e[:3] for e in self.events])
+
+    def close(self):
+        self.listener.stop()
+        self.listener.wait()
+        self.transport.cleanup()
+
+
+class FleetTest(GlanceGuestTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.rabbit = RabbitServer()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.rabbit.close()
+        super().tearDownClass()
+
+    def setUp(self):
+        super().setUp()
+        url_file = os.path.join(self.state, "transport-url")
+        with open(url_file, "w") as f:
+            f.write(self.rabbit.url + "\n")
+        os.chmod(url_file, 0o600)
+        self.agents = {}
+        for name in ("host-a", "host-b"):
+            state = os.path.join(self.state, name)
+            os.makedirs(state)
+            self.agents[name] = Agent(state, "--to", "glance:" + self.glance.url,
+                                      "--transport-url-file", url_file, "--rpc-server", name)
+        self.notes = self.transport = None
+        try:
+            self.notes = Notifications(self.rabbit.url)
+            self.transport = om.get_rpc_transport(CONF, url=self.rabbit.url)
+            self.client = om.get_rpc_client(self.transport, om.Target(topic="hotsnap"),
+                                            timeout=60)
+            for name in self.agents:  # each has its queues before a test casts to it
+                self.wait_served(name)
+        except BaseException:
+            self.tearDown()
+            raise
+
+    def tearDown(self):
+        self.rabbit.start()  # back, if a test stopped it (no-op when running)
+        if self.notes:
+            self.notes.close()
+        if self.transport:
+            self.transport.cleanup()
+        for a in self.agents.values():
+            a.stop()
+        super().tearDown()
+
+    def rpc(self, server, method, **kw):
+        return self.client.prepare(server=server).call({}, method, **kw)
+
+    def wait_served(self, server, timeout=60):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                return self.rpc(server, "list")
+            except om.MessagingTimeout:
+                if time.time() > deadline:
+                    raise
+
+    def wait_job(self, server, job_id, pred, timeout=240):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            j = self.rpc(server, "get", id=job_id)
+            if pred(j):
+                return j
+            time.sleep(0.3)
+        raise AssertionError("job %s never met the condition; last %s" % (job_id, j))
+
+    def ended(self, server, job_id):
+        return self.wait_job(server, job_id, lambda j: j["state"] in ("done", "failed"))
+
+    def test_call_reaches_the_right_agent(self):
+        ga, gb = self.guest("fl-a").start(), self.guest("fl-b").start()
+        job = self.rpc("host-a", "snapshot", domain=ga.name, target=None, mode=None,
+                       quiesce=None, format=None, compress=None, name=None, image_id=None,
+                       priority=None, idempotency_key=None)
+        self.assertEqual(job["domain"], ga.name)
+        self.assertIn(job["state"], ("queued", "inspect", "prepare", "capture"))
+        # host-a runs it; host-b knows nothing of it
+        with self.assertRaises(om.RemoteError) as e:
+            self.rpc("host-b", "get", id=job["id"])
+        self.assertEqual(e.exception.exc_type, "NotFound")
+        j = self.ended("host-a", job["id"])
+        self.assertEqual(j["state"], "done", j.get("error"))
+        img = j["images"][0]
+        self.assert_in_glance(img, ga.disks[0].path)
+        # the start and the end were published, by host-a
+        start = self.notes.wait(lambda e: e[2] == "hotsnap.snapshot.start" and
+                                e[3]["id"] == job["id"])
+        self.assertEqual(start[1], "hotsnap.host-a")
+        end = self.notes.wait(lambda e: e[2] == "hotsnap.snapshot.end" and
+                              e[3]["id"] == job["id"])
+        self.assertEqual(end[0], "info")
+        self.assertEqual(end[3]["images"][0]["id"], img["id"])
+        # and a second agent serves its own guest the same way
+        jb = self.rpc("host-b", "snapshot", domain=gb.name)
+        self.assertEqual(self.ended("host-b", jb["id"])["state"], "done")
+        self.assertEqual([x["id"] for x in self.rpc("host-b", "list")], [jb["id"]])
+        self.assertEqual([x["id"] for x in self.rpc("host-a", "list")], [job["id"]])
+        self.assertIn(ga.name, [d["name"] for d in self.rpc("host-a", "domains")])
+
+    def test_cast_errors_and_cancel(self):
+        g = self.guest("fl-cast").start()
+        self.client.prepare(server="host-a").cast({}, "snapshot", domain=g.name, mode="cold")
+        deadline = time.time() + 60
+        while not self.rpc("host-a", "list", domain=g.name):
+            self.assertLess(time.time(), deadline, "the cast started no job")
+            time.sleep(0.1)
+        job = self.rpc("host-a", "list", domain=g.name)[0]
+        # a call to an unknown method and one with a bad argument fail in the
+        # client with the agent's message, and start nothing
+        with self.assertRaises(om.RemoteError) as e:
+            self.rpc("host-a", "resize", id=job["id"])
+        self.assertIn("unknown method 'resize'", e.exception.value)
+        with self.assertRaises(om.RemoteError) as e:
+            self.rpc("host-a", "snapshot", domain=g.name, format="vmdk")
+        self.assertIn("field 'format'", e.exception.value)
+        with self.assertRaises(om.RemoteError) as e:
+            self.rpc("host-a", "snapshot", domain=g.name, colour="red")
+        self.assertIn("unknown field 'colour'", e.exception.value)
+        with self.assertRaises(om.RemoteError) as e:
+            self.rpc("host-a", "get")
+        self.assertIn("needs an argument 'id'", e.exception.value)
+        self.assertEqual(len(self.rpc("host-a", "list", domain=g.name)), 1)
+        # cancel it while it runs: the guest as it was
+        self.wait_job("host-a", job["id"], lambda j: j["state"] in ("capture", "extract",
+                                                                     "upload", "done",
+                                                                     "failed"))
+        c = self.rpc("host-a", "cancel", id=job["id"])
+        self.assertTrue(c["cancel_requested"])
+        j = self.ended("host-a", job["id"])
+        self.assertEqual(j["state"], "failed")
+        self.assertIn("canceled", j["error"])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(g.dom.hasManagedSaveImage())
+        self.assertEqual(self.images_of(g), [])
+        err = self.notes.wait(lambda e: e[2] == "hotsnap.snapshot.error" and
+                              e[3]["id"] == job["id"])
+        self.assertEqual(err[0], "error")
+
+    def test_broker_restart_during_a_job(self):
+        g = self.guest("fl-restart").start()
+        job = self.rpc("host-a", "snapshot", domain=g.name, mode="cold")
+        self.rabbit.stop()
+        a = self.agents["host-a"]
+        # the job goes on without the broker, to its end
+        deadline = time.time() + 240
+        while True:
+            j = a.job(job["id"])
+            if j["state"] in ("done", "failed"):
+                break
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.3)
+        self.assertEqual(j["state"], "done", j.get("error"))
+        outbox = os.path.join(a.state, "agent", "outbox.jsonl")
+        with open(outbox) as f:
+            kept = [json.loads(line) for line in f]
+        self.assertTrue(any(job["id"] in k["body"] and "snapshot.end" in k["body"]
+                            for k in kept), kept)
+        self.rabbit.start()
+        # the end notification arrives once the broker is back, and leaves the outbox
+        end = self.notes.wait(lambda e: e[2] == "hotsnap.snapshot.end" and
+                              e[3]["id"] == job["id"])
+        self.assertEqual(end[3]["images"][0]["id"], j["images"][0]["id"])
+        deadline = time.time() + 60
+        while os.path.getsize(outbox):
+            self.assertLess(time.time(), deadline, "the outbox was never emptied")
+            time.sleep(0.2)
+        # the agent serves again, and counts the reconnect
+        self.wait_served("host-a")
+        _, text, _ = a.request("GET", "/metrics")
+        self.assertIn("hotsnap_bus_connected 1\n", text)
+        self.assertIn("hotsnap_bus_reconnects_total 1\n", text)
+        # a request delivered twice starts one job
+        self.publish_twice("hotsnap.host-a", {"method": "snapshot",
+                                              "args": {"domain": g.name},
+                                              "_unique_id": "5e1f0c4b9d0d4f7a8a2b7c1d0e9f8a7b"})
+        deadline = time.time() + 60
+        while len(self.rpc("host-a", "list", domain=g.name)) < 2:
+            self.assertLess(time.time(), deadline, "the request started no job")
+            time.sleep(0.2)
+        time.sleep(2)  # the second delivery has been handled too
+        jobs = self.rpc("host-a", "list", domain=g.name)
+        self.assertEqual(len(jobs), 2, jobs)  # the first job and one more, not two
+        self.ended("host-a", jobs[0]["id"])
+
+    def publish_twice(self, routing_key, msg):
+        """The same oslo.messaging cast delivered twice, as a redelivery would be."""
+        import kombu
+        body = {"oslo.version": "2.0", "oslo.message": json.dumps(msg)}
+        with kombu.Connection(self.rabbit.url.replace("rabbit://", "amqp://")) as conn:
+            ex = kombu.Exchange("openstack", type="topic", durable=False)
+            producer = conn.Producer(serializer="json")
+            for _ in range(2):
+                producer.publish(body, exchange=ex, routing_key=routing_key)
+
+
+if __name__ == "__main__":
+    unittest.main()
