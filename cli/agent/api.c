@@ -53,7 +53,7 @@ int ag_route_match(const char *path, size_t len, struct ag_route *out, char *err
         const char *id = path + strlen("/v1/snapshots/");
         size_t n = plen - strlen("/v1/snapshots/");
 
-        if (n > AG_ID_MAX || !printable(id, n) || memchr(id, '/', n)) {
+        if (n == 0 || n > AG_ID_MAX || !printable(id, n) || memchr(id, '/', n)) {
             snprintf(err, errlen, "a job id is 1 to %d printable characters without '/'",
                      AG_ID_MAX);
             return -1;

@@ -243,6 +243,65 @@ class AgentTest(GlanceGuestTestCase):
         self.assertEqual(self.images_of(g), [])
         self.assert_nothing_left()
 
+    def test_connections_bounded_slow_clients_dropped_log_reopened(self):
+        self.agent.stop()
+        self.agent.args += ["--max-connections", "3"]
+        self.agent.start()
+        held = []
+        while len(held) < 3:
+            # each answered once, so it is surely counted (a connection a
+            # client just closed may still count for a moment: then retry)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(self.agent.sock)
+            try:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                if s.recv(4096).startswith(b"HTTP/1.1 200 "):
+                    held.append(s)
+                    continue
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            s.close()
+            time.sleep(0.1)
+        # a request that never finishes its headers holds one of them
+        held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        # a fourth connection is closed at once, unanswered
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(self.agent.sock)
+            try:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = s.recv(100)
+            except (ConnectionResetError, BrokenPipeError):
+                answer = b""  # closed before or as the request came
+            self.assertEqual(answer, b"")
+        # the slow client is timed out (10 s), and its place is free again
+        held[0].settimeout(20)  # socket.timeout if it is never dropped
+        t0 = time.time()
+        try:
+            while held[0].recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+        self.assertGreater(time.time() - t0, 5)  # held until its time was up
+        for s in held:
+            s.close()
+        time.sleep(0.5)
+        status, _, _ = self.agent.request("GET", "/healthz")
+        self.assertEqual(status, 200)
+        _, text, _ = self.agent.request("GET", "/metrics")
+        self.assertNotIn("hotsnap_http_connections_refused_total 0\n", text)
+        # SIGHUP reopens the log: a rotated log gets a new file
+        os.rename(self.agent.log, self.agent.log + ".1")
+        self.agent.p.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while not os.path.exists(self.agent.log):
+            self.assertLess(time.time(), deadline, "the log was not reopened")
+            time.sleep(0.1)
+        with open(self.agent.log) as f:
+            self.assertIn("log reopened", f.read())
+        self.assertEqual(self.agent.p.poll(), None)
+
     def test_sigterm_cancels_and_exits(self):
         g = self.guest("ag-term").start()
         events = EventReader(self.agent)

@@ -23,6 +23,7 @@ static void test_routes(void)
     CHECK(route("/v1/snapshots/abc-1", &rt) == 0 && rt.ep == AG_EP_SNAPSHOT);
     CHECK(!strcmp(rt.id, "abc-1"));
     CHECK(route("/v1/snapshots/a/b", &rt) < 0);
+    CHECK(route("/v1/snapshots//", &rt) < 0); /* found by the fuzzer: an empty id */
     memset(id, 'x', sizeof(id));
     memcpy(id, "/v1/snapshots/", 14);
     id[sizeof(id) - 1] = '\0';
