@@ -115,6 +115,8 @@ static void usage(FILE *f)
         "      --token-file FILE  the token for TCP clients (never on the command line)\n"
         "      --history N        finished jobs kept across restarts (default 1000)\n"
         "      --max-connections N  connections at once (default 256)\n"
+        "      --event-backlog SIZE  how far an event reader may fall behind before it is\n"
+        "                         dropped (default 256K)\n"
         "      --log FILE         log here instead of stderr; SIGHUP reopens it\n"
         "      --transport-url URL  also serve the control plane's bus: rabbit://USER:PASS@\n"
         "                         HOST:PORT/VHOST (oslo.messaging RPC and notifications)\n"
@@ -226,6 +228,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_RPC_TOPIC,
         OPT_RPC_SERVER,
         OPT_CONTROL_EXCHANGE,
+        OPT_EVENT_BACKLOG,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -268,6 +271,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"rpc-topic", required_argument, NULL, OPT_RPC_TOPIC},
         {"rpc-server", required_argument, NULL, OPT_RPC_SERVER},
         {"control-exchange", required_argument, NULL, OPT_CONTROL_EXCHANGE},
+        {"event-backlog", required_argument, NULL, OPT_EVENT_BACKLOG},
         {NULL, 0, NULL, 0},
     };
     char err[512];
@@ -358,6 +362,12 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             break;
         case OPT_FROM:
             cli->from = optarg;
+            break;
+        case OPT_EVENT_BACKLOG:
+            if (parse_rate(optarg, &cli->agent.event_backlog) < 0 ||
+                cli->agent.event_backlog < 4096 || cli->agent.event_backlog > (64u << 20))
+                die_usage("--event-backlog '%s' is not a size from 4K to 64M", optarg);
+            agent_opt = c;
             break;
         case OPT_SCRATCH_BUDGET:
             if (parse_rate(optarg, &cli->eopts.scratch_budget) < 0)

@@ -37,7 +37,6 @@
 
 #define AG_MAX_BODY (1 << 20)        /* request body */
 #define AG_REQ_TIMEOUT_MS 10000      /* a request's headers and body must arrive in this */
-#define AG_SUB_MAX_PENDING (256 << 10) /* event bytes a reader may fall behind */
 #define AG_HEARTBEAT_MS 15000
 #define AG_MAX_RUNNING 1024
 #define AG_RECOVER_RETRY_MS 2000
@@ -111,6 +110,7 @@ struct agent {
     unsigned hist_lines;
     int history;
     int max_conns;
+    size_t event_backlog; /* event bytes a reader may fall behind */
     char *token;
     /* jobs */
     struct ag_job *jobs, *jobs_tail;
@@ -664,7 +664,7 @@ static void sub_push(struct ag_sub *s, const char *text, size_t len, int comment
 
     if (s->dropped || !s->req)
         return;
-    if (s->npend + need > AG_SUB_MAX_PENDING) {
+    if (s->npend + need > s->agent->event_backlog) {
         sub_drop(s);
         return;
     }
@@ -1780,6 +1780,7 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     a->lock_fd = a->hist_fd = -1;
     a->history = cfg->history > 0 ? cfg->history : 1000;
     a->max_conns = cfg->max_connections > 0 ? cfg->max_connections : 256;
+    a->event_backlog = cfg->event_backlog ? cfg->event_backlog : 256 << 10;
     snprintf(a->state_dir, sizeof(a->state_dir), "%s",
              cfg->eopts.state_dir ? cfg->eopts.state_dir : HS_DEFAULT_STATE_DIR);
     ag_metrics_init(&a->m);

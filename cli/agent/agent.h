@@ -20,6 +20,7 @@ struct hs_agent_config {
     const char *log_path;             /* NULL: stderr */
     int history;                      /* finished jobs kept; 0: 1000 */
     int max_connections;              /* 0: 256 */
+    uint64_t event_backlog;           /* bytes an event reader may fall behind; 0: 256 KiB */
     int verbose;
     /* the control plane's bus (oslo.messaging on RabbitMQ); NULL url: none */
     const char *transport_url;        /* rabbit://USER:PASS@HOST:PORT/VHOST */

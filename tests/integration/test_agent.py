@@ -302,6 +302,48 @@ class AgentTest(GlanceGuestTestCase):
             self.assertIn("log reopened", f.read())
         self.assertEqual(self.agent.p.poll(), None)
 
+    def test_a_reader_that_stops_reading_is_dropped(self):
+        self.agent.stop()
+        self.agent.args += ["--event-backlog", "16K"]
+        self.agent.start()
+        g = self.guest("ag-off")  # shut off: a live snapshot of it fails at once
+        reader = EventReader(self.agent)
+        stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stuck.connect(self.agent.sock)
+        stuck.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(stuck.recv(64).startswith(b"HTTP/1.1 200 "))
+        try:
+            # events until the kernel's socket buffer (~208 KiB) and then the
+            # agent's 16 KiB are full: each failed job is about 1.5 KiB of them
+            ids, dropped = [], False
+            while not dropped:
+                self.assertLess(len(ids), 600, "the reader was never dropped")
+                for _ in range(20):
+                    status, job, _ = self.post({"domain": g.name, "mode": "live"})
+                    self.assertEqual(status, 202, job)
+                    ids.append(job["id"])
+                self.agent.wait_ended(ids[-1])
+                _, text, _ = self.agent.request("GET", "/metrics")
+                dropped = "hotsnap_event_readers_dropped_total 1\n" in text
+            for i in ids:
+                self.assertEqual(self.agent.wait_ended(i)["state"], "failed")
+            # the reader that reads has every job's end; the one that does not
+            # was dropped, and its connection ends once it reads what was sent
+            for i in ids:
+                reader.wait(lambda e, i=i: e.get("job") == i and e.get("state") == "failed")
+            _, text, _ = self.agent.request("GET", "/metrics")
+            self.assertIn("hotsnap_event_readers 1\n", text)
+            stuck.settimeout(30)
+            try:
+                while stuck.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            self.assertIn("dropped an event reader", self.agent.read_log())
+        finally:
+            stuck.close()
+            reader.close()
+
     def test_sigterm_cancels_and_exits(self):
         g = self.guest("ag-term").start()
         events = EventReader(self.agent)
