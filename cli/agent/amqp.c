@@ -784,12 +784,13 @@ static const char *arg_str(const cJSON *args, const char *name, int *bad)
     return cJSON_GetStringValue(v);
 }
 
-static void dispatch(struct ag_amqp *q, struct aq_call *c, const char *method, cJSON *args,
-                     const char *unique)
+static void dispatch(struct ag_amqp *q, struct aq_call *c, const struct ag_rpc *rpc)
 {
+    const char *method = rpc->method;
+    const cJSON *args = rpc->args;
     struct ag_pending *p;
-    cJSON *body = NULL, *a, *next;
-    char why[300], key[AG_ID_MAX + 1] = "";
+    cJSON *body = NULL;
+    char why[300], key[AG_ID_MAX + 1];
     int bad = 0, status;
 
     if (!method) {
@@ -801,27 +802,12 @@ static void dispatch(struct ag_amqp *q, struct aq_call *c, const char *method, c
         return;
     }
     if (!strcmp(method, "snapshot")) {
-        const char *k = arg_str(args, "idempotency_key", &bad);
-        cJSON *req = cJSON_CreateObject();
-        char *s;
+        char *s = ag_rpc_snapshot_body(args, rpc->unique_id, key, sizeof(key), why, sizeof(why));
 
-        if (bad) {
-            cJSON_Delete(req);
-            call_done(c, NULL, 400, "argument 'idempotency_key' must be a string");
+        if (!s) {
+            call_done(c, NULL, 400, why);
             return;
         }
-        /* a redelivered message is the same request: its id is the key */
-        if (k)
-            snprintf(key, sizeof(key), "%s", k);
-        else if (unique)
-            snprintf(key, sizeof(key), "amqp-%.58s", unique);
-        for (a = args ? args->child : NULL; a; a = next) {
-            next = a->next;
-            if (!cJSON_IsNull(a) && strcmp(a->string, "idempotency_key"))
-                cJSON_AddItemToObject(req, a->string, cJSON_Duplicate(a, 1));
-        }
-        s = cJSON_PrintUnformatted(req);
-        cJSON_Delete(req);
         ag_op_snapshot(q->agent, s, strlen(s), key[0] ? key : NULL, op_replied, c, &p);
         free(s);
         return;
@@ -861,29 +847,20 @@ static void dispatch(struct ag_amqp *q, struct aq_call *c, const char *method, c
 static void on_delivery(struct ag_amqp *q, struct aq_msg *m)
 {
     struct aq_call *c = calloc(1, sizeof(*c));
-    cJSON *env = cJSON_ParseWithLength(m->body, m->len), *msg = env;
-    const char *inner = cJSON_GetStringValue(cJSON_GetObjectItem(env, "oslo.message"));
+    struct ag_rpc rpc;
+    char err[128];
 
     c->q = q;
     c->gen = m->gen;
     c->tag = m->tag;
-    if (inner)
-        msg = cJSON_Parse(inner);
-    c->msg_id = cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_msg_id"))
-                    ? strdup(cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_msg_id")))
-                    : NULL;
-    c->reply_q = cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_reply_q"))
-                     ? strdup(cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_reply_q")))
-                     : NULL;
-    if (!cJSON_IsObject(msg))
-        call_done(c, NULL, 400, "the message is not an oslo.messaging RPC message");
-    else
-        dispatch(q, c, cJSON_GetStringValue(cJSON_GetObjectItem(msg, "method")),
-                 cJSON_GetObjectItem(msg, "args"),
-                 cJSON_GetStringValue(cJSON_GetObjectItem(msg, "_unique_id")));
-    if (msg != env)
-        cJSON_Delete(msg);
-    cJSON_Delete(env);
+    if (ag_rpc_unwrap(m->body, m->len, &rpc, err, sizeof(err)) < 0) {
+        call_done(c, NULL, 400, err); /* acked: it would only come back */
+        return;
+    }
+    c->msg_id = rpc.msg_id ? strdup(rpc.msg_id) : NULL;
+    c->reply_q = rpc.reply_q ? strdup(rpc.reply_q) : NULL;
+    dispatch(q, c, &rpc);
+    ag_rpc_free(&rpc);
 }
 
 static void on_async(uv_async_t *h)

@@ -426,3 +426,69 @@ int ag_amqp_url_parse(const char *url, struct ag_amqp_url *out, char *err, size_
     }
     return 0;
 }
+
+/* oslo.messaging's RPC messages (see api.h). */
+int ag_rpc_unwrap(const char *body, size_t len, struct ag_rpc *out, char *err, size_t errlen)
+{
+    const char *inner;
+    cJSON *msg;
+
+    memset(out, 0, sizeof(*out));
+    out->doc = cJSON_ParseWithLength(body, len);
+    msg = out->doc;
+    inner = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "oslo.message"));
+    if (inner)
+        msg = out->inner = cJSON_Parse(inner);
+    if (!cJSON_IsObject(msg)) {
+        snprintf(err, errlen, "the message is not an oslo.messaging RPC message");
+        ag_rpc_free(out);
+        return -1;
+    }
+    out->method = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "method"));
+    out->args = cJSON_GetObjectItemCaseSensitive(msg, "args");
+    if (cJSON_IsNull(out->args))
+        out->args = NULL;
+    out->msg_id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "_msg_id"));
+    out->reply_q = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "_reply_q"));
+    out->unique_id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "_unique_id"));
+    return 0;
+}
+
+void ag_rpc_free(struct ag_rpc *rpc)
+{
+    cJSON_Delete(rpc->inner);
+    cJSON_Delete(rpc->doc);
+    memset(rpc, 0, sizeof(*rpc));
+}
+
+char *ag_rpc_snapshot_body(const cJSON *args, const char *unique_id, char *key, size_t keylen,
+                           char *err, size_t errlen)
+{
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(args, "idempotency_key"), *a;
+    cJSON *req;
+    char *s;
+
+    key[0] = '\0';
+    if (args && !cJSON_IsObject(args)) {
+        snprintf(err, errlen, "the message's args are not an object");
+        return NULL;
+    }
+    if (k && !cJSON_IsNull(k) && !cJSON_IsString(k)) {
+        snprintf(err, errlen, "argument 'idempotency_key' must be a string");
+        return NULL;
+    }
+    /* a redelivered message is the same request: its id is the key */
+    if (cJSON_IsString(k))
+        snprintf(key, keylen, "%s", k->valuestring);
+    else if (unique_id)
+        snprintf(key, keylen, "amqp-%.58s", unique_id);
+    req = cJSON_CreateObject();
+    for (a = args ? args->child : NULL; a; a = a->next)
+        if (!cJSON_IsNull(a) && strcmp(a->string, "idempotency_key"))
+            cJSON_AddItemToObject(req, a->string, cJSON_Duplicate(a, 1));
+    s = cJSON_PrintUnformatted(req);
+    cJSON_Delete(req);
+    if (!s)
+        snprintf(err, errlen, "out of memory");
+    return s;
+}

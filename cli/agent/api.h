@@ -81,4 +81,26 @@ struct ag_amqp_url {
  * 0, or -1 with a one-line @err that never shows the password. */
 int ag_amqp_url_parse(const char *url, struct ag_amqp_url *out, char *err, size_t errlen);
 
+/* An oslo.messaging RPC message, out of its {"oslo.version", "oslo.message"}
+ * envelope (or bare). Everything points into @doc, which the caller frees. */
+struct ag_rpc {
+    cJSON *doc, *inner;
+    const char *method;  /* NULL: none given */
+    const cJSON *args;   /* NULL: none given */
+    const char *msg_id;  /* a call's; NULL for a cast */
+    const char *reply_q; /* where a call's answer goes */
+    const char *unique_id;
+};
+
+/* 0, or -1 with @err when @body is not a JSON object (nothing to answer). */
+int ag_rpc_unwrap(const char *body, size_t len, struct ag_rpc *out, char *err, size_t errlen);
+void ag_rpc_free(struct ag_rpc *rpc);
+
+/* The `snapshot` method's @args as a POST /v1/snapshots body (malloc'd),
+ * arguments given as null left out; @key gets its idempotency key (the
+ * idempotency_key argument, else "amqp-" and the message's @unique_id, else
+ * ""). NULL with @err when an argument is not what it must be. */
+char *ag_rpc_snapshot_body(const cJSON *args, const char *unique_id, char *key, size_t keylen,
+                           char *err, size_t errlen);
+
 #endif

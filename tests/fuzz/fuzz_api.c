@@ -2,7 +2,8 @@
  * libFuzzer harness for the agent's request handling (cli/agent/api.c): the
  * input is a request as the agent sees it once H2O has parsed it, written as
  * text: "METHOD PATH\n", header lines "Name: value\n", a blank line, the body
- * (a "Transport-URL:" line is given to the bus's URL parser).
+ * (a "Transport-URL:" line is given to the bus's URL parser; the body is also
+ * read as a message from the bus).
  * Every function a request reaches runs on it, and what they return is
  * checked against what the handlers rely on.
  *
@@ -82,6 +83,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     /* the body */
     p = eol < end ? eol + 1 : end;
+    /* as a message from the bus */
+    {
+        struct ag_rpc rpc;
+        char key[AG_ID_MAX + 1], *body;
+
+        if (ag_rpc_unwrap(p, (size_t)(end - p), &rpc, err, sizeof(err)) == 0) {
+            assert(rpc.doc);
+            if (rpc.method && !strcmp(rpc.method, "snapshot")) {
+                body = ag_rpc_snapshot_body(rpc.args, rpc.unique_id, key, sizeof(key), err,
+                                            sizeof(err));
+                assert(body || err[0]);
+                assert(strlen(key) <= AG_ID_MAX);
+                if (body) {
+                    n = ag_parse_snapshots(body, strlen(body), &defaults, &doc, &wants, err,
+                                           sizeof(err));
+                    if (n > 0) {
+                        free(wants);
+                        cJSON_Delete(doc);
+                    }
+                    free(body);
+                }
+            }
+            ag_rpc_free(&rpc);
+        } else {
+            assert(!rpc.doc && err[0]);
+        }
+    }
     n = ag_parse_snapshots(p, (size_t)(end - p), &defaults, &doc, &wants, err, sizeof(err));
     if (n < 0) {
         assert(!doc && !wants && err[0]);

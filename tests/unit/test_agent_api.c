@@ -157,8 +157,48 @@ static void test_transport_url(void)
     CHECK(ag_amqp_url_parse("rabbit://u:p%zz@h/", &u, err, sizeof(err)) < 0);
 }
 
+static int unwrap(const char *s, struct ag_rpc *rpc, char *err)
+{
+    return ag_rpc_unwrap(s, strlen(s), rpc, err, 256);
+}
+
+static void test_rpc(void)
+{
+    const char *call = "{\"oslo.version\": \"2.0\", \"oslo.message\": \"{\\\"method\\\": "
+                       "\\\"snapshot\\\", \\\"args\\\": {\\\"domain\\\": \\\"web\\\", "
+                       "\\\"mode\\\": null}, \\\"_msg_id\\\": \\\"m1\\\", "
+                       "\\\"_reply_q\\\": \\\"reply_1\\\", \\\"_unique_id\\\": \\\"u1\\\"}\"}";
+    struct ag_rpc rpc;
+    char err[256], key[AG_ID_MAX + 1], *body;
+
+    CHECK(unwrap(call, &rpc, err) == 0);
+    CHECK(!strcmp(rpc.method, "snapshot") && !strcmp(rpc.msg_id, "m1"));
+    CHECK(!strcmp(rpc.reply_q, "reply_1") && !strcmp(rpc.unique_id, "u1"));
+    body = ag_rpc_snapshot_body(rpc.args, rpc.unique_id, key, sizeof(key), err, sizeof(err));
+    CHECK(body && !strcmp(body, "{\"domain\":\"web\"}")); /* null: left out */
+    CHECK(!strcmp(key, "amqp-u1"));
+    free(body);
+    ag_rpc_free(&rpc);
+    /* a bare message (no envelope), a cast with its own key */
+    CHECK(unwrap("{\"method\":\"snapshot\",\"args\":{\"domain\":\"a\","
+                 "\"idempotency_key\":\"k9\"}}", &rpc, err) == 0);
+    CHECK(!rpc.msg_id && !rpc.reply_q);
+    body = ag_rpc_snapshot_body(rpc.args, rpc.unique_id, key, sizeof(key), err, sizeof(err));
+    CHECK(body && !strcmp(key, "k9") && !strstr(body, "idempotency_key"));
+    free(body);
+    ag_rpc_free(&rpc);
+    CHECK(unwrap("{\"args\":{\"idempotency_key\":5}}", &rpc, err) == 0);
+    CHECK(!rpc.method);
+    CHECK(!ag_rpc_snapshot_body(rpc.args, NULL, key, sizeof(key), err, sizeof(err)));
+    CHECK(strstr(err, "idempotency_key"));
+    ag_rpc_free(&rpc);
+    CHECK(unwrap("[1]", &rpc, err) < 0 && !rpc.doc);
+    CHECK(unwrap("{\"oslo.message\":\"nope\"}", &rpc, err) < 0);
+}
+
 int main(void)
 {
+    RUN(test_rpc);
     RUN(test_transport_url);
     RUN(test_routes);
     RUN(test_query);
