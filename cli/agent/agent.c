@@ -114,7 +114,7 @@ struct agent {
     char *token;
     /* jobs */
     struct ag_job *jobs, *jobs_tail;
-    int njobs, running;
+    int running;
     int ready;          /* recovery done: jobs may start */
     int stopping;
     uv_timer_t recover_retry;
@@ -253,7 +253,6 @@ static void job_link(struct agent *a, struct ag_job *j)
     else
         a->jobs = j;
     a->jobs_tail = j;
-    a->njobs++;
 }
 
 static void job_unlink_free(struct agent *a, struct ag_job *j)
@@ -266,7 +265,6 @@ static void job_unlink_free(struct agent *a, struct ag_job *j)
         j->next->prev = j->prev;
     else
         a->jobs_tail = j->prev;
-    a->njobs--;
     cJSON_Delete(j->obj);
     free(j);
 }
@@ -319,13 +317,24 @@ static int state_ended(const char *s)
 
 static void sub_broadcast(struct agent *a, const char *job, const char *text, size_t len);
 
-/* The engine's event @ev about @j: the job object follows it. */
+/* The engine's event @ev about @j: the job object follows it. The last
+ * state event (done or failed) comes before the job's callback, with the
+ * images, the error and the stall. */
 static void job_on_event(struct ag_job *j, const cJSON *ev)
 {
+    /* what a state event carries that the job shows: the event's name, the job's */
+    static const struct {
+        const char *ev, *job;
+    } kept[] = {
+        {"task_state", "task_state"}, {"mode", "mode"},       {"reason", "mode_reason"},
+        {"error", "error"},           {"stall_ms", "stall_ms"}, {"scratch_peak", "scratch_peak"},
+        {"images", "images"},
+    };
     struct agent *a = j->agent;
     const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "event"));
     double elapsed = cJSON_GetNumberValue(cJSON_GetObjectItem(ev, "elapsed"));
     const cJSON *v;
+    size_t i;
 
     if (!type)
         return;
@@ -369,20 +378,9 @@ static void job_on_event(struct ag_job *j, const cJSON *ev)
         obj_set(j->obj, "waiting_for", cJSON_Duplicate(v, 0));
     else
         cJSON_DeleteItemFromObject(j->obj, "waiting_for");
-    if ((v = cJSON_GetObjectItem(ev, "task_state")))
-        obj_set(j->obj, "task_state", cJSON_Duplicate(v, 0));
-    if ((v = cJSON_GetObjectItem(ev, "mode")))
-        obj_set(j->obj, "mode", cJSON_Duplicate(v, 0));
-    if ((v = cJSON_GetObjectItem(ev, "reason")))
-        obj_set(j->obj, "mode_reason", cJSON_Duplicate(v, 0));
-    if ((v = cJSON_GetObjectItem(ev, "error")))
-        obj_set(j->obj, "error", cJSON_Duplicate(v, 0));
-    if ((v = cJSON_GetObjectItem(ev, "stall_ms")))
-        obj_set(j->obj, "stall_ms", cJSON_Duplicate(v, 0));
-    if ((v = cJSON_GetObjectItem(ev, "scratch_peak")))
-        obj_set(j->obj, "scratch_peak", cJSON_Duplicate(v, 0));
-    if ((v = cJSON_GetObjectItem(ev, "images")))
-        obj_set(j->obj, "images", cJSON_Duplicate(v, 1));
+    for (i = 0; i < sizeof(kept) / sizeof(kept[0]); i++)
+        if ((v = cJSON_GetObjectItem(ev, kept[i].ev)))
+            obj_set(j->obj, kept[i].job, cJSON_Duplicate(v, 1));
     if (state_ended(j->state))
         cJSON_DeleteItemFromObject(j->obj, "progress");
     obj_touch(j->obj);
@@ -433,24 +431,13 @@ static void job_done(struct hs_job *job, int status, void *data)
     struct agent *a = j->agent;
     size_t k;
 
-    /* the images came with the engine's last state event */
+    /* state, error, stall and images came with the engine's last state event */
     for (k = 0; k < hs_job_image_count(job); k++)
         if (hs_job_image(job, k)->id)
             a->m.bytes_published += hs_job_image(job, k)->size;
-    obj_set(j->obj, "state", cJSON_CreateString(status == 0 ? "done" : "failed"));
-    obj_set(j->obj, "task_state", cJSON_CreateString(status == 0 ? "done" : "failed"));
-    if (hs_job_mode(job))
-        obj_set(j->obj, "mode", cJSON_CreateString(hs_job_mode(job)));
-    if (hs_job_error(job))
-        obj_set(j->obj, "error", cJSON_CreateString(hs_job_error(job)));
     obj_set(j->obj, "seconds", cJSON_CreateNumber(round(hs_job_seconds(job) * 1000) / 1000));
-    if (hs_job_stall_ms(job) >= 0) {
-        obj_set(j->obj, "stall_ms", cJSON_CreateNumber(round(hs_job_stall_ms(job) * 10) / 10));
+    if (hs_job_stall_ms(job) >= 0)
         ag_hist_observe(&a->m.stall_s, hs_job_stall_ms(job) / 1000.0);
-    }
-    cJSON_DeleteItemFromObject(j->obj, "progress");
-    cJSON_DeleteItemFromObject(j->obj, "waiting_for");
-    obj_touch(j->obj);
     if (a->amqp && !j->hidden)
         ag_amqp_notify(a->amqp,
                        status == 0 ? "hotsnap.snapshot.end" : "hotsnap.snapshot.error",

@@ -7,8 +7,7 @@
 #include "metrics.h"
 
 const char *const ag_state_names[AG_NSTATES] = {
-    "queued",  "waiting", "inspect", "prepare", "capture",
-    "extract", "release", "upload",  "cleanup", "done",
+    "queued", "waiting", "inspect", "prepare", "capture", "extract", "release", "upload", "cleanup",
 };
 
 static const double dur_bounds[] = {0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800};
@@ -115,7 +114,7 @@ char *ag_metrics_render(const struct ag_metrics *m, const struct ag_metrics_now 
         abort();
     put(&o, "# HELP hotsnap_jobs Snapshot jobs running now, by state.\n"
             "# TYPE hotsnap_jobs gauge\n");
-    for (i = 0; i < AG_NSTATES - 1; i++)
+    for (i = 0; i < AG_NSTATES; i++)
         put(&o, "hotsnap_jobs{state=\"%s\"} %d\n", ag_state_names[i], now->by_state[i]);
     put(&o, "# HELP hotsnap_jobs_total Snapshot jobs accepted and ended, by result.\n"
             "# TYPE hotsnap_jobs_total counter\n"

@@ -25,7 +25,7 @@ struct ag_metrics {
     struct ag_hist capture_s, upload_s, stall_s;
 };
 
-#define AG_NSTATES 10
+#define AG_NSTATES 9 /* the states of a running job */
 extern const char *const ag_state_names[AG_NSTATES];
 
 /* What is true now, gathered by the caller for one rendering. */
