@@ -68,7 +68,7 @@ struct ag_amqp {
     uv_loop_t *loop;
     struct agent *agent;
     struct ag_amqp_url url;
-    char *topic, *server, *exchange, *host;
+    char *topic, *server, *exchange;
     char outbox[4200];
     uv_thread_t thread;
     uv_async_t async;
@@ -78,7 +78,7 @@ struct ag_amqp {
     int stop;
     /* the loop's */
     uint64_t next_seq;
-    struct aq_msg *outbox_list; /* notifications not confirmed (seq, key, body) */
+    struct aq_queue outbox_list; /* notifications not confirmed (seq, key, body), in order */
     int connected;
     unsigned reconnects;
     int ever_up;
@@ -109,6 +109,28 @@ static struct aq_msg *aq_take_all(struct aq_queue *q)
 
     q->head = q->tail = NULL;
     return m;
+}
+
+/* Everything a queue shared by the loop and the thread holds. */
+static struct aq_msg *aq_take_locked(struct ag_amqp *q, struct aq_queue *from)
+{
+    struct aq_msg *m;
+
+    uv_mutex_lock(&q->mu);
+    m = aq_take_all(from);
+    uv_mutex_unlock(&q->mu);
+    return m;
+}
+
+/* Take @m (after @prev, or first) out of @q. */
+static void aq_unlink(struct aq_queue *q, struct aq_msg *prev, struct aq_msg *m)
+{
+    if (prev)
+        prev->next = m->next;
+    else
+        q->head = m->next;
+    if (q->tail == m)
+        q->tail = prev;
 }
 
 static void aq_free(struct aq_msg *m)
@@ -358,22 +380,20 @@ static int publish_notif(struct ag_amqp *q, struct aq_msg *m)
 
 static void confirmed(struct ag_amqp *q, uint64_t tag, int multiple)
 {
-    struct aq_msg **pp = &q->notifs.head, *m, *prev = NULL;
+    struct aq_msg *m, *next, *prev = NULL;
 
-    while ((m = *pp)) {
+    for (m = q->notifs.head; m; m = next) {
+        next = m->next;
         if (m->publish_no && (m->publish_no == tag || (multiple && m->publish_no <= tag))) {
             struct aq_msg *c = aq_new(AQ_CONFIRMED, NULL, NULL, NULL, 0);
 
             c->seq = m->seq;
             to_loop(q, c);
-            *pp = m->next;
-            if (q->notifs.tail == m)
-                q->notifs.tail = prev;
+            aq_unlink(&q->notifs, prev, m);
             aq_free(m);
             continue;
         }
         prev = m;
-        pp = &m->next;
     }
 }
 
@@ -382,10 +402,7 @@ static void thread_drain(struct ag_amqp *q)
 {
     struct aq_msg *m, *next;
 
-    uv_mutex_lock(&q->mu);
-    m = aq_take_all(&q->to_thread);
-    uv_mutex_unlock(&q->mu);
-    for (; m; m = next) {
+    for (m = aq_take_locked(q, &q->to_thread); m; m = next) {
         next = m->next;
         switch (m->kind) {
         case AQ_NOTIFY:
@@ -545,6 +562,20 @@ static void thread_main(void *arg)
 
 /* ---- the loop's side ---- */
 
+/* One notification as a line of the outbox file. */
+static void outbox_line(FILE *f, const char *key, const char *body)
+{
+    cJSON *o = cJSON_CreateObject();
+    char *s;
+
+    cJSON_AddStringToObject(o, "key", key);
+    cJSON_AddStringToObject(o, "body", body);
+    s = cJSON_PrintUnformatted(o);
+    fprintf(f, "%s\n", s);
+    free(s);
+    cJSON_Delete(o);
+}
+
 static void outbox_write(struct ag_amqp *q)
 {
     char tmp[4210];
@@ -557,17 +588,8 @@ static void outbox_write(struct ag_amqp *q)
         ag_log("warning", "amqp: cannot write '%s': %s", tmp, strerror(errno));
         return;
     }
-    for (m = q->outbox_list; m; m = m->next) {
-        cJSON *o = cJSON_CreateObject();
-        char *s;
-
-        cJSON_AddStringToObject(o, "key", m->key);
-        cJSON_AddStringToObject(o, "body", m->body);
-        s = cJSON_PrintUnformatted(o);
-        fprintf(f, "%s\n", s);
-        free(s);
-        cJSON_Delete(o);
-    }
+    for (m = q->outbox_list.head; m; m = m->next)
+        outbox_line(f, m->key, m->body);
     if (fflush(f) != 0 || fsync(fileno(f)) < 0)
         ag_log("warning", "amqp: cannot write '%s': %s", tmp, strerror(errno));
     fclose(f);
@@ -582,8 +604,7 @@ static void notif_send(struct ag_amqp *q, const char *key, const char *body)
     struct aq_msg *m = aq_new(AQ_NOTIFY, NULL, key, body, strlen(body));
 
     keep->seq = m->seq = ++q->next_seq;
-    keep->next = q->outbox_list;
-    q->outbox_list = keep;
+    aq_push(&q->outbox_list, keep);
     to_thread(q, m);
 }
 
@@ -642,7 +663,7 @@ void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *prior
     {
         char pub[300];
 
-        snprintf(pub, sizeof(pub), "hotsnap.%s", q->host);
+        snprintf(pub, sizeof(pub), "hotsnap.%s", q->server);
         cJSON_AddStringToObject(msg, "publisher_id", pub);
     }
     cJSON_AddStringToObject(msg, "event_type", event_type);
@@ -653,15 +674,7 @@ void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *prior
     /* on disk before the thread has it */
     f = fopen(q->outbox, "ae");
     if (f) {
-        cJSON *o = cJSON_CreateObject();
-        char *s;
-
-        cJSON_AddStringToObject(o, "key", key);
-        cJSON_AddStringToObject(o, "body", body);
-        s = cJSON_PrintUnformatted(o);
-        fprintf(f, "%s\n", s);
-        free(s);
-        cJSON_Delete(o);
+        outbox_line(f, key, body);
         if (fflush(f) != 0 || fsync(fileno(f)) < 0)
             ag_log("warning", "amqp: cannot write '%s': %s", q->outbox, strerror(errno));
         fclose(f);
@@ -672,17 +685,16 @@ void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *prior
 
 static void on_confirmed(struct ag_amqp *q, uint64_t seq)
 {
-    struct aq_msg **pp = &q->outbox_list, *m;
+    struct aq_msg *m, *prev = NULL;
 
-    while ((m = *pp)) {
+    for (m = q->outbox_list.head; m; prev = m, m = m->next) {
         if (m->seq == seq) {
-            *pp = m->next;
+            aq_unlink(&q->outbox_list, prev, m);
             aq_free(m);
             break;
         }
-        pp = &m->next;
     }
-    if (!q->outbox_list) {
+    if (!q->outbox_list.head) {
         if (truncate(q->outbox, 0) < 0 && errno != ENOENT)
             ag_log("warning", "amqp: cannot empty '%s': %s", q->outbox, strerror(errno));
     } else {
@@ -868,10 +880,7 @@ static void on_async(uv_async_t *h)
     struct ag_amqp *q = h->data;
     struct aq_msg *m, *next;
 
-    uv_mutex_lock(&q->mu);
-    m = aq_take_all(&q->to_loop);
-    uv_mutex_unlock(&q->mu);
-    for (; m; m = next) {
+    for (m = aq_take_locked(q, &q->to_loop); m; m = next) {
         next = m->next;
         switch (m->kind) {
         case AQ_DELIVERY:
@@ -959,7 +968,6 @@ int ag_amqp_start(uv_loop_t *loop, struct agent *a, const struct ag_amqp_config 
     q->topic = strdup(cfg->topic ? cfg->topic : "hotsnap");
     q->server = strdup(cfg->server ? cfg->server : host);
     q->exchange = strdup(cfg->exchange ? cfg->exchange : "openstack");
-    q->host = strdup(cfg->server ? cfg->server : host);
     snprintf(q->outbox, sizeof(q->outbox), "%s/agent/outbox.jsonl", cfg->state_dir);
     q->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (q->wake_fd < 0) {
@@ -984,7 +992,7 @@ static void async_closed(uv_handle_t *h)
     struct ag_amqp *q = h->data;
     struct aq_msg *m, *next;
 
-    for (m = q->outbox_list; m; m = next) {
+    for (m = aq_take_all(&q->outbox_list); m; m = next) {
         next = m->next;
         aq_free(m);
     }
@@ -1005,7 +1013,6 @@ static void async_closed(uv_handle_t *h)
     free(q->topic);
     free(q->server);
     free(q->exchange);
-    free(q->host);
     explicit_bzero(&q->url, sizeof(q->url));
     free(q);
 }
