@@ -867,6 +867,25 @@ class RabbitServer:
 TOKEN = "s3cret-token-for-the-agent-tests"
 
 
+def gated_qemu_img(d):
+    """An environment whose qemu-img holds every convert until the file
+    GATE exists (creating GATE.waiting first): a job stays in extract for as
+    long as a test needs, whatever the machine's speed. Returns (env, gate)."""
+    bindir = os.path.join(d, "gated-bin")
+    os.makedirs(bindir, exist_ok=True)
+    gate = os.path.join(d, "gate")
+    with open(os.path.join(bindir, "qemu-img"), "w") as f:
+        f.write('#!/bin/sh\n'
+                'if [ "$1" = convert ]; then\n'
+                '  : > "%s.waiting"\n'
+                '  while [ ! -e "%s" ]; do sleep 0.05; done\n'
+                'fi\n'
+                'exec /usr/bin/qemu-img "$@"\n' % (gate, gate))
+    os.chmod(os.path.join(bindir, "qemu-img"), 0o755)
+    env = dict(os.environ, PATH=bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
+    return env, gate
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=30):
         super().__init__("localhost", timeout=timeout)
@@ -881,8 +900,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Agent:
     """A `hotsnap agent` process, started and stopped by its PID."""
 
-    def __init__(self, state, *args, port=None):
+    def __init__(self, state, *args, port=None, env=None):
         self.state = state
+        self.env = env
         self.sock = os.path.join(state, "agent.sock")
         self.port = port or free_port()
         self.token_file = os.path.join(state, "token")
@@ -897,7 +917,7 @@ class Agent:
 
     def start(self):
         self.p = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
+                                  text=True, env=self.env)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.p.poll() is not None:

@@ -11,7 +11,8 @@ import unittest
 
 import libvirt
 
-from hsfix import TOKEN, Agent, GlanceGuestTestCase, UnixHTTPConnection, job_active
+from hsfix import (TOKEN, Agent, GlanceGuestTestCase, UnixHTTPConnection, gated_qemu_img,
+                   job_active)
 
 class EventReader:
     """GET /v1/events read on a thread: the engine's events as they come."""
@@ -223,16 +224,23 @@ class AgentTest(GlanceGuestTestCase):
 
     def test_sigkill_mid_job_then_restart(self):
         g = self.guest("ag-kill").start()
-        events = EventReader(self.agent)
+        # the job's convert waits for a gate: it is in extract, the guest
+        # saved (off), when the agent is killed, however fast the machine
+        self.agent.stop()
+        self.agent.env, gate = gated_qemu_img(self.state)
+        self.agent.start()
         status, job, _ = self.post({"domain": g.name, "mode": "cold"})
         self.assertEqual(status, 202, job)
-        # the guest is saved (off) once the job extracts its disk
-        events.wait(lambda e: e.get("job") == job["id"] and e.get("state") == "extract")
-        events.close()
+        deadline = time.time() + 120
+        while not os.path.exists(gate + ".waiting"):
+            self.assertLess(time.time(), deadline, "the convert never started")
+            time.sleep(0.05)
+        self.assertEqual(self.agent.job(job["id"])["state"], "extract")
         self.agent.kill(signal.SIGKILL)
         # left saved (or still being torn down by libvirt): not running
         self.assertNotEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
-        self.agent.start()  # healthy: recovery has run
+        self.agent.env = None
+        self.agent.start()  # healthy: recovery has run (and ended the held convert)
         j = self.agent.job(job["id"])
         self.assertEqual(j["state"], "failed")
         self.assertIn("the agent stopped while this snapshot was in state 'extract'", j["error"])
