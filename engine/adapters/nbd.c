@@ -1,7 +1,9 @@
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <libnbd.h>
 
 #include "nbd.h"
@@ -24,6 +26,7 @@ struct hs_nbd {
     uv_loop_t *loop;
     struct nbd_handle *h;
     uv_poll_t poll;
+    int poll_fd; /* ours: a dup of libnbd's socket (see nbd_open) */
     int polling; /* poll initialized */
     int events;  /* what the poll waits for */
     int connecting;
@@ -90,6 +93,8 @@ static int cmd_extents(void *user_data, const char *context, uint64_t offset, ui
 
 static void nbd_free(struct hs_nbd *n)
 {
+    if (n->poll_fd >= 0)
+        close(n->poll_fd);
     free(n);
 }
 
@@ -157,7 +162,7 @@ static void nbd_update(struct hs_nbd *n)
         if (!n->error[0])
             nbd_set_error(n, "NBD connection lost");
         if (n->polling && n->events) {
-            uv_poll_stop(&n->poll); /* libnbd closed the socket */
+            uv_poll_stop(&n->poll); /* libnbd closed its socket; our dup stays until closed */
             n->events = 0;
         }
     } else {
@@ -194,6 +199,7 @@ static int nbd_open(uv_loop_t *loop, const char *path, char *const *argv, const 
 {
     struct hs_nbd *n = hs__calloc(1, sizeof(*n));
 
+    n->poll_fd = -1;
     n->loop = loop;
     n->connected = connected;
     n->data = data;
@@ -210,7 +216,13 @@ static int nbd_open(uv_loop_t *loop, const char *path, char *const *argv, const 
         nbd_free(n);
         return rc;
     }
-    if (uv_poll_init(loop, &n->poll, nbd_aio_get_fd(n->h)) < 0) {
+    /* libnbd closes its socket itself when the connection dies, and the next
+     * socket made (another export's, an upload's) may get its number before
+     * this handle is closed; closing a uv_poll_t then removes the kernel's
+     * watch of that number, the other socket's. The poll watches a number of
+     * its own, a dup, which lives exactly as long as the poll. */
+    n->poll_fd = fcntl(nbd_aio_get_fd(n->h), F_DUPFD_CLOEXEC, 3);
+    if (n->poll_fd < 0 || uv_poll_init(loop, &n->poll, n->poll_fd) < 0) {
         nbd_close(n->h);
         nbd_free(n);
         return hs_err_set(err, -EIO, HS_ERR_SYS, 0, "cannot watch the NBD socket");
@@ -320,12 +332,20 @@ const char *hs__nbd_error(const struct hs_nbd *n)
 void hs__nbd_close(struct hs_nbd *n)
 {
     struct nbd_cmd *c;
+    int polling;
 
     if (!n)
         return;
     n->closing = 1;
-    if (n->polling && n->events)
-        uv_poll_stop(&n->poll);
+    polling = n->polling;
+    if (polling) {
+        /* our number goes first: the server (a socket-activated one ends
+         * with its connection) sees the close when libnbd's goes too */
+        uv_close((uv_handle_t *)&n->poll, nbd_poll_closed);
+        close(n->poll_fd);
+        n->poll_fd = -1;
+        n->polling = 0;
+    }
     /* after nbd_close no libnbd callback runs: every command not yet
      * dispatched, in flight or completed, ends canceled */
     nbd_close(n->h);
@@ -337,8 +357,6 @@ void hs__nbd_close(struct hs_nbd *n)
         free(c->ext);
         free(c);
     }
-    if (n->polling)
-        uv_close((uv_handle_t *)&n->poll, nbd_poll_closed);
-    else
-        nbd_free(n);
+    if (!polling)
+        nbd_free(n); /* else in the poll's close callback */
 }

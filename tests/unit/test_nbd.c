@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -385,6 +386,75 @@ static void test_close_mid_stream(void)
     uv_run(&loop, UV_RUN_DEFAULT);
 }
 
+/* ---- a dead connection's socket number, taken by another socket ---- */
+
+static int dead_failed;
+static int other_fired;
+
+static void on_dead_read(struct hs_nbd *n, int status, void *data)
+{
+    dead_failed = status < 0;
+}
+
+static void on_other(uv_poll_t *p, int status, int events)
+{
+    other_fired = 1;
+    uv_poll_stop(p);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+}
+
+/* libnbd closes a dead connection's socket itself: the fd number may go to
+ * the next socket made (curl's, another export's) before the adapter lets
+ * go of the dead one. Closing the dead one must not stop the other's
+ * events (seen: a concurrent upload stalled when a guest's export died). */
+static void test_dead_connection_leaves_a_reused_fd_alone(void)
+{
+    char cmd[1024], sock2[300], pid2[300];
+    struct stream s = {0};
+    struct hs_err err = {0};
+    static char buf[C];
+    uv_poll_t other;
+    uv_timer_t t;
+    int sp[2], i;
+
+    snprintf(sock2, sizeof(sock2), "%s/dying.sock", dir);
+    snprintf(pid2, sizeof(pid2), "%s/dying.pid", dir);
+    snprintf(cmd, sizeof(cmd), "qemu-nbd -r -f qcow2 -k %s -x vda --fork --pid-file=%s %s", sock2,
+             pid2, disk);
+    CHECK(sh(cmd) == 0);
+    for (i = 0; i < 100 && access(sock2, F_OK) < 0; i++)
+        usleep(50000);
+    CHECK(hs__nbd_open(&loop, sock2, "vda", on_connected, &s, &s.n, &err) == 0);
+    while (!s.connected)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(s.status == 0);
+    snprintf(cmd, sizeof(cmd), "kill -9 $(cat %s)", pid2);
+    CHECK(sh(cmd) == 0);
+    CHECK(hs__nbd_pread(s.n, buf, C, 0, on_dead_read, NULL) == 0);
+    while (!dead_failed)
+        uv_run(&loop, UV_RUN_ONCE);
+    /* the lowest free numbers: the dead socket's, if libnbd closed it */
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0);
+    CHECK(uv_poll_init(&loop, &other, sp[0]) == 0);
+    CHECK(uv_poll_start(&other, UV_READABLE, on_other) == 0);
+    uv_run(&loop, UV_RUN_NOWAIT); /* registered with the kernel now */
+    hs__nbd_close(s.n);
+    CHECK(write(sp[1], "x", 1) == 1);
+    uv_timer_init(&loop, &t);
+    uv_timer_start(&t, on_timeout, 5000, 0);
+    while (!other_fired && uv_is_active((uv_handle_t *)&t))
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(other_fired);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_close((uv_handle_t *)&other, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    close(sp[0]);
+    close(sp[1]);
+}
+
 int main(void)
 {
     char cmd[300];
@@ -399,6 +469,7 @@ int main(void)
     RUN(test_stream_as_raw);
     RUN(test_close_mid_stream);
     RUN(test_stream_from_own_server);
+    RUN(test_dead_connection_leaves_a_reused_fd_alone);
     stop_server();
     CHECK(uv_loop_close(&loop) == 0);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
