@@ -27,9 +27,10 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 
-#include "agent_int.h"
 #include "amqp.h"
 #include "api.h"
+#include "log.h"
+#include "rpc.h"
 
 #define AQ_CHANNEL 1
 #define AQ_HEARTBEAT 30       /* seconds */
@@ -66,7 +67,7 @@ struct aq_queue {
 
 struct ag_amqp {
     uv_loop_t *loop;
-    struct agent *agent;
+    struct ag_ops *ops;
     struct ag_amqp_url url;
     char *topic, *server, *exchange;
     char outbox[4200];
@@ -726,8 +727,9 @@ static const char *class_of(int status)
 }
 
 /* Answer a call (result or failure), then ack its delivery. */
-static void call_done(struct aq_call *c, const cJSON *result, int status, const char *error)
+static void call_done(void *data, const struct ag_rpc_answer *a)
 {
+    struct aq_call *c = data;
     struct ag_amqp *q = c->q;
     struct aq_msg *m;
 
@@ -735,17 +737,18 @@ static void call_done(struct aq_call *c, const cJSON *result, int status, const 
         cJSON *msg = cJSON_CreateObject();
         char uid[40], *body;
 
-        cJSON_AddItemToObject(msg, "result", result && !error ? cJSON_Duplicate(result, 1)
-                                                              : cJSON_CreateNull());
-        if (error) {
+        cJSON_AddItemToObject(msg, "result", a->result && !a->error
+                                                 ? cJSON_Duplicate(a->result, 1)
+                                                 : cJSON_CreateNull());
+        if (a->error) {
             cJSON *f = cJSON_CreateObject(), *args = cJSON_CreateArray();
             char *fs;
 
-            cJSON_AddStringToObject(f, "class", class_of(status));
+            cJSON_AddStringToObject(f, "class", class_of(a->status));
             cJSON_AddStringToObject(f, "module", "hotsnap");
-            cJSON_AddStringToObject(f, "message", error);
+            cJSON_AddStringToObject(f, "message", a->error);
             cJSON_AddItemToObject(f, "tb", cJSON_CreateArray());
-            cJSON_AddItemToArray(args, cJSON_CreateString(error));
+            cJSON_AddItemToArray(args, cJSON_CreateString(a->error));
             cJSON_AddItemToObject(f, "args", args);
             cJSON_AddItemToObject(f, "kwargs", cJSON_CreateObject());
             fs = cJSON_PrintUnformatted(f);
@@ -762,8 +765,8 @@ static void call_done(struct aq_call *c, const cJSON *result, int status, const 
         body = envelope(msg);
         to_thread(q, aq_new(AQ_PUBLISH, "", c->reply_q, body, strlen(body)));
         free(body);
-    } else if (error) {
-        ag_log("warning", "amqp: a cast failed: %s", error);
+    } else if (a->error) {
+        ag_log("warning", "amqp: a cast failed: %s", a->error);
     }
     m = aq_new(AQ_ACK, NULL, NULL, NULL, 0);
     m->gen = c->gen;
@@ -774,104 +777,26 @@ static void call_done(struct aq_call *c, const cJSON *result, int status, const 
     free(c);
 }
 
-static void op_replied(void *data, int status, const cJSON *body, int replayed)
-{
-    struct aq_call *c = data;
-
-    if (status >= 400)
-        call_done(c, NULL, status,
-                  cJSON_GetStringValue(cJSON_GetObjectItem(body, "error")) ?: "failed");
-    else
-        call_done(c, body, status, NULL);
-}
-
-static const char *arg_str(const cJSON *args, const char *name, int *bad)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(args, name);
-
-    if (!v || cJSON_IsNull(v))
-        return NULL;
-    if (!cJSON_IsString(v))
-        *bad = 1;
-    return cJSON_GetStringValue(v);
-}
-
-static void dispatch(struct ag_amqp *q, struct aq_call *c, const struct ag_rpc *rpc)
-{
-    const char *method = rpc->method;
-    const cJSON *args = rpc->args;
-    struct ag_pending *p;
-    cJSON *body = NULL;
-    char why[300], key[AG_ID_MAX + 1];
-    int bad = 0, status;
-
-    if (!method) {
-        call_done(c, NULL, 400, "the message names no method");
-        return;
-    }
-    if (args && !cJSON_IsObject(args)) {
-        call_done(c, NULL, 400, "the message's args are not an object");
-        return;
-    }
-    if (!strcmp(method, "snapshot")) {
-        char *s = ag_rpc_snapshot_body(args, rpc->unique_id, key, sizeof(key), why, sizeof(why));
-
-        if (!s) {
-            call_done(c, NULL, 400, why);
-            return;
-        }
-        ag_op_snapshot(q->agent, s, strlen(s), key[0] ? key : NULL, op_replied, c, &p);
-        free(s);
-        return;
-    }
-    if (!strcmp(method, "domains")) {
-        ag_op_domains(q->agent, op_replied, c, &p);
-        return;
-    }
-    if (!strcmp(method, "get") || !strcmp(method, "cancel")) {
-        const char *id = arg_str(args, "id", &bad);
-
-        if (!id || bad) {
-            snprintf(why, sizeof(why), "%s needs an argument 'id', a job id string", method);
-            call_done(c, NULL, 400, why);
-            return;
-        }
-        status = method[0] == 'g' ? ag_op_get(q->agent, id, &body)
-                                  : ag_op_cancel(q->agent, id, &body);
-    } else if (!strcmp(method, "list")) {
-        const char *state = arg_str(args, "state", &bad), *dom = arg_str(args, "domain", &bad);
-
-        if (bad) {
-            call_done(c, NULL, 400, "list takes 'state' and 'domain' as strings");
-            return;
-        }
-        status = ag_op_list(q->agent, state, dom, 0, &body);
-    } else {
-        snprintf(why, sizeof(why), "unknown method '%.100s' (expected snapshot, get, list, "
-                                   "cancel or domains)", method);
-        call_done(c, NULL, 400, why);
-        return;
-    }
-    op_replied(c, status, body, 0);
-    cJSON_Delete(body);
-}
-
 static void on_delivery(struct ag_amqp *q, struct aq_msg *m)
 {
     struct aq_call *c = calloc(1, sizeof(*c));
     struct ag_rpc rpc;
     char err[128];
 
+    if (!c)
+        abort();
     c->q = q;
     c->gen = m->gen;
     c->tag = m->tag;
     if (ag_rpc_unwrap(m->body, m->len, &rpc, err, sizeof(err)) < 0) {
-        call_done(c, NULL, 400, err); /* acked: it would only come back */
+        struct ag_rpc_answer a = {.status = 400, .error = err};
+
+        call_done(c, &a); /* acked: it would only come back */
         return;
     }
     c->msg_id = rpc.msg_id ? strdup(rpc.msg_id) : NULL;
     c->reply_q = rpc.reply_q ? strdup(rpc.reply_q) : NULL;
-    dispatch(q, c, &rpc);
+    ag_rpc_dispatch(q->ops, &rpc, call_done, c);
     ag_rpc_free(&rpc);
 }
 
@@ -946,7 +871,7 @@ static void outbox_load(struct ag_amqp *q)
     outbox_write(q);
 }
 
-int ag_amqp_start(uv_loop_t *loop, struct agent *a, const struct ag_amqp_config *cfg,
+int ag_amqp_start(uv_loop_t *loop, struct ag_ops *ops, const struct ag_amqp_config *cfg,
                   struct ag_amqp **out, char *err, size_t errlen)
 {
     struct ag_amqp *q = calloc(1, sizeof(*q));
@@ -964,7 +889,7 @@ int ag_amqp_start(uv_loop_t *loop, struct agent *a, const struct ag_amqp_config 
         snprintf(host, sizeof(host), "localhost");
     host[sizeof(host) - 1] = '\0';
     q->loop = loop;
-    q->agent = a;
+    q->ops = ops;
     q->topic = strdup(cfg->topic ? cfg->topic : "hotsnap");
     q->server = strdup(cfg->server ? cfg->server : host);
     q->exchange = strdup(cfg->exchange ? cfg->exchange : "openstack");

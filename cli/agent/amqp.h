@@ -12,9 +12,8 @@
 #include <uv.h>
 #include <cjson/cJSON.h>
 
-#include "api.h"
+#include "ops.h"
 
-struct agent;
 struct ag_amqp;
 
 struct ag_amqp_config {
@@ -25,7 +24,7 @@ struct ag_amqp_config {
     const char *state_dir; /* the outbox of notifications not yet confirmed */
 };
 
-int ag_amqp_start(uv_loop_t *loop, struct agent *a, const struct ag_amqp_config *cfg,
+int ag_amqp_start(uv_loop_t *loop, struct ag_ops *ops, const struct ag_amqp_config *cfg,
                   struct ag_amqp **out, char *err, size_t errlen);
 /* Publish a notification (oslo messagingv2) about @job; kept in the outbox
  * file until the broker confirms it, across reconnects and restarts. */

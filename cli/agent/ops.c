@@ -1,0 +1,858 @@
+/*
+ * The agent's operations and its jobs (see ops.h).
+ *
+ * Jobs are JSON objects kept up to date from the engine's events; each is
+ * written to the history when accepted, at each state and at its end, so a
+ * restarted agent knows what ran, reports what a dead run left as failed
+ * with the reason, and keeps a bounded history.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "history.h"
+#include "log.h"
+#include "ops.h"
+
+/* One job the agent knows: running (job set) or from the history. */
+struct ag_job {
+    struct ag_job *prev, *next; /* by when accepted */
+    struct ag_ops *ops;
+    struct hs_job *job; /* while running */
+    char id[AG_ID_MAX + 1];
+    char key[AG_ID_MAX + 1]; /* Idempotency-Key, or "" */
+    cJSON *obj;              /* what the API shows */
+    char state[16];          /* the engine's last state */
+    double t_state;          /* its "elapsed" when it began */
+    int ended;
+    int hidden; /* started and canceled inside a failed request */
+};
+
+/* An operation waiting for the engine (a domain listing). */
+struct ag_pending {
+    struct ag_ops *ops;
+    ag_reply_fn reply; /* NULL once the asker went away */
+    void *data;
+    cJSON *doc;
+    struct ag_want *wants;
+    int n;     /* snapshots it asks for (0: a listing of the domains) */
+    int batch; /* the body was a list */
+    char key[AG_ID_MAX + 1];
+    struct ag_pending *prev, *next;
+};
+
+struct ag_ops {
+    struct ag_ops_config cfg;
+    struct hs_engine *eng;
+    struct ag_history *hist;
+    struct ag_metrics *m;
+    struct ag_job *jobs, *jobs_tail;
+    int running;
+    int ready;    /* recovery done: jobs may start */
+    int stopping; /* no new work */
+    struct ag_pending *pendings;
+};
+
+static void iso_now(char *buf, size_t len)
+{
+    struct timespec ts;
+    struct tm tm;
+    size_t n;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", gmtime_r(&ts.tv_sec, &tm));
+    snprintf(buf + n, len - n, ".%03ldZ", ts.tv_nsec / 1000000);
+}
+
+static void obj_set(cJSON *obj, const char *key, cJSON *item)
+{
+    if (cJSON_GetObjectItemCaseSensitive(obj, key))
+        cJSON_ReplaceItemInObjectCaseSensitive(obj, key, item);
+    else
+        cJSON_AddItemToObject(obj, key, item);
+}
+
+static void obj_touch(cJSON *obj)
+{
+    char ts[40];
+
+    iso_now(ts, sizeof(ts));
+    obj_set(obj, "updated", cJSON_CreateString(ts));
+}
+
+static int state_ended(const char *s)
+{
+    return !strcmp(s, "done") || !strcmp(s, "failed");
+}
+
+/* ---- the job table and its history ---- */
+
+static struct ag_job *job_find(struct ag_ops *o, const char *id)
+{
+    struct ag_job *j;
+
+    for (j = o->jobs; j; j = j->next)
+        if (!j->hidden && !strcmp(j->id, id))
+            return j;
+    return NULL;
+}
+
+static void job_link(struct ag_ops *o, struct ag_job *j)
+{
+    j->ops = o;
+    j->prev = o->jobs_tail;
+    if (o->jobs_tail)
+        o->jobs_tail->next = j;
+    else
+        o->jobs = j;
+    o->jobs_tail = j;
+}
+
+static void job_unlink_free(struct ag_ops *o, struct ag_job *j)
+{
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        o->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    else
+        o->jobs_tail = j->prev;
+    cJSON_Delete(j->obj);
+    free(j);
+}
+
+/* The history's lines when it is rewritten: every job shown. */
+struct hist_iter {
+    struct ag_job *j;
+};
+
+static const cJSON *hist_next(void *it)
+{
+    struct hist_iter *h = it;
+    const cJSON *obj;
+
+    while (h->j && h->j->hidden)
+        h->j = h->j->next;
+    if (!h->j)
+        return NULL;
+    obj = h->j->obj;
+    h->j = h->j->next;
+    return obj;
+}
+
+static int history_compact(struct ag_ops *o)
+{
+    struct hist_iter it = {o->jobs};
+
+    return ag_history_compact(o->hist, hist_next, &it);
+}
+
+/* Forget the oldest ended jobs beyond the history's bound. */
+static void jobs_trim(struct ag_ops *o)
+{
+    struct ag_job *j, *next;
+    int ended = 0;
+
+    for (j = o->jobs; j; j = j->next)
+        ended += j->ended;
+    for (j = o->jobs; j && ended > o->cfg.history; j = next) {
+        next = j->next;
+        if (j->ended) {
+            job_unlink_free(o, j);
+            ended--;
+        }
+    }
+    if (ag_history_lines(o->hist) > (unsigned)(2 * o->cfg.history + 64))
+        history_compact(o);
+}
+
+/* One line of the history: the last line of a job wins. */
+static void history_line(void *data, cJSON *obj)
+{
+    struct ag_ops *o = data;
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(obj, "id"));
+    const char *state = cJSON_GetStringValue(cJSON_GetObjectItem(obj, "state"));
+    const char *key = cJSON_GetStringValue(cJSON_GetObjectItem(obj, "idempotency_key"));
+    struct ag_job *j;
+
+    if (!id || !state || strlen(id) > AG_ID_MAX) {
+        cJSON_Delete(obj);
+        return;
+    }
+    j = job_find(o, id);
+    if (!j) {
+        j = calloc(1, sizeof(*j));
+        if (!j) {
+            cJSON_Delete(obj);
+            return;
+        }
+        snprintf(j->id, sizeof(j->id), "%s", id);
+        job_link(o, j);
+    }
+    cJSON_Delete(j->obj);
+    j->obj = obj;
+    snprintf(j->key, sizeof(j->key), "%s", key && strlen(key) <= AG_ID_MAX ? key : "");
+    snprintf(j->state, sizeof(j->state), "%s", state);
+    j->ended = state_ended(state);
+}
+
+/* ---- what the engine and the agent say about jobs ---- */
+
+static void emit(struct ag_ops *o, const char *job, const cJSON *ev)
+{
+    char *text;
+
+    if (!o->cfg.hooks.event)
+        return;
+    text = cJSON_PrintUnformatted(ev);
+    if (text)
+        o->cfg.hooks.event(o->cfg.hooks.data, job, text, strlen(text));
+    free(text);
+}
+
+static void news(struct ag_ops *o, enum ag_news what, int status, const struct ag_job *j)
+{
+    if (o->cfg.hooks.news)
+        o->cfg.hooks.news(o->cfg.hooks.data, what, status, j->obj);
+}
+
+/* The agent's own news (accepted, interrupted) to the event readers. */
+static void job_announce(struct ag_ops *o, struct ag_job *j, const char *type)
+{
+    cJSON *ev = cJSON_CreateObject();
+    char ts[40];
+
+    iso_now(ts, sizeof(ts));
+    cJSON_AddStringToObject(ev, "event", type);
+    cJSON_AddStringToObject(ev, "time", ts);
+    cJSON_AddStringToObject(ev, "job", j->id);
+    cJSON_AddItemToObject(ev, "snapshot", cJSON_Duplicate(j->obj, 1));
+    emit(o, j->id, ev);
+    cJSON_Delete(ev);
+}
+
+/* The engine's event @ev about @j: the job object follows it. The last
+ * state event (done or failed) comes before the job's callback, with the
+ * images, the error and the stall. */
+static void job_on_event(struct ag_job *j, const cJSON *ev)
+{
+    /* what a state event carries that the job shows: the event's name, the job's */
+    static const struct {
+        const char *ev, *job;
+    } kept[] = {
+        {"task_state", "task_state"}, {"mode", "mode"},         {"reason", "mode_reason"},
+        {"error", "error"},           {"stall_ms", "stall_ms"}, {"scratch_peak", "scratch_peak"},
+        {"images", "images"},
+    };
+    struct ag_ops *o = j->ops;
+    const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "event"));
+    double elapsed = cJSON_GetNumberValue(cJSON_GetObjectItem(ev, "elapsed"));
+    const cJSON *v;
+    size_t i;
+
+    if (!type)
+        return;
+    if (!strcmp(type, "progress")) {
+        cJSON *p = cJSON_Duplicate(ev, 1);
+
+        cJSON_DeleteItemFromObject(p, "event");
+        cJSON_DeleteItemFromObject(p, "job");
+        cJSON_DeleteItemFromObject(p, "domain");
+        cJSON_DeleteItemFromObject(p, "time");
+        cJSON_DeleteItemFromObject(p, "elapsed");
+        obj_set(j->obj, "progress", p);
+        obj_touch(j->obj);
+        return;
+    }
+    if (!strcmp(type, "warning")) {
+        cJSON *w = cJSON_GetObjectItem(j->obj, "warnings");
+
+        if (!w)
+            w = cJSON_AddArrayToObject(j->obj, "warnings");
+        if (cJSON_GetArraySize(w) < 16)
+            cJSON_AddItemToArray(w, cJSON_Duplicate(cJSON_GetObjectItem(ev, "message"), 0));
+        return;
+    }
+    if (strcmp(type, "state"))
+        return;
+    v = cJSON_GetObjectItem(ev, "state");
+    if (!cJSON_IsString(v))
+        return;
+    /* the phase that ended, for the duration histograms */
+    if (strcmp(j->state, v->valuestring)) {
+        if (!strcmp(j->state, "capture"))
+            ag_hist_observe(&o->m->capture_s, elapsed - j->t_state);
+        else if (!strcmp(j->state, "upload"))
+            ag_hist_observe(&o->m->upload_s, elapsed - j->t_state);
+        snprintf(j->state, sizeof(j->state), "%s", v->valuestring);
+        j->t_state = elapsed;
+    }
+    obj_set(j->obj, "state", cJSON_CreateString(v->valuestring));
+    if ((v = cJSON_GetObjectItem(ev, "for")))
+        obj_set(j->obj, "waiting_for", cJSON_Duplicate(v, 0));
+    else
+        cJSON_DeleteItemFromObject(j->obj, "waiting_for");
+    for (i = 0; i < sizeof(kept) / sizeof(kept[0]); i++)
+        if ((v = cJSON_GetObjectItem(ev, kept[i].ev)))
+            obj_set(j->obj, kept[i].job, cJSON_Duplicate(v, 1));
+    if (state_ended(j->state))
+        cJSON_DeleteItemFromObject(j->obj, "progress");
+    obj_touch(j->obj);
+    /* each step is recorded: a restarted agent says where a dead run stopped */
+    if (!j->hidden && !state_ended(j->state))
+        ag_history_append(o->hist, j->obj);
+}
+
+void ag_ops_engine_event(struct ag_ops *o, const cJSON *ev)
+{
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "job"));
+    struct ag_job *j = id ? job_find(o, id) : NULL;
+
+    if (j)
+        job_on_event(j, ev);
+    emit(o, id, ev);
+}
+
+static void job_done(struct hs_job *job, int status, void *data)
+{
+    struct ag_job *j = data;
+    struct ag_ops *o = j->ops;
+    size_t k;
+
+    /* state, error, stall and images came with the engine's last state event */
+    for (k = 0; k < hs_job_image_count(job); k++)
+        if (hs_job_image(job, k)->id)
+            o->m->bytes_published += hs_job_image(job, k)->size;
+    obj_set(j->obj, "seconds", cJSON_CreateNumber(round(hs_job_seconds(job) * 1000) / 1000));
+    if (hs_job_stall_ms(job) >= 0)
+        ag_hist_observe(&o->m->stall_s, hs_job_stall_ms(job) / 1000.0);
+    if (!j->hidden) { /* a hidden job was never accepted */
+        news(o, AG_NEWS_ENDED, status, j);
+        if (status == 0)
+            o->m->jobs_done++;
+        else if (status == -ECANCELED)
+            o->m->jobs_canceled++;
+        else
+            o->m->jobs_failed++;
+    }
+    j->ended = 1;
+    j->job = NULL;
+    hs_job_free(job);
+    o->running--;
+    if (!j->hidden)
+        ag_history_append(o->hist, j->obj);
+    else
+        job_unlink_free(o, j);
+    jobs_trim(o);
+    if (o->stopping && o->running == 0 && o->cfg.hooks.idle)
+        o->cfg.hooks.idle(o->cfg.hooks.data);
+}
+
+/* ---- answers ---- */
+
+static cJSON *error_body_v(const char *fmt, va_list ap)
+{
+    char msg[1024];
+    cJSON *b = cJSON_CreateObject();
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    cJSON_AddStringToObject(b, "error", msg);
+    return b;
+}
+
+/* {"error": "..."}: what every failed request answers. */
+static cJSON *error_body(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static cJSON *error_body(const char *fmt, ...)
+{
+    cJSON *b;
+    va_list ap;
+
+    va_start(ap, fmt);
+    b = error_body_v(fmt, ap);
+    va_end(ap);
+    return b;
+}
+
+static struct ag_pending *pending_new(struct ag_ops *o, ag_reply_fn reply, void *data)
+{
+    struct ag_pending *p = calloc(1, sizeof(*p));
+
+    if (!p)
+        return NULL;
+    p->ops = o;
+    p->reply = reply;
+    p->data = data;
+    p->next = o->pendings;
+    if (o->pendings)
+        o->pendings->prev = p;
+    o->pendings = p;
+    return p;
+}
+
+/* Answer the asker (unless it left) and forget @p; takes @body. */
+static void pending_finish(struct ag_pending *p, int status, cJSON *body, int replayed)
+{
+    struct ag_ops *o = p->ops;
+
+    if (p->reply)
+        p->reply(p->data, status, body, replayed);
+    cJSON_Delete(body);
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        o->pendings = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    cJSON_Delete(p->doc);
+    free(p->wants);
+    free(p);
+}
+
+void ag_pending_abandon(struct ag_pending *p)
+{
+    p->reply = NULL;
+}
+
+/* ---- snapshot ---- */
+
+static cJSON *job_request_json(const struct ag_want *w, const char *dflt)
+{
+    cJSON *r = cJSON_CreateObject();
+    static const char *const quiesce[] = {"auto", "required", "off"};
+
+    cJSON_AddStringToObject(r, "target", w->opts.target ? w->opts.target : dflt);
+    cJSON_AddStringToObject(r, "mode", hs_mode_name(w->opts.mode));
+    cJSON_AddStringToObject(r, "format", hs_format_name(w->opts.format));
+    cJSON_AddBoolToObject(r, "compress", w->opts.compress);
+    cJSON_AddBoolToObject(r, "all_disks", w->opts.all_disks);
+    cJSON_AddStringToObject(r, "quiesce", quiesce[w->opts.quiesce]);
+    if (w->opts.name)
+        cJSON_AddStringToObject(r, "name", w->opts.name);
+    if (w->opts.image_id)
+        cJSON_AddStringToObject(r, "image_id", w->opts.image_id);
+    cJSON_AddNumberToObject(r, "priority", w->opts.priority);
+    return r;
+}
+
+static cJSON *jobs_with_key(struct ag_ops *o, const char *key)
+{
+    cJSON *arr = NULL;
+    struct ag_job *j;
+
+    for (j = o->jobs; j; j = j->next) {
+        if (j->hidden || strcmp(j->key, key))
+            continue;
+        if (!arr)
+            arr = cJSON_CreateArray();
+        cJSON_AddItemToArray(arr, cJSON_Duplicate(j->obj, 1));
+    }
+    return arr;
+}
+
+/* The answer to a snapshot request: the job, or the list of them. */
+static cJSON *jobs_answer(cJSON *arr, int batch)
+{
+    cJSON *one;
+
+    if (batch)
+        return arr;
+    one = cJSON_DetachItemFromArray(arr, 0);
+    cJSON_Delete(arr);
+    return one;
+}
+
+static void post_listed(struct hs_engine *eng, int status, cJSON *list, const char *error,
+                        void *data)
+{
+    struct ag_pending *p = data;
+    struct ag_ops *o = p->ops;
+    struct ag_job **started;
+    const char **names;
+    cJSON *d, *arr, *body = NULL;
+    char err[1024], ts[40], dflt[4200];
+    int i, k, n = 0, code = 400;
+
+    if (!p->reply) { /* the asker left: nothing was accepted, nothing starts */
+        cJSON_Delete(list);
+        pending_finish(p, 0, NULL, 0);
+        return;
+    }
+    if (status < 0 || o->stopping) {
+        cJSON_Delete(list);
+        pending_finish(p, 503,
+                       status < 0 ? error_body("cannot list the domains: %s", error)
+                                  : error_body("the agent is stopping"),
+                       0);
+        return;
+    }
+    names = calloc((size_t)p->n, sizeof(*names));
+    started = calloc((size_t)p->n, sizeof(*started));
+    for (i = 0; i < p->n; i++) {
+        const char *want = p->wants[i].domain, *found = NULL;
+
+        cJSON_ArrayForEach(d, list) {
+            const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(d, "name"));
+            const char *uuid = cJSON_GetStringValue(cJSON_GetObjectItem(d, "uuid"));
+
+            if ((name && !strcmp(want, name)) || (uuid && !strcmp(want, uuid)))
+                found = name;
+        }
+        if (!found) {
+            code = 404;
+            body = error_body("domain '%s' not found", want);
+            goto cleanup;
+        }
+        for (k = 0; k < i; k++) {
+            if (!strcmp(names[k], found)) {
+                body = error_body("domain '%s' is asked for twice", want);
+                goto cleanup;
+            }
+        }
+        names[i] = found;
+    }
+    arr = cJSON_CreateArray();
+    iso_now(ts, sizeof(ts));
+    snprintf(dflt, sizeof(dflt), "dir:%s/images", o->cfg.state_dir);
+    for (i = 0; i < p->n; i++) {
+        struct ag_job *j = calloc(1, sizeof(*j));
+        struct hs_job *job;
+
+        p->wants[i].opts.domain = names[i];
+        j->ops = o;
+        if (hs_snapshot_start(o->eng, &p->wants[i].opts, job_done, j, &job, err, sizeof(err)) < 0) {
+            free(j);
+            /* nothing of this request may run: its jobs have not taken a step yet */
+            for (k = 0; k < n; k++) {
+                started[k]->hidden = 1;
+                hs_job_cancel(started[k]->job);
+                o->m->jobs_accepted--;
+            }
+            cJSON_Delete(arr);
+            body = error_body("%s", err);
+            goto cleanup;
+        }
+        j->job = job;
+        snprintf(j->id, sizeof(j->id), "%s", hs_job_id(job));
+        snprintf(j->key, sizeof(j->key), "%s", p->key);
+        snprintf(j->state, sizeof(j->state), "queued");
+        j->obj = cJSON_CreateObject();
+        cJSON_AddStringToObject(j->obj, "id", j->id);
+        cJSON_AddStringToObject(j->obj, "domain", names[i]);
+        cJSON_AddStringToObject(j->obj, "state", "queued");
+        cJSON_AddStringToObject(j->obj, "task_state", "image_snapshot_pending");
+        cJSON_AddStringToObject(j->obj, "created", ts);
+        cJSON_AddStringToObject(j->obj, "updated", ts);
+        cJSON_AddItemToObject(j->obj, "request", job_request_json(&p->wants[i], dflt));
+        if (p->key[0])
+            cJSON_AddStringToObject(j->obj, "idempotency_key", p->key);
+        job_link(o, j);
+        started[n++] = j;
+        o->running++;
+        o->m->jobs_accepted++;
+        cJSON_AddItemToArray(arr, cJSON_Duplicate(j->obj, 1));
+    }
+    for (k = 0; k < n; k++) {
+        ag_history_append(o->hist, started[k]->obj);
+        job_announce(o, started[k], "accepted");
+        news(o, AG_NEWS_ACCEPTED, 0, started[k]);
+    }
+    code = 202;
+    body = jobs_answer(arr, p->batch);
+cleanup:
+    free(names);
+    free(started);
+    cJSON_Delete(list);
+    pending_finish(p, code, body, 0);
+}
+
+int ag_op_snapshot(struct ag_ops *o, struct ag_snapshot_req *req, ag_reply_fn reply, void *data,
+                   struct ag_pending **out)
+{
+    struct ag_pending *p = NULL;
+    cJSON *same, *ans = NULL;
+    int code = 503;
+
+    *out = NULL;
+    if (req->key && (same = jobs_with_key(o, req->key))) {
+        ans = jobs_answer(same, req->batch);
+        reply(data, 202, ans, 1);
+        goto done;
+    }
+    for (p = o->pendings; req->key && p; p = p->next) {
+        if (p->n && !strcmp(p->key, req->key)) {
+            ans = error_body("a request with idempotency key '%s' is being accepted; retry",
+                             req->key);
+            code = 409;
+        }
+    }
+    if (!ans && (!o->ready || o->stopping))
+        ans = error_body("%s", o->stopping ? "the agent is stopping"
+                                           : "the agent is recovering what a dead run left; retry");
+    if (!ans && o->running + req->n > AG_MAX_RUNNING) {
+        ans = error_body("%d snapshots are running; at most %d may", o->running, AG_MAX_RUNNING);
+        code = 429;
+    }
+    if (!ans && !(p = pending_new(o, reply, data)))
+        ans = error_body("out of memory");
+    if (ans) {
+        reply(data, code, ans, 0);
+        goto done;
+    }
+    p->doc = req->doc;
+    p->wants = req->wants;
+    p->n = req->n;
+    p->batch = req->batch;
+    snprintf(p->key, sizeof(p->key), "%s", req->key ? req->key : "");
+    if (hs_engine_list(o->eng, post_listed, p) < 0) {
+        pending_finish(
+            p, 503, error_body("not connected to libvirt: %s", hs_engine_error(o->eng) ?: "?"), 0);
+        return 0;
+    }
+    *out = p;
+    return 1;
+done:
+    cJSON_Delete(ans);
+    cJSON_Delete(req->doc);
+    free(req->wants);
+    return 0;
+}
+
+/* ---- the others ---- */
+
+int ag_op_get(struct ag_ops *o, const char *id, cJSON **body)
+{
+    struct ag_job *j = job_find(o, id);
+
+    if (!j) {
+        *body = error_body("no snapshot job '%s'", id);
+        return 404;
+    }
+    *body = cJSON_Duplicate(j->obj, 1);
+    return 200;
+}
+
+int ag_op_cancel(struct ag_ops *o, const char *id, cJSON **body)
+{
+    struct ag_job *j = job_find(o, id);
+
+    if (!j) {
+        *body = error_body("no snapshot job '%s'", id);
+        return 404;
+    }
+    if (j->ended) {
+        *body = error_body("snapshot job '%s' has already ended (%s)", id, j->state);
+        return 409;
+    }
+    if (!j->job) {
+        *body = error_body("snapshot job '%s' was left by an agent that died; recovery is "
+                           "ending it",
+                           id);
+        return 409;
+    }
+    hs_job_cancel(j->job);
+    obj_set(j->obj, "cancel_requested", cJSON_CreateTrue());
+    obj_touch(j->obj);
+    *body = cJSON_Duplicate(j->obj, 1);
+    return 202;
+}
+
+static int job_matches(const struct ag_job *j, const char *state, const char *domain)
+{
+    const char *s = cJSON_GetStringValue(cJSON_GetObjectItem(j->obj, "state"));
+    const char *d = cJSON_GetStringValue(cJSON_GetObjectItem(j->obj, "domain"));
+
+    if (j->hidden)
+        return 0;
+    if (state && state[0] && !(!strcmp(state, "running") ? !j->ended : s && !strcmp(state, s)))
+        return 0;
+    return !domain || !domain[0] || (d && !strcmp(domain, d));
+}
+
+int ag_op_list(struct ag_ops *o, const char *state, const char *domain, long max, cJSON **body)
+{
+    cJSON *arr = cJSON_CreateArray();
+    struct ag_job *j;
+    long n = 0;
+
+    /* newest first */
+    for (j = o->jobs_tail; j && (max <= 0 || n < max); j = j->prev) {
+        if (job_matches(j, state, domain)) {
+            cJSON_AddItemToArray(arr, cJSON_Duplicate(j->obj, 1));
+            n++;
+        }
+    }
+    *body = arr;
+    return 200;
+}
+
+static void domains_listed(struct hs_engine *eng, int status, cJSON *list, const char *error,
+                           void *data)
+{
+    struct ag_pending *p = data;
+
+    if (status < 0)
+        pending_finish(p, 503, error_body("cannot list the domains: %s", error), 0);
+    else
+        pending_finish(p, 200, list, 0);
+}
+
+int ag_op_domains(struct ag_ops *o, ag_reply_fn reply, void *data, struct ag_pending **out)
+{
+    struct ag_pending *p = pending_new(o, reply, data);
+    cJSON *err;
+
+    *out = NULL;
+    if (p && hs_engine_list(o->eng, domains_listed, p) == 0) {
+        *out = p;
+        return 1;
+    }
+    err = p ? error_body("not connected to libvirt: %s", hs_engine_error(o->eng) ?: "?")
+            : error_body("out of memory");
+    if (p) {
+        pending_finish(p, 503, err, 0);
+    } else {
+        reply(data, 503, err, 0);
+        cJSON_Delete(err);
+    }
+    return 0;
+}
+
+/* ---- life ---- */
+
+int ag_ops_new(const struct ag_ops_config *cfg, struct ag_ops **out, char *err, size_t errlen)
+{
+    struct ag_ops *o = calloc(1, sizeof(*o));
+    int rc;
+
+    if (!o) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    o->cfg = *cfg;
+    o->m = cfg->m;
+    rc = ag_history_open(cfg->dirfd, &o->hist, err, errlen);
+    if (rc < 0) {
+        free(o);
+        return rc;
+    }
+    ag_history_load(o->hist, history_line, o);
+    rc = history_compact(o);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot rewrite the job history: %s", strerror(-rc));
+        while (o->jobs)
+            job_unlink_free(o, o->jobs);
+        ag_history_close(o->hist);
+        free(o);
+        return rc;
+    }
+    *out = o;
+    return 0;
+}
+
+void ag_ops_attach(struct ag_ops *o, struct hs_engine *eng)
+{
+    o->eng = eng;
+}
+
+/* Jobs a dead run left: failed, with what recovery did about them. */
+void ag_ops_recovered(struct ag_ops *o, const cJSON *report)
+{
+    struct ag_job *j;
+    const cJSON *e;
+
+    for (j = o->jobs; j; j = j->next) {
+        char why[1024];
+        const char *dom = cJSON_GetStringValue(cJSON_GetObjectItem(j->obj, "domain"));
+        cJSON *rec;
+        size_t n;
+
+        if (j->ended)
+            continue;
+        rec = cJSON_CreateArray();
+        n = (size_t)snprintf(why, sizeof(why),
+                             "the agent stopped while this snapshot was in state '%s'", j->state);
+        cJSON_ArrayForEach(e, report) {
+            const char *ejob = cJSON_GetStringValue(cJSON_GetObjectItem(e, "job"));
+            const char *edom = cJSON_GetStringValue(cJSON_GetObjectItem(e, "domain"));
+            const char *act = cJSON_GetStringValue(cJSON_GetObjectItem(e, "action"));
+
+            if (ejob ? strcmp(ejob, j->id) : !(edom && dom && !strcmp(edom, dom)))
+                continue;
+            cJSON_AddItemToArray(rec, cJSON_Duplicate(e, 1));
+            if (act && n < sizeof(why))
+                n += (size_t)snprintf(why + n, sizeof(why) - n, "; on restart: %s", act);
+        }
+        obj_set(j->obj, "state", cJSON_CreateString("failed"));
+        obj_set(j->obj, "task_state", cJSON_CreateString("failed"));
+        obj_set(j->obj, "error", cJSON_CreateString(why));
+        obj_set(j->obj, "recovered", rec);
+        cJSON_DeleteItemFromObject(j->obj, "progress");
+        obj_touch(j->obj);
+        snprintf(j->state, sizeof(j->state), "failed");
+        j->ended = 1;
+        o->m->jobs_failed++;
+        ag_history_append(o->hist, j->obj);
+        job_announce(o, j, "interrupted");
+        news(o, AG_NEWS_INTERRUPTED, -EINTR, j);
+        ag_log("warning", "job %s on '%s': %s", j->id, dom ? dom : "?", why);
+    }
+    jobs_trim(o);
+    o->ready = 1;
+}
+
+int ag_ops_stop(struct ag_ops *o)
+{
+    o->stopping = 1;
+    if (o->eng)
+        hs_engine_cancel_all(o->eng);
+    return o->running;
+}
+
+void ag_ops_close(struct ag_ops *o)
+{
+    if (!o)
+        return;
+    history_compact(o);
+    while (o->jobs)
+        job_unlink_free(o, o->jobs);
+    ag_history_close(o->hist);
+    free(o);
+}
+
+const struct hs_snapshot_opts *ag_ops_defaults(const struct ag_ops *o)
+{
+    return o->cfg.defaults;
+}
+
+int ag_ops_ready(const struct ag_ops *o)
+{
+    return o->ready;
+}
+
+int ag_ops_running(const struct ag_ops *o)
+{
+    return o->running;
+}
+
+void ag_ops_count_states(const struct ag_ops *o, int by_state[AG_NSTATES])
+{
+    const struct ag_job *j;
+    int i;
+
+    memset(by_state, 0, sizeof(int) * AG_NSTATES);
+    for (j = o->jobs; j; j = j->next) {
+        if (j->ended || j->hidden)
+            continue;
+        for (i = 0; i < AG_NSTATES; i++) {
+            if (!strcmp(j->state, ag_state_names[i])) {
+                by_state[i]++;
+                break;
+            }
+        }
+    }
+}

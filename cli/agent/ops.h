@@ -1,0 +1,101 @@
+/*
+ * The agent's operations: what its front doors (the HTTP API, the bus) ask
+ * of it, whatever their wire format, and the jobs they know. Each door
+ * parses its requests into the structs below and calls these; the answers
+ * are a status as HTTP has them (200, 202, 400, 404, 409, 429, 503) and a
+ * JSON body, the job(s) or {"error": "..."}. Operations call the engine
+ * (include/hotsnap.h) and nothing else: they know no door.
+ */
+#ifndef HS_AGENT_OPS_H
+#define HS_AGENT_OPS_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+#include "api.h"
+#include "metrics.h"
+
+#define AG_MAX_RUNNING 1024 /* jobs running or being accepted */
+
+struct ag_ops;
+struct ag_pending;
+
+/* An answer; @body is borrowed. @replayed: an idempotency key matched. */
+typedef void (*ag_reply_fn)(void *data, int status, const cJSON *body, int replayed);
+
+/* What the operations tell the agent that composed them. */
+enum ag_news {
+    AG_NEWS_ACCEPTED,    /* a job was accepted */
+    AG_NEWS_ENDED,       /* it ended: @status 0 done, else failed */
+    AG_NEWS_INTERRUPTED, /* a dead agent's job, failed once recovery ran */
+};
+
+struct ag_ops_hooks {
+    /* an engine event or the agent's own (accepted, interrupted), printed
+     * once; @job is its job's id, or NULL */
+    void (*event)(void *data, const char *job, const char *text, size_t len);
+    /* @job: the job object, borrowed */
+    void (*news)(void *data, enum ag_news what, int status, const cJSON *job);
+    /* stopping, and the last running job has ended */
+    void (*idle)(void *data);
+    void *data;
+};
+
+struct ag_ops_config {
+    const struct hs_snapshot_opts *defaults; /* what a request leaves out */
+    const char *state_dir;
+    int dirfd; /* <state-dir>/agent, borrowed: the history */
+    int history;
+    struct ag_metrics *m;
+    struct ag_ops_hooks hooks;
+};
+
+/* Load the history: jobs a dead run left unfinished wait for recovery. */
+int ag_ops_new(const struct ag_ops_config *cfg, struct ag_ops **out, char *err, size_t errlen);
+/* The engine to run jobs on; its events go to ag_ops_engine_event(). */
+void ag_ops_attach(struct ag_ops *o, struct hs_engine *eng);
+void ag_ops_engine_event(struct ag_ops *o, const cJSON *ev);
+/* Recovery ran (@report: hs_engine_recover's): a dead run's jobs are
+ * failed, with what recovery did, and snapshots may start. */
+void ag_ops_recovered(struct ag_ops *o, const cJSON *report);
+/* Refuse new work, answer what waits, cancel every job: the number still
+ * running (hooks.idle runs once the last has ended). */
+int ag_ops_stop(struct ag_ops *o);
+/* Every job has ended: the history rewritten, everything freed. */
+void ag_ops_close(struct ag_ops *o);
+
+/* A snapshot request as a door parsed it (ag_parse_snapshots). */
+struct ag_snapshot_req {
+    cJSON *doc;            /* the request the wants point into */
+    struct ag_want *wants; /* @n of them */
+    int n;
+    int batch;       /* a list was asked for: a list is answered */
+    const char *key; /* an idempotency key (ag_key_ok), or NULL */
+};
+
+/* Start snapshots; @req's doc and wants are taken. @reply runs once:
+ * inside this call (0 returned) or later (1, and *@out is the waiting
+ * operation, which ag_pending_abandon() detaches from @reply when the asker
+ * goes away). */
+int ag_op_snapshot(struct ag_ops *o, struct ag_snapshot_req *req, ag_reply_fn reply, void *data,
+                   struct ag_pending **out);
+/* The domains, as GET /v1/domains; same contract. */
+int ag_op_domains(struct ag_ops *o, ag_reply_fn reply, void *data, struct ag_pending **out);
+void ag_pending_abandon(struct ag_pending *p);
+
+/* At once: the status, and *@body (the caller's). */
+int ag_op_get(struct ag_ops *o, const char *id, cJSON **body);
+int ag_op_cancel(struct ag_ops *o, const char *id, cJSON **body);
+/* @state, @domain: NULL or "" for any; @max <= 0: all. */
+int ag_op_list(struct ag_ops *o, const char *state, const char *domain, long max, cJSON **body);
+
+/* What a request leaves out: for the doors' parsers (ag_parse_snapshots). */
+const struct hs_snapshot_opts *ag_ops_defaults(const struct ag_ops *o);
+
+/* For /healthz and /metrics. */
+int ag_ops_ready(const struct ag_ops *o);
+int ag_ops_running(const struct ag_ops *o);
+/* Running jobs by the engine's state (metrics.h's ag_state_names). */
+void ag_ops_count_states(const struct ag_ops *o, int by_state[AG_NSTATES]);
+
+#endif
