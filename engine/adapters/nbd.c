@@ -143,9 +143,16 @@ static void nbd_poll_cb(uv_poll_t *p, int status, int events)
 {
     struct hs_nbd *n = p->data;
 
-    if (status < 0 || (events & UV_READABLE))
+    if (status < 0) {
+        /* an error event: libuv has stopped the poll. libnbd finds the error
+         * by doing what it waits for (a connect waits to write), and the poll
+         * is started again below if it still waits */
+        events = n->events;
+        n->events = 0;
+    }
+    if (events & UV_READABLE)
         nbd_aio_notify_read(n->h);
-    if (events & UV_WRITABLE)
+    if ((events & UV_WRITABLE) && n->h)
         nbd_aio_notify_write(n->h);
     nbd_update(n);
 }

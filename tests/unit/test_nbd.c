@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <libnbd.h>
@@ -455,6 +456,40 @@ static void test_dead_connection_leaves_a_reused_fd_alone(void)
     close(sp[1]);
 }
 
+/* ---- a connect that fails after it began ---- */
+
+/* A listener that never accepts: libnbd's connect is made and waits to be
+ * writable; the listener goes first, the pending connection is reset, and
+ * the wait ends with an error event (libuv stops the poll and says so).
+ * The connect must end failed, not wait for ever (seen: a guest destroyed
+ * as its export was opened held its job in extract until hotsnap was
+ * killed). */
+static void test_connect_that_fails_after_it_began(void)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    struct stream s = {0};
+    struct hs_err err = {0};
+    uv_timer_t t;
+    int lfd;
+
+    snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/gone.sock", dir);
+    lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(lfd >= 0);
+    CHECK(bind(lfd, (struct sockaddr *)&sun, sizeof(sun)) == 0);
+    CHECK(listen(lfd, 8) == 0);
+    CHECK(hs__nbd_open(&loop, sun.sun_path, "vda", on_connected, &s, &s.n, &err) == 0);
+    close(lfd); /* the server goes before it ever answered: the connection is reset */
+    uv_timer_init(&loop, &t);
+    uv_timer_start(&t, on_timeout, 5000, 0);
+    while (!s.connected && uv_is_active((uv_handle_t *)&t))
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(s.connected);
+    CHECK(s.status < 0);
+    uv_close((uv_handle_t *)&t, NULL);
+    hs__nbd_close(s.n);
+    uv_run(&loop, UV_RUN_DEFAULT);
+}
+
 int main(void)
 {
     char cmd[300];
@@ -470,6 +505,7 @@ int main(void)
     RUN(test_close_mid_stream);
     RUN(test_stream_from_own_server);
     RUN(test_dead_connection_leaves_a_reused_fd_alone);
+    RUN(test_connect_that_fails_after_it_began);
     stop_server();
     CHECK(uv_loop_close(&loop) == 0);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
