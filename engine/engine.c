@@ -167,6 +167,7 @@ cJSON *hs_engine_stats(const struct hs_engine *eng)
 
     cJSON_AddBoolToObject(st, "connected", hs__virt_up(eng->virt));
     cJSON_AddNumberToObject(st, "reconnects", eng->reconnects);
+    cJSON_AddNumberToObject(st, "calls", hs__virt_calls(eng->virt));
     for (res = 0; res < HS_RES_NR; res++) {
         waiting = 0;
         for (r = eng->sched.queue[res]; r; r = r->next)

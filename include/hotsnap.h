@@ -125,8 +125,9 @@ double hs_engine_loop_lateness_ms(const struct hs_engine *eng, double q);
 /*
  * The engine's gauges and counters now, for a front end's metrics (owned by
  * the caller, cJSON_Delete): {"connected", "reconnects" (times the libvirt
- * connection came back after the first), "slots": {"capture"|"extract"|
- * "upload": {"used", "max", "waiting"}}, "scratch": {"reserved", "budget"}}
+ * connection came back after the first), "calls" (libvirt calls in flight),
+ * "slots": {"capture"|"extract"|"upload": {"used", "max", "waiting"}},
+ * "scratch": {"reserved", "budget"}}
  * (bytes; a budget of 0 is none).
  */
 cJSON *hs_engine_stats(const struct hs_engine *eng);

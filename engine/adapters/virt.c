@@ -424,7 +424,8 @@ static void virt_handle_closed(uv_handle_t *h)
 
 static void virt_maybe_closed(struct hs_virt *v)
 {
-    if (!v->closing || v->attempt || v->drops > 0 || v->handles)
+    /* calls in flight are waited for: their completions use what this frees */
+    if (!v->closing || v->attempt || v->drops > 0 || v->calls > 0 || v->handles)
         return;
     v->handles = 2;
     uv_close((uv_handle_t *)&v->retry, virt_handle_closed);
@@ -433,7 +434,6 @@ static void virt_maybe_closed(struct hs_virt *v)
 
 void hs__virt_close(struct hs_virt *v, void (*cb)(void *data), void *data)
 {
-    assert(v->calls == 0); /* their completions would use what this frees */
     v->closing = 1;
     v->close_cb = cb;
     v->close_data = data;
@@ -443,6 +443,11 @@ void hs__virt_close(struct hs_virt *v, void (*cb)(void *data), void *data)
         v->conn = NULL;
     }
     virt_maybe_closed(v);
+}
+
+int hs__virt_calls(const struct hs_virt *v)
+{
+    return v->calls;
 }
 
 int hs__virt_has_backup(const struct hs_virt *v)
@@ -533,6 +538,7 @@ static void virt_after_work_cb(uv_work_t *req, int status)
         call->status = -ENOTCONN;
     }
     call->done(call, call->status);
+    virt_maybe_closed(v); /* the last call a close waited for */
 }
 
 int hs__virt_queue(struct hs_virt *v, struct hs_virt_call *call, const char *uuid,

@@ -68,6 +68,8 @@ void hs__virt_close(struct hs_virt *v, void (*cb)(void *data), void *data);
 
 /* Whether the hypervisor offers the backup API (domain capabilities), read
  * at each connect. */
+/* Calls on the worker pool not yet completed. */
+int hs__virt_calls(const struct hs_virt *v);
 int hs__virt_has_backup(const struct hs_virt *v);
 /* Whether a connection is up (and not known dead). */
 int hs__virt_up(const struct hs_virt *v);
