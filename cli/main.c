@@ -37,6 +37,8 @@ struct cli {
     const char *match; /* --match GLOB */
     const char *from;  /* --from FILE */
     struct hs_agent_config agent; /* the agent's own options */
+    struct ag_target *targets;    /* --allow-target */
+    int ntargets;
     char *transport_url;          /* --transport-url, copied before argv is scrubbed */
     uint64_t t0;       /* when the snapshots started */
     uv_signal_t sigint, sigterm, sighup;
@@ -111,13 +113,18 @@ static void usage(FILE *f)
         "its defaults; see hotsnap(1)):\n"
         "      --socket PATH      unix socket (default " AG_DEFAULT_SOCKET ", mode 0660)\n"
         "      --socket-group G   group that may use the socket (default root)\n"
-        "      --listen ADDR:PORT also serve TCP; every request needs the bearer token\n"
+        "      --listen ADDR:PORT also serve TCP; every request needs the bearer token, and\n"
+        "                         an address other than loopback needs TLS\n"
         "      --token-file FILE  the token for TCP clients (never on the command line)\n"
+        "      --tls-cert FILE, --tls-key FILE  TLS on --listen: certificate chain and key\n"
+        "      --tls-client-ca FILE  and TCP clients must show a certificate of this CA\n"
         "      --history N        finished jobs kept across restarts (default 1000)\n"
-        "      --max-connections N  connections at once (default 256)\n"
+        "      --max-connections N  connections at once on each listener (default 256)\n"
         "      --event-backlog SIZE  how far an event reader may fall behind before it is\n"
         "                         dropped (default 256K)\n"
         "      --log FILE         log here instead of stderr; SIGHUP reopens it\n"
+        "      --allow-target NAME=TARGET  a target a request may name besides --to (named\n"
+        "                         \"default\"); requests name targets, never paths or URLs\n"
         "      --transport-url URL  also serve the control plane's bus: rabbit://USER:PASS@\n"
         "                         HOST:PORT/VHOST (oslo.messaging RPC and notifications)\n"
         "      --transport-url-file FILE  the same, read from FILE (keeps the password\n"
@@ -229,6 +236,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_RPC_SERVER,
         OPT_CONTROL_EXCHANGE,
         OPT_EVENT_BACKLOG,
+        OPT_ALLOW_TARGET,
+        OPT_TLS_CERT,
+        OPT_TLS_KEY,
+        OPT_TLS_CLIENT_CA,
     };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
@@ -272,6 +283,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"rpc-server", required_argument, NULL, OPT_RPC_SERVER},
         {"control-exchange", required_argument, NULL, OPT_CONTROL_EXCHANGE},
         {"event-backlog", required_argument, NULL, OPT_EVENT_BACKLOG},
+        {"allow-target", required_argument, NULL, OPT_ALLOW_TARGET},
+        {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+        {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+        {"tls-client-ca", required_argument, NULL, OPT_TLS_CLIENT_CA},
         {NULL, 0, NULL, 0},
     };
     char err[512];
@@ -324,11 +339,36 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         case OPT_ALL_DISKS:
             cli->sopts.all_disks = 1;
             break;
-        case OPT_TO:
+        case OPT_TO: {
+            char shown[512];
+
             if (!ag_target_ok(optarg))
-                die_usage("target '%s' is not one of dir:PATH, glance or glance:URL", optarg);
-            cli->sopts.target = optarg;
+                die_usage("target '%s' is not one of dir:PATH, glance or glance:URL",
+                          ag_spec_redact(optarg, shown, sizeof(shown)));
+            /* a password in it stays out of the process title (/proc/PID/cmdline) */
+            cli->sopts.target = strdup(optarg);
+            ag_spec_scrub(optarg);
             break;
+        }
+        case OPT_ALLOW_TARGET: {
+            struct ag_target *t;
+            char *arg = strdup(optarg);
+            int i;
+
+            ag_spec_scrub(optarg);
+            t = realloc(cli->targets, (size_t)(cli->ntargets + 1) * sizeof(*t));
+            if (!arg || !t)
+                die_usage("out of memory");
+            cli->targets = t;
+            if (ag_target_parse(arg, &t[cli->ntargets], err, sizeof(err)) < 0)
+                die_usage("%s", err);
+            for (i = 0; i < cli->ntargets; i++)
+                if (!strcmp(t[i].name, t[cli->ntargets].name))
+                    die_usage("--allow-target: '%s' is given twice", t[i].name);
+            cli->ntargets++;
+            agent_opt = c;
+            break;
+        }
         case OPT_IMAGE_ID:
             cli->sopts.image_id = optarg;
             break;
@@ -402,11 +442,17 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         case OPT_LISTEN:
         case OPT_TOKEN_FILE:
         case OPT_LOG:
-            *(c == OPT_SOCKET         ? &cli->agent.socket_path
-              : c == OPT_SOCKET_GROUP ? &cli->agent.socket_group
-              : c == OPT_LISTEN       ? &cli->agent.listen
-              : c == OPT_TOKEN_FILE   ? &cli->agent.token_file
-                                      : &cli->agent.log_path) = optarg;
+        case OPT_TLS_CERT:
+        case OPT_TLS_KEY:
+        case OPT_TLS_CLIENT_CA:
+            *(c == OPT_SOCKET          ? &cli->agent.socket_path
+              : c == OPT_SOCKET_GROUP  ? &cli->agent.socket_group
+              : c == OPT_LISTEN        ? &cli->agent.listen
+              : c == OPT_TOKEN_FILE    ? &cli->agent.token_file
+              : c == OPT_TLS_CERT      ? &cli->agent.tls_cert
+              : c == OPT_TLS_KEY       ? &cli->agent.tls_key
+              : c == OPT_TLS_CLIENT_CA ? &cli->agent.tls_client_ca
+                                       : &cli->agent.log_path) = optarg;
             agent_opt = c;
             break;
         case OPT_TRANSPORT_URL:
@@ -476,8 +522,9 @@ static void parse_args(struct cli *cli, int argc, char **argv)
                   cli->command);
     }
     if (agent_opt && strcmp(cli->command, "agent"))
-        die_usage("--socket, --socket-group, --listen, --token-file, --history, "
-                  "--max-connections, --log and the bus's options are options of 'agent'");
+        die_usage("--socket, --socket-group, --listen, --token-file, --tls-*, --history, "
+                  "--max-connections, --log, --allow-target and the bus's options are options "
+                  "of 'agent'");
     if (!strcmp(cli->command, "agent") &&
         (cli->all || cli->match || cli->from || cli->include_shutoff || json))
         die_usage("the agent takes its domains from requests: --all, --match, --from, "
@@ -986,6 +1033,8 @@ int main(int argc, char **argv)
     if (!strcmp(cli.command, "agent")) {
         cli.agent.eopts = cli.eopts;
         cli.agent.defaults = cli.sopts;
+        cli.agent.targets = cli.targets;
+        cli.agent.ntargets = cli.ntargets;
         cli.agent.verbose = cli.verbose;
         return hs_agent_main(&cli.agent);
     }

@@ -199,7 +199,7 @@ static void gu_warn(struct glance_up *u, const char *fmt, ...)
 static int keystone_parse(struct glance_up *u)
 {
     struct glance *g = u->g;
-    char *url = NULL;
+    char *url = NULL, red[1024];
     double expires = 0;
     int rc;
 
@@ -217,7 +217,8 @@ static int keystone_parse(struct glance_up *u)
     g->token = hs__strdup(u->http.subject_token);
     g->token_issued = hs__now();
     g->token_expires = expires;
-    hs_log(HS_LOG_DEBUG, "token from Keystone, image endpoint '%s'", g->url);
+    hs_log(HS_LOG_DEBUG, "token from Keystone, image endpoint '%s'",
+           hs__url_redact(g->url, red, sizeof(red)));
     return 0;
 }
 
@@ -453,7 +454,11 @@ static void gu_step(struct glance_up *u)
         hs__http_req_clear(&u->http);
         if (code == 0) {
             snprintf(req->image_id, sizeof(req->image_id), "%s", u->id);
-            req->location = hs__asprintf("%s/v2/images/%s", u->g->url, u->id);
+            char shown[1024];
+
+            /* shown, stored and published: never with the URL's password */
+            req->location = hs__asprintf("%s/v2/images/%s",
+                                         hs__url_redact(u->g->url, shown, sizeof(shown)), u->id);
         }
         req->priv = NULL;
         /* u is freed once its timer closed; the request is the caller's again */

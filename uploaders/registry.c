@@ -20,8 +20,11 @@ int hs__uploader_new(const struct hs_uploader_env *env, const char *spec, struct
         up->ops = &hs_uploader_glance;
         rc = hs__glance_new(env, spec[6] ? spec + 7 : NULL, up, err);
     } else {
+        char shown[512];
+
         rc = hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
-                        "target '%s' is not one of dir:PATH, glance or glance:URL", spec);
+                        "target '%s' is not one of dir:PATH, glance or glance:URL",
+                        hs__url_redact(spec, shown, sizeof(shown)));
     }
     if (rc < 0) {
         free(up);

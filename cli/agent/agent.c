@@ -120,7 +120,7 @@ static char *http_metrics(void *data)
     now.late_p50 = hs_engine_loop_lateness_ms(a->eng, 0.5);
     now.late_p99 = hs_engine_loop_lateness_ms(a->eng, 0.99);
     now.late_max = hs_engine_loop_lateness_ms(a->eng, 1);
-    now.connections = ag_http_connections(a->http);
+    now.connections = ag_http_connections(a->http, &now.connections_tcp);
     now.subscribers = ag_http_readers(a->http);
     now.bus = a->amqp ? ag_amqp_connected(a->amqp, &now.bus_reconnects) : -1;
     text = ag_metrics_render(&a->m, &now);
@@ -252,6 +252,7 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     struct ag_ops_config oc = {0};
     struct ag_http_config hc = {0};
     struct ag_http_hooks hooks = {http_health, http_metrics, a};
+    struct ag_target *targets;
     char err[1024];
     int fd;
 
@@ -296,7 +297,18 @@ int hs_agent_main(const struct hs_agent_config *cfg)
             return 2;
         }
     }
+    /* what a request may name: --to as "default", then --allow-target */
+    targets = calloc((size_t)cfg->ntargets + 1, sizeof(*targets));
+    if (!targets) {
+        fprintf(stderr, "hotsnap: out of memory\n");
+        return 2;
+    }
+    targets[0] = (struct ag_target){AG_TARGET_DEFAULT, cfg->defaults.target};
+    if (cfg->ntargets)
+        memcpy(targets + 1, cfg->targets, (size_t)cfg->ntargets * sizeof(*targets));
     oc.defaults = &cfg->defaults;
+    oc.targets = targets;
+    oc.ntargets = cfg->ntargets + 1;
     oc.state_dir = a->state_dir;
     oc.history = cfg->history > 0 ? cfg->history : 1000;
     oc.m = &a->m;
@@ -304,8 +316,10 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     if (lock_state_dir(a, err, sizeof(err)) < 0 ||
         (oc.dirfd = a->dirfd, ag_ops_new(&oc, &a->ops, err, sizeof(err))) < 0) {
         fprintf(stderr, "hotsnap: %s\n", err);
+        free(targets);
         return 2;
     }
+    free(targets); /* the operations keep their own copy */
     uv_loop_init(&a->loop);
     a->eopts = cfg->eopts;
     a->eopts.on_event = on_engine_event;
@@ -322,6 +336,9 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     hc.socket_group = cfg->socket_group;
     hc.listen = cfg->listen;
     hc.token = a->token;
+    hc.tls_cert = cfg->tls_cert;
+    hc.tls_key = cfg->tls_key;
+    hc.tls_client_ca = cfg->tls_client_ca;
     hc.max_connections = cfg->max_connections > 0 ? cfg->max_connections : 256;
     hc.event_backlog = cfg->event_backlog ? cfg->event_backlog : 256 << 10;
     if (ag_http_start(&a->loop, a->ops, &a->m, &hc, &hooks, &a->http, err, sizeof(err)) < 0) {
@@ -338,8 +355,9 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     uv_timer_init(&a->loop, &a->recover_retry);
     a->recover_retry.data = a;
     hs_engine_recover(a->eng, recovered, a);
-    ag_log("info", "listening on %s%s%s (state %s)", hc.socket_path, cfg->listen ? " and " : "",
-           cfg->listen ? cfg->listen : "", a->state_dir);
+    ag_log("info", "listening on %s%s%s%s (state %s)", hc.socket_path, cfg->listen ? " and " : "",
+           cfg->listen ? cfg->listen : "", cfg->listen && cfg->tls_cert ? " (TLS)" : "",
+           a->state_dir);
     uv_run(&a->loop, UV_RUN_DEFAULT);
 
     /* every job has ended: stop serving, let the engine go */

@@ -7,16 +7,22 @@
 #define HS_AGENT_H
 
 #include "hotsnap.h"
+#include "api.h"
 
 #define AG_DEFAULT_SOCKET "/run/hotsnap/hotsnap.sock"
 
 struct hs_agent_config {
     struct hs_engine_opts eopts;      /* on_event and on_log are the agent's */
-    struct hs_snapshot_opts defaults; /* what a request leaves out */
+    struct hs_snapshot_opts defaults; /* what a request leaves out; its target is the
+                                         target named "default" */
+    const struct ag_target *targets;  /* --allow-target: what else a request may name */
+    int ntargets;
     const char *socket_path;          /* NULL: AG_DEFAULT_SOCKET */
     const char *socket_group;         /* group of the socket; NULL: root's */
     const char *listen;               /* ADDR:PORT for TCP, or NULL */
     const char *token_file;           /* bearer token for TCP clients */
+    const char *tls_cert, *tls_key;   /* TLS on --listen (PEM) */
+    const char *tls_client_ca;        /* and the CA its clients' certificates come from */
     const char *log_path;             /* NULL: stderr */
     int history;                      /* finished jobs kept; 0: 1000 */
     int max_connections;              /* 0: 256 */

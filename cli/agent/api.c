@@ -32,7 +32,7 @@ int ag_route_match(const char *path, size_t len, struct ag_route *out, char *err
     } fixed[] = {
         {"/v1/snapshots", AG_EP_SNAPSHOTS}, {"/v1/events", AG_EP_EVENTS},
         {"/v1/domains", AG_EP_DOMAINS},     {"/healthz", AG_EP_HEALTHZ},
-        {"/metrics", AG_EP_METRICS},
+        {"/metrics", AG_EP_METRICS},        {"/v1/targets", AG_EP_TARGETS},
     };
     size_t i;
 
@@ -81,6 +81,7 @@ int ag_method_allowed(enum ag_endpoint ep, const char *method, size_t len, const
     case AG_EP_DOMAINS:
     case AG_EP_HEALTHZ:
     case AG_EP_METRICS:
+    case AG_EP_TARGETS:
         break;
     }
     *allow = a;
@@ -165,6 +166,89 @@ int ag_target_ok(const char *t)
            (!strncmp(t, "glance:", 7) && t[7]);
 }
 
+int ag_target_name_ok(const char *name)
+{
+    size_t i, n = strlen(name);
+
+    if (n < 1 || n > 64 || name[0] == '.' || name[0] == '-' || name[0] == '_')
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Where a URL's user information is in @s: [*@start, *@end) before '@'. */
+static int userinfo(const char *s, size_t *start, size_t *end)
+{
+    const char *host = strstr(s, "://"), *stop, *at;
+
+    if (!host)
+        return 0;
+    host += 3;
+    stop = host + strcspn(host, "/?#");
+    at = memrchr(host, '@', (size_t)(stop - host));
+    if (!at)
+        return 0;
+    *start = (size_t)(host - s);
+    *end = (size_t)(at - s);
+    return 1;
+}
+
+const char *ag_spec_redact(const char *spec, char *buf, size_t len)
+{
+    size_t a, b;
+
+    if (!spec)
+        return "";
+    if (!userinfo(spec, &a, &b))
+        snprintf(buf, len, "%s", spec);
+    else
+        snprintf(buf, len, "%.*s***%s", (int)a, spec, spec + b);
+    return buf;
+}
+
+void ag_spec_scrub(char *s)
+{
+    size_t a, b;
+
+    if (s && userinfo(s, &a, &b))
+        memset(s + a, '*', b - a);
+}
+
+int ag_target_parse(char *arg, struct ag_target *out, char *err, size_t errlen)
+{
+    char *eq = strchr(arg, '='), shown[512];
+
+    if (!eq) {
+        snprintf(err, errlen, "--allow-target '%s' is not NAME=TARGET",
+                 ag_spec_redact(arg, shown, sizeof(shown)));
+        return -1;
+    }
+    *eq = '\0';
+    if (!ag_target_name_ok(arg)) {
+        snprintf(err, errlen, "--allow-target: '%.80s' is not a name of 1 to 64 letters, digits, "
+                 "'_', '.' or '-'", arg);
+        return -1;
+    }
+    if (!strcmp(arg, AG_TARGET_DEFAULT)) {
+        snprintf(err, errlen, "--allow-target: the name '%s' is --to's", AG_TARGET_DEFAULT);
+        return -1;
+    }
+    if (!ag_target_ok(eq + 1)) {
+        snprintf(err, errlen, "--allow-target %s: '%s' is not one of dir:PATH, glance or "
+                 "glance:URL", arg, ag_spec_redact(eq + 1, shown, sizeof(shown)));
+        return -1;
+    }
+    out->name = arg;
+    out->spec = eq + 1;
+    return 0;
+}
+
 /* One field of a request object; 0 or -1 with @err. */
 static int want_field(const cJSON *f, struct ag_want *w, char *err, size_t errlen)
 {
@@ -202,12 +286,15 @@ static int want_field(const cJSON *f, struct ag_want *w, char *err, size_t errle
         }
         w->domain = s;
     } else if (!strcmp(k, "target")) {
-        if (!ag_target_ok(s)) {
-            snprintf(err, errlen, "field 'target': '%.200s' is not one of dir:PATH, glance or "
-                                  "glance:URL", s);
+        if (!ag_target_name_ok(s)) {
+            char shown[256];
+
+            snprintf(err, errlen, "field 'target' names one of the agent's targets "
+                                  "(GET /v1/targets); '%.200s' is not a target's name",
+                     ag_spec_redact(s, shown, sizeof(shown)));
             return -1;
         }
-        w->opts.target = s;
+        w->target = s;
     } else if (!strcmp(k, "mode")) {
         if (hs_mode_parse(s, &w->opts.mode) < 0) {
             snprintf(err, errlen, "field 'mode': unknown mode '%.100s' (expected auto, stream, "
@@ -259,7 +346,9 @@ static int want_parse(const cJSON *o, const struct hs_snapshot_opts *defaults, s
         return -1;
     }
     w->opts = *defaults;
+    w->opts.target = NULL; /* the operations set it from the target named */
     w->domain = NULL;
+    w->target = NULL;
     cJSON_ArrayForEach(f, o) {
         if (want_field(f, w, err, errlen) < 0)
             return -1;

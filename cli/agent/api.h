@@ -21,6 +21,7 @@ enum ag_endpoint {
     AG_EP_DOMAINS,        /* /v1/domains */
     AG_EP_HEALTHZ,        /* /healthz */
     AG_EP_METRICS,        /* /metrics */
+    AG_EP_TARGETS,        /* /v1/targets */
 };
 
 struct ag_route {
@@ -52,7 +53,8 @@ int ag_key_ok(const char *key, size_t len);
  * filled in, strings borrowed from the parsed body. */
 struct ag_want {
     const char *domain;
-    struct hs_snapshot_opts opts;
+    const char *target; /* the name of one of the agent's targets; NULL: its default */
+    struct hs_snapshot_opts opts; /* its target is for the operations to set */
 };
 
 /*
@@ -65,8 +67,26 @@ struct ag_want {
 int ag_parse_snapshots(const char *body, size_t len, const struct hs_snapshot_opts *defaults,
                        cJSON **doc, struct ag_want **wants, char *err, size_t errlen);
 
-/* Whether @t names a target: dir:PATH, glance or glance:URL. */
+/* Whether @t is a target's spec: dir:PATH, glance or glance:URL. */
 int ag_target_ok(const char *t);
+
+#define AG_TARGET_DEFAULT "default" /* the name of the agent's --to */
+
+/* A target the operator gave the agent: a request names it. */
+struct ag_target {
+    const char *name;
+    const char *spec; /* may hold a password (glance:http://user:pass@host) */
+};
+
+/* A target's name: 1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit. */
+int ag_target_name_ok(const char *name);
+/* --allow-target NAME=SPEC: split in @arg (which it points into). 0, or -1
+ * with @err (which never shows a password). */
+int ag_target_parse(char *arg, struct ag_target *out, char *err, size_t errlen);
+/* @spec as it may be shown: a URL's user and password as "***"; in @buf. */
+const char *ag_spec_redact(const char *spec, char *buf, size_t len);
+/* Overwrite the user and password of a URL in @s with '*', in place (argv). */
+void ag_spec_scrub(char *s);
 
 struct ag_amqp_url {
     char host[256];

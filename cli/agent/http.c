@@ -3,6 +3,7 @@
  * the glue between H2O's requests and ag_http_dispatch.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,7 +11,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "events.h"
 #include "http.h"
@@ -19,6 +25,8 @@
 
 #define AG_MAX_BODY (1 << 20)   /* request body */
 #define AG_REQ_TIMEOUT_MS 10000 /* a request's headers and body must arrive in this */
+#define AG_AUTH_DEADLINE_MS 5000 /* a TCP connection's first valid token must come in this */
+#define AG_SWEEP_MS 500
 
 /* An accepted connection: the uv handle H2O's socket wraps. */
 struct ag_conn {
@@ -28,7 +36,9 @@ struct ag_conn {
     } h;
     struct ag_http *http;
     h2o_socket_t *sock;
-    int tcp; /* came in on --listen: needs the bearer token */
+    int tcp;           /* came in on --listen: needs the bearer token */
+    uint64_t deadline; /* TCP, until a request had the token: cut then (uv_now, ms) */
+    int cut;
     struct ag_conn *prev, *next;
 };
 
@@ -45,13 +55,17 @@ struct ag_http {
     struct ag_http_hooks hooks;
     h2o_globalconf_t conf;
     h2o_context_t ctx;
-    h2o_accept_ctx_t accept_ctx;
+    h2o_accept_ctx_t accept_ctx; /* the unix socket's */
+    h2o_accept_ctx_t tcp_accept; /* TCP's: with TLS when configured */
+    SSL_CTX *ssl;
     uv_pipe_t unix_listener;
     uv_tcp_t tcp_listener;
     int have_unix, have_tcp;
     char socket_path[108];
     struct ag_conn *conns;
-    int nconns;
+    int nconns, ntcp; /* each listener has its budget: TCP clients never starve the socket */
+    uv_timer_t sweep; /* cuts TCP connections past their deadline */
+    int have_sweep;
     struct ag_events *events;
 };
 
@@ -170,14 +184,39 @@ static struct ag_conn *conn_of(struct ag_http *h, h2o_req_t *req)
     return NULL;
 }
 
+/* End a connection now: its socket is shut down, so whatever H2O waits for
+ * on it (a request, a write) fails, and H2O closes it. */
+static void conn_shutdown(struct ag_conn *c)
+{
+    uv_os_fd_t fd;
+
+    if (!c->cut && uv_fileno((uv_handle_t *)&c->h, &fd) == 0)
+        shutdown(fd, SHUT_RDWR);
+    c->cut = 1;
+}
+
 /* Events: a reader whose write is stuck is cut off. */
 static void conn_cut(void *data, h2o_req_t *req)
 {
     struct ag_conn *c = conn_of(data, req);
-    uv_os_fd_t fd;
 
-    if (c && uv_fileno((uv_handle_t *)&c->h, &fd) == 0)
-        shutdown(fd, SHUT_RDWR);
+    if (c)
+        conn_shutdown(c);
+}
+
+/* TCP connections that showed no valid token within their deadline. */
+static void sweep_cb(uv_timer_t *t)
+{
+    struct ag_http *h = t->data;
+    uint64_t now = uv_now(h->loop);
+    struct ag_conn *c;
+
+    for (c = h->conns; c; c = c->next) {
+        if (c->tcp && c->deadline && now >= c->deadline && !c->cut) {
+            h->m->conns_unauthenticated++;
+            conn_shutdown(c);
+        }
+    }
 }
 
 static void health(struct ag_http *h, h2o_req_t *req)
@@ -203,6 +242,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         .body_len = req->entity.base ? req->entity.len : 0,
         .tcp = !c || c->tcp, /* unknown: ask for the token */
     };
+    enum ag_http_route route;
     char job[AG_ID_MAX + 1];
 
     memset(hw, 0, sizeof(*hw));
@@ -212,9 +252,17 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     hw->req = req;
     in.auth = header(req, "authorization", &in.auth_len);
     in.key = header(req, "idempotency-key", &in.key_len);
-    switch (ag_http_dispatch(h->ops, h->cfg.token, &in, &hw->w, job)) {
-    case AG_HTTP_ANSWERED:
+    route = ag_http_dispatch(h->ops, h->cfg.token, &in, &hw->w, job);
+    if (c && c->tcp && route != AG_HTTP_UNAUTHORIZED)
+        c->deadline = 0; /* it has the token: no deadline any more */
+    switch (route) {
     case AG_HTTP_UNAUTHORIZED:
+        /* answered 401; the connection ends with the answer */
+        req->http1_is_persistent = 0;
+        if (c && c->tcp)
+            h->m->conns_unauthenticated++;
+        break;
+    case AG_HTTP_ANSWERED:
         break;
     case AG_HTTP_EVENTS:
         if (h->events)
@@ -246,6 +294,7 @@ static void conn_closed(uv_handle_t *handle)
     if (c->next)
         c->next->prev = c->prev;
     h->nconns--;
+    h->ntcp -= c->tcp;
     free(c);
 }
 
@@ -273,20 +322,24 @@ static void on_connection(uv_stream_t *listener, int status)
         uv_close((uv_handle_t *)&c->h, conn_refused_closed);
         return;
     }
-    if (h->nconns >= h->cfg.max_connections) {
+    if ((tcp ? h->ntcp : h->nconns - h->ntcp) >= h->cfg.max_connections) {
         h->m->conns_refused++;
         uv_close((uv_handle_t *)&c->h, conn_refused_closed);
         return;
     }
     c->http = h;
     c->tcp = tcp;
+    if (tcp) {
+        c->deadline = uv_now(h->loop) + AG_AUTH_DEADLINE_MS;
+        h->ntcp++;
+    }
     c->next = h->conns;
     if (h->conns)
         h->conns->prev = c;
     h->conns = c;
     h->nconns++;
     c->sock = h2o_uv_socket_create((uv_stream_t *)&c->h, conn_closed);
-    h2o_accept(&h->accept_ctx, c->sock);
+    h2o_accept(tcp ? &h->tcp_accept : &h->accept_ctx, c->sock);
 }
 
 /* Whether something answers on the unix socket at @path. */
@@ -360,6 +413,90 @@ static int listen_unix(struct ag_http *h, char *err, size_t errlen)
     return 0;
 }
 
+static int loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    return ss->ss_family == AF_INET6 &&
+           IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+/* OpenSSL's reason for the last failure, for a one-line message. */
+static const char *ssl_why(void)
+{
+    static char buf[256];
+    unsigned long e = ERR_get_error();
+
+    ERR_clear_error();
+    if (!e)
+        return "unknown error";
+    ERR_error_string_n(e, buf, sizeof(buf));
+    return buf;
+}
+
+/* TLS on the TCP listener, configured once on its SSL_CTX (TLS 1.2 and up);
+ * H2O does the handshake on the same accept path as a plain socket. */
+static int tls_setup(struct ag_http *h, char *err, size_t errlen)
+{
+    const struct ag_http_config *cfg = &h->cfg;
+    struct stat st;
+    int fd;
+
+    if (!cfg->tls_cert && !cfg->tls_key && !cfg->tls_client_ca)
+        return 0;
+    if (!cfg->tls_cert || !cfg->tls_key) {
+        snprintf(err, errlen, "TLS needs both --tls-cert and --tls-key");
+        return -1;
+    }
+    if (!cfg->listen) {
+        snprintf(err, errlen, "--tls-cert, --tls-key and --tls-client-ca are for --listen");
+        return -1;
+    }
+    fd = open(cfg->tls_key, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        snprintf(err, errlen, "cannot read --tls-key '%s': %s", cfg->tls_key, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    if (st.st_mode & 0007) {
+        snprintf(err, errlen, "--tls-key '%s' can be read by anyone (mode %03o); chmod o-rwx",
+                 cfg->tls_key, (unsigned)(st.st_mode & 0777));
+        return -1;
+    }
+    h->ssl = SSL_CTX_new(TLS_server_method());
+    if (!h->ssl || !SSL_CTX_set_min_proto_version(h->ssl, TLS1_2_VERSION)) {
+        snprintf(err, errlen, "cannot set up TLS: %s", ssl_why());
+        return -1;
+    }
+    SSL_CTX_set_options(h->ssl, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                    SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(h->ssl, cfg->tls_cert) != 1) {
+        snprintf(err, errlen, "--tls-cert '%s': %s", cfg->tls_cert, ssl_why());
+        return -1;
+    }
+    if (SSL_CTX_use_PrivateKey_file(h->ssl, cfg->tls_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(h->ssl) != 1) {
+        snprintf(err, errlen, "--tls-key '%s': %s", cfg->tls_key, ssl_why());
+        return -1;
+    }
+    if (cfg->tls_client_ca) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->tls_client_ca);
+
+        if (!names || SSL_CTX_load_verify_locations(h->ssl, cfg->tls_client_ca, NULL) != 1) {
+            snprintf(err, errlen, "--tls-client-ca '%s': %s", cfg->tls_client_ca, ssl_why());
+            if (names)
+                sk_X509_NAME_pop_free(names, X509_NAME_free);
+            return -1;
+        }
+        SSL_CTX_set_client_CA_list(h->ssl, names);
+        SSL_CTX_set_verify(h->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    }
+    h->tcp_accept.ssl_ctx = h->ssl;
+    return 0;
+}
+
 static int listen_tcp(struct ag_http *h, char *err, size_t errlen)
 {
     char host[128];
@@ -383,9 +520,19 @@ static int listen_tcp(struct ag_http *h, char *err, size_t errlen)
     }
     if (rc < 0)
         goto bad;
+    if (!h->ssl && !loopback(&ss)) {
+        snprintf(err, errlen, "--listen '%s' without --tls-cert would send the bearer token "
+                              "in clear: give --tls-cert and --tls-key, or listen on loopback",
+                 spec);
+        return -1;
+    }
     uv_tcp_init(h->loop, &h->tcp_listener);
     h->tcp_listener.data = h;
     h->have_tcp = 1;
+    uv_timer_init(h->loop, &h->sweep);
+    h->sweep.data = h;
+    h->have_sweep = 1;
+    uv_timer_start(&h->sweep, sweep_cb, AG_SWEEP_MS, AG_SWEEP_MS);
     rc = uv_tcp_bind(&h->tcp_listener, (struct sockaddr *)&ss, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&h->tcp_listener, 128, on_connection);
@@ -433,11 +580,12 @@ int ag_http_start(uv_loop_t *loop, struct ag_ops *ops, struct ag_metrics *m,
     h2o_context_init(&h->ctx, loop, &h->conf);
     h->accept_ctx.ctx = &h->ctx;
     h->accept_ctx.hosts = h->conf.hosts;
+    h->tcp_accept = h->accept_ctx;
     if (!h->events) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (listen_unix(h, err, errlen) < 0)
+    if (tls_setup(h, err, errlen) < 0 || listen_unix(h, err, errlen) < 0)
         return -1;
     if (cfg->listen && listen_tcp(h, err, errlen) < 0)
         return -1;
@@ -450,8 +598,9 @@ void ag_http_event(struct ag_http *h, const char *job, const char *text, size_t 
         ag_events_send(h->events, job, text, len);
 }
 
-int ag_http_connections(const struct ag_http *h)
+int ag_http_connections(const struct ag_http *h, int *tcp)
 {
+    *tcp = h->ntcp;
     return h->nconns;
 }
 
@@ -474,6 +623,8 @@ void ag_http_close(struct ag_http *h)
     }
     if (h->have_tcp)
         uv_close((uv_handle_t *)&h->tcp_listener, closed_quietly);
+    if (h->have_sweep)
+        uv_close((uv_handle_t *)&h->sweep, closed_quietly);
     ag_events_close(h->events);
     h->events = NULL;
     /* the H2O context and the connections live as long as the process */

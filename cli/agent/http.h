@@ -19,7 +19,10 @@ struct ag_http_config {
     const char *socket_group; /* NULL: root's */
     const char *listen;       /* ADDR:PORT, or NULL */
     const char *token;        /* what TCP clients present */
-    int max_connections;
+    /* TLS on the TCP listener: a certificate chain and its key (PEM), and a
+     * CA whose certificates clients must present (mutual TLS), or NULL */
+    const char *tls_cert, *tls_key, *tls_client_ca;
+    int max_connections; /* per listener */
     size_t event_backlog; /* bytes an event reader may fall behind */
 };
 
@@ -35,7 +38,8 @@ int ag_http_start(uv_loop_t *loop, struct ag_ops *ops, struct ag_metrics *m,
                   struct ag_http **out, char *err, size_t errlen);
 /* An event to every reader of its job's (or of all) events. */
 void ag_http_event(struct ag_http *h, const char *job, const char *text, size_t len);
-int ag_http_connections(const struct ag_http *h);
+/* Connections open; *@tcp of them on the TCP listener. */
+int ag_http_connections(const struct ag_http *h, int *tcp);
 int ag_http_readers(const struct ag_http *h);
 /* Stop listening (the socket file goes); connections end with the loop. */
 void ag_http_close(struct ag_http *h);

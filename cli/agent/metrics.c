@@ -157,27 +157,38 @@ char *ag_metrics_render(const struct ag_metrics *m, const struct ag_metrics_now 
             "hotsnap_libvirt_connected %d\n"
             "# HELP hotsnap_libvirt_reconnects_total Times the libvirt connection came back.\n"
             "# TYPE hotsnap_libvirt_reconnects_total counter\n"
-            "hotsnap_libvirt_reconnects_total %.0f\n",
+            "hotsnap_libvirt_reconnects_total %.0f\n"
+            "# HELP hotsnap_libvirt_calls libvirt calls in flight on the worker pool.\n"
+            "# TYPE hotsnap_libvirt_calls gauge\n"
+            "hotsnap_libvirt_calls %.0f\n",
         cJSON_IsTrue(cJSON_GetObjectItem(now->stats, "connected")),
-        num(now->stats, "reconnects", NULL, NULL));
+        num(now->stats, "reconnects", NULL, NULL), num(now->stats, "calls", NULL, NULL));
     put(&o, "# HELP hotsnap_http_requests_total HTTP requests answered, by status class.\n"
             "# TYPE hotsnap_http_requests_total counter\n");
     for (i = 2; i < 6; i++)
         put(&o, "hotsnap_http_requests_total{code=\"%dxx\"} %llu\n", i,
             (unsigned long long)m->by_class[i]);
-    put(&o, "# HELP hotsnap_http_connections HTTP connections open.\n"
+    put(&o, "# HELP hotsnap_http_connections HTTP connections open, by listener.\n"
             "# TYPE hotsnap_http_connections gauge\n"
-            "hotsnap_http_connections %d\n"
-            "# HELP hotsnap_http_connections_refused_total Connections refused at the limit.\n"
+            "hotsnap_http_connections{listener=\"unix\"} %d\n"
+            "hotsnap_http_connections{listener=\"tcp\"} %d\n"
+            "# HELP hotsnap_http_connections_refused_total Connections refused at their "
+            "listener's limit.\n"
             "# TYPE hotsnap_http_connections_refused_total counter\n"
             "hotsnap_http_connections_refused_total %llu\n"
+            "# HELP hotsnap_http_unauthenticated_total TCP connections closed without a valid "
+            "token in time.\n"
+            "# TYPE hotsnap_http_unauthenticated_total counter\n"
+            "hotsnap_http_unauthenticated_total %llu\n"
             "# HELP hotsnap_event_readers Readers of /v1/events.\n"
             "# TYPE hotsnap_event_readers gauge\n"
             "hotsnap_event_readers %d\n"
             "# HELP hotsnap_event_readers_dropped_total Event readers dropped for falling behind.\n"
             "# TYPE hotsnap_event_readers_dropped_total counter\n"
             "hotsnap_event_readers_dropped_total %llu\n",
-        now->connections, (unsigned long long)m->conns_refused, now->subscribers,
+        now->connections - now->connections_tcp, now->connections_tcp,
+        (unsigned long long)m->conns_refused, (unsigned long long)m->conns_unauthenticated,
+        now->subscribers,
         (unsigned long long)m->subs_dropped);
     if (now->bus >= 0)
         put(&o, "# HELP hotsnap_bus_connected Whether the AMQP connection is up.\n"

@@ -22,6 +22,7 @@ struct ag_metrics {
     uint64_t jobs_accepted, jobs_done, jobs_failed, jobs_canceled;
     uint64_t bytes_published;
     uint64_t subs_dropped, conns_refused;
+    uint64_t conns_unauthenticated; /* TCP connections cut: no token in time, or a wrong one */
     struct ag_hist capture_s, upload_s, stall_s;
 };
 
@@ -34,6 +35,7 @@ struct ag_metrics_now {
     const cJSON *stats;       /* hs_engine_stats() */
     double late_p50, late_p99, late_max;
     int connections, subscribers;
+    int connections_tcp; /* of them, on the TCP listener */
     int bus;                 /* -1: no --transport-url; else whether it is connected */
     unsigned bus_reconnects;
 };

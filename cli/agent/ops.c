@@ -45,14 +45,25 @@ struct ag_pending {
     struct ag_pending *prev, *next;
 };
 
+/* A target as the operations keep it. */
+struct ops_target {
+    char *name;
+    char *spec;  /* NULL: the engine's default store */
+    char *shown; /* what the API shows: no password */
+    int token;   /* glance:URL: the operator's token goes with it */
+};
+
 struct ag_ops {
     struct ag_ops_config cfg;
+    struct ops_target *targets;
+    int ntargets;
     struct hs_engine *eng;
     struct ag_history *hist;
     struct ag_metrics *m;
     struct ag_job *jobs, *jobs_tail;
     int running;
-    int ready;    /* recovery done: jobs may start */
+    int accepting; /* snapshots asked for by requests that wait for the domain list */
+    int ready;     /* recovery done: jobs may start */
     int stopping; /* no new work */
     struct ag_pending *pendings;
 };
@@ -402,6 +413,7 @@ static void pending_finish(struct ag_pending *p, int status, cJSON *body, int re
     if (p->reply)
         p->reply(p->data, status, body, replayed);
     cJSON_Delete(body);
+    o->accepting -= p->n;
     if (p->prev)
         p->prev->next = p->next;
     else
@@ -420,12 +432,51 @@ void ag_pending_abandon(struct ag_pending *p)
 
 /* ---- snapshot ---- */
 
-static cJSON *job_request_json(const struct ag_want *w, const char *dflt)
+/* The target a request named (resolved by resolve_targets). */
+static const struct ops_target *target_of(const struct ag_ops *o, const struct ag_want *w)
+{
+    int i;
+
+    for (i = 1; w->target && i < o->ntargets; i++)
+        if (!strcmp(w->target, o->targets[i].name))
+            return &o->targets[i];
+    return &o->targets[0];
+}
+
+/* Each want's target, the operator's: its spec, and the token only where
+ * it was configured to go. NULL, or the error's answer. */
+static cJSON *resolve_targets(struct ag_ops *o, struct ag_want *wants, int n)
+{
+    char names[1024];
+    size_t k = 0;
+    int i, t;
+
+    for (i = 0; i < n; i++) {
+        const struct ops_target *tg = NULL;
+
+        for (t = 0; t < o->ntargets && !tg; t++)
+            if (!wants[i].target ? t == 0 : !strcmp(wants[i].target, o->targets[t].name))
+                tg = &o->targets[t];
+        if (!tg) {
+            for (t = 0; t < o->ntargets && k < sizeof(names); t++)
+                k += (size_t)snprintf(names + k, sizeof(names) - k, "%s%s", t ? ", " : "",
+                                      o->targets[t].name);
+            return error_body("%sfield 'target': the agent has no target '%s' (it has: %s)",
+                              n > 1 ? "a request's " : "", wants[i].target, names);
+        }
+        wants[i].opts.target = tg->spec;
+        wants[i].opts.token = tg->token ? o->cfg.defaults->token : NULL;
+    }
+    return NULL;
+}
+
+static cJSON *job_request_json(const struct ag_want *w, const struct ops_target *t)
 {
     cJSON *r = cJSON_CreateObject();
     static const char *const quiesce[] = {"auto", "required", "off"};
 
-    cJSON_AddStringToObject(r, "target", w->opts.target ? w->opts.target : dflt);
+    cJSON_AddStringToObject(r, "target", t->name);
+    cJSON_AddStringToObject(r, "to", t->shown);
     cJSON_AddStringToObject(r, "mode", hs_mode_name(w->opts.mode));
     cJSON_AddStringToObject(r, "format", hs_format_name(w->opts.format));
     cJSON_AddBoolToObject(r, "compress", w->opts.compress);
@@ -474,7 +525,7 @@ static void post_listed(struct hs_engine *eng, int status, cJSON *list, const ch
     struct ag_job **started;
     const char **names;
     cJSON *d, *arr, *body = NULL;
-    char err[1024], ts[40], dflt[4200];
+    char err[1024], ts[40];
     int i, k, n = 0, code = 400;
 
     if (!p->reply) { /* the asker left: nothing was accepted, nothing starts */
@@ -517,7 +568,6 @@ static void post_listed(struct hs_engine *eng, int status, cJSON *list, const ch
     }
     arr = cJSON_CreateArray();
     iso_now(ts, sizeof(ts));
-    snprintf(dflt, sizeof(dflt), "dir:%s/images", o->cfg.state_dir);
     for (i = 0; i < p->n; i++) {
         struct ag_job *j = calloc(1, sizeof(*j));
         struct hs_job *job;
@@ -547,7 +597,8 @@ static void post_listed(struct hs_engine *eng, int status, cJSON *list, const ch
         cJSON_AddStringToObject(j->obj, "task_state", "image_snapshot_pending");
         cJSON_AddStringToObject(j->obj, "created", ts);
         cJSON_AddStringToObject(j->obj, "updated", ts);
-        cJSON_AddItemToObject(j->obj, "request", job_request_json(&p->wants[i], dflt));
+        cJSON_AddItemToObject(j->obj, "request",
+                              job_request_json(&p->wants[i], target_of(o, &p->wants[i])));
         if (p->key[0])
             cJSON_AddStringToObject(j->obj, "idempotency_key", p->key);
         job_link(o, j);
@@ -578,6 +629,10 @@ int ag_op_snapshot(struct ag_ops *o, struct ag_snapshot_req *req, ag_reply_fn re
     int code = 503;
 
     *out = NULL;
+    if ((ans = resolve_targets(o, req->wants, req->n)) != NULL) {
+        reply(data, 400, ans, 0);
+        goto done;
+    }
     if (req->key && (same = jobs_with_key(o, req->key))) {
         ans = jobs_answer(same, req->batch);
         reply(data, 202, ans, 1);
@@ -593,8 +648,10 @@ int ag_op_snapshot(struct ag_ops *o, struct ag_snapshot_req *req, ag_reply_fn re
     if (!ans && (!o->ready || o->stopping))
         ans = error_body("%s", o->stopping ? "the agent is stopping"
                                            : "the agent is recovering what a dead run left; retry");
-    if (!ans && o->running + req->n > AG_MAX_RUNNING) {
-        ans = error_body("%d snapshots are running; at most %d may", o->running, AG_MAX_RUNNING);
+    /* what is being accepted counts too: its jobs start once libvirt has listed the domains */
+    if (!ans && o->running + o->accepting + req->n > AG_MAX_RUNNING) {
+        ans = error_body("%d snapshots are running and %d being accepted; at most %d may run",
+                         o->running, o->accepting, AG_MAX_RUNNING);
         code = 429;
     }
     if (!ans && !(p = pending_new(o, reply, data)))
@@ -606,6 +663,7 @@ int ag_op_snapshot(struct ag_ops *o, struct ag_snapshot_req *req, ag_reply_fn re
     p->doc = req->doc;
     p->wants = req->wants;
     p->n = req->n;
+    o->accepting += p->n;
     p->batch = req->batch;
     snprintf(p->key, sizeof(p->key), "%s", req->key ? req->key : "");
     if (hs_engine_list(o->eng, post_listed, p) < 0) {
@@ -690,6 +748,23 @@ int ag_op_list(struct ag_ops *o, const char *state, const char *domain, long max
     return 200;
 }
 
+int ag_op_targets(struct ag_ops *o, cJSON **body)
+{
+    cJSON *arr = cJSON_CreateArray();
+    int i;
+
+    for (i = 0; i < o->ntargets; i++) {
+        cJSON *t = cJSON_CreateObject();
+
+        cJSON_AddStringToObject(t, "name", o->targets[i].name);
+        cJSON_AddStringToObject(t, "to", o->targets[i].shown);
+        cJSON_AddBoolToObject(t, "default", i == 0);
+        cJSON_AddItemToArray(arr, t);
+    }
+    *body = arr;
+    return 200;
+}
+
 static void domains_listed(struct hs_engine *eng, int status, cJSON *list, const char *error,
                            void *data)
 {
@@ -724,6 +799,48 @@ int ag_op_domains(struct ag_ops *o, ag_reply_fn reply, void *data, struct ag_pen
 
 /* ---- life ---- */
 
+static void targets_free(struct ag_ops *o)
+{
+    int i;
+
+    for (i = 0; i < o->ntargets; i++) {
+        free(o->targets[i].name);
+        if (o->targets[i].spec)
+            explicit_bzero(o->targets[i].spec, strlen(o->targets[i].spec));
+        free(o->targets[i].spec);
+        free(o->targets[i].shown);
+    }
+    free(o->targets);
+    o->targets = NULL;
+    o->ntargets = 0;
+}
+
+static int targets_copy(struct ag_ops *o, const struct ag_ops_config *cfg)
+{
+    char shown[4200];
+    int i;
+
+    o->targets = calloc((size_t)cfg->ntargets, sizeof(*o->targets));
+    if (!o->targets)
+        return -1;
+    for (i = 0; i < cfg->ntargets; i++) {
+        const struct ag_target *t = &cfg->targets[i];
+        struct ops_target *c = &o->targets[o->ntargets++];
+
+        if (t->spec)
+            ag_spec_redact(t->spec, shown, sizeof(shown));
+        else
+            snprintf(shown, sizeof(shown), "dir:%s/images", cfg->state_dir);
+        c->name = strdup(t->name);
+        c->spec = t->spec ? strdup(t->spec) : NULL;
+        c->shown = strdup(shown);
+        c->token = t->spec && !strncmp(t->spec, "glance:", 7);
+        if (!c->name || (t->spec && !c->spec) || !c->shown)
+            return -1;
+    }
+    return 0;
+}
+
 int ag_ops_new(const struct ag_ops_config *cfg, struct ag_ops **out, char *err, size_t errlen)
 {
     struct ag_ops *o = calloc(1, sizeof(*o));
@@ -735,8 +852,15 @@ int ag_ops_new(const struct ag_ops_config *cfg, struct ag_ops **out, char *err, 
     }
     o->cfg = *cfg;
     o->m = cfg->m;
+    if (targets_copy(o, cfg) < 0) {
+        snprintf(err, errlen, "out of memory");
+        targets_free(o);
+        free(o);
+        return -ENOMEM;
+    }
     rc = ag_history_open(cfg->dirfd, &o->hist, err, errlen);
     if (rc < 0) {
+        targets_free(o);
         free(o);
         return rc;
     }
@@ -747,6 +871,7 @@ int ag_ops_new(const struct ag_ops_config *cfg, struct ag_ops **out, char *err, 
         while (o->jobs)
             job_unlink_free(o, o->jobs);
         ag_history_close(o->hist);
+        targets_free(o);
         free(o);
         return rc;
     }
@@ -821,6 +946,7 @@ void ag_ops_close(struct ag_ops *o)
     while (o->jobs)
         job_unlink_free(o, o->jobs);
     ag_history_close(o->hist);
+    targets_free(o);
     free(o);
 }
 

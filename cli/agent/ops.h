@@ -5,6 +5,11 @@
  * are a status as HTTP has them (200, 202, 400, 404, 409, 429, 503) and a
  * JSON body, the job(s) or {"error": "..."}. Operations call the engine
  * (include/hotsnap.h) and nothing else: they know no door.
+ *
+ * What a request may choose is checked here, whichever door it came by,
+ * against what the operator configured when the agent started: a request
+ * names one of the operator's targets (ag_target), never a path or a URL,
+ * and a credential goes only with the target it was configured for.
  */
 #ifndef HS_AGENT_OPS_H
 #define HS_AGENT_OPS_H
@@ -42,7 +47,11 @@ struct ag_ops_hooks {
 };
 
 struct ag_ops_config {
-    const struct hs_snapshot_opts *defaults; /* what a request leaves out */
+    const struct hs_snapshot_opts *defaults; /* what a request leaves out; its token is
+                                                for the glance:URL targets alone */
+    const struct ag_target *targets; /* what a request may name; [0] is the default,
+                                        whose spec NULL is the engine's own store */
+    int ntargets;
     const char *state_dir;
     int dirfd; /* <state-dir>/agent, borrowed: the history */
     int history;
@@ -79,6 +88,8 @@ struct ag_snapshot_req {
  * goes away). */
 int ag_op_snapshot(struct ag_ops *o, struct ag_snapshot_req *req, ag_reply_fn reply, void *data,
                    struct ag_pending **out);
+/* The targets a request may name, each with where it goes (no password). */
+int ag_op_targets(struct ag_ops *o, cJSON **body);
 /* The domains, as GET /v1/domains; same contract. */
 int ag_op_domains(struct ag_ops *o, ag_reply_fn reply, void *data, struct ag_pending **out);
 void ag_pending_abandon(struct ag_pending *p);

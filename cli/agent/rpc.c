@@ -121,6 +121,8 @@ void ag_rpc_dispatch(struct ag_ops *o, const struct ag_rpc *rpc, ag_rpc_answer_f
             return;
         }
         status = method[0] == 'g' ? ag_op_get(o, id, &body) : ag_op_cancel(o, id, &body);
+    } else if (!strcmp(method, "targets")) {
+        status = ag_op_targets(o, &body);
     } else if (!strcmp(method, "list")) {
         const char *state = arg_str(args, "state", &bad), *dom = arg_str(args, "domain", &bad);
 
@@ -131,7 +133,8 @@ void ag_rpc_dispatch(struct ag_ops *o, const struct ag_rpc *rpc, ag_rpc_answer_f
         status = ag_op_list(o, state, dom, 0, &body);
     } else {
         snprintf(why, sizeof(why),
-                 "unknown method '%.100s' (expected snapshot, get, list, cancel or domains)",
+                 "unknown method '%.100s' (expected snapshot, get, list, cancel, domains or "
+                 "targets)",
                  method);
         fail(fn, data, 400, why);
         return;

@@ -192,35 +192,73 @@ STATE_NAMES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED:
 
 
 class Run:
-    """A hotsnap process with --json; events are read as they come."""
+    """A hotsnap process with --json; events are read as they come (on a
+    thread, so that a wait for one has a bound even when hotsnap is silent)."""
 
     def __init__(self, state_dir, *args):
+        import queue
+        import threading
         self.args = [HOTSNAP, "--json", "--state-dir", state_dir] + list(args)
         self.p = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)
         self.events = []
+        self.lines = queue.Queue()
+        self.err = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.err_reader = threading.Thread(target=lambda: self.err.append(self.p.stderr.read()),
+                                           daemon=True)
+        self.err_reader.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def stderr_so_far(self):
+        return "".join(self.err)
 
     def until(self, pred, timeout=120):
-        """Read events until pred(event) holds; returns that event."""
+        """Read events until pred(event) holds; returns that event. A hotsnap
+        that says nothing more fails the test within the timeout (and is
+        killed), never holds it."""
+        import queue
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            line = self.p.stdout.readline()
-            if not line:
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.time()))
+            except queue.Empty:
+                self.p.kill()
+                raise AssertionError("no awaited event within %d s; last events: %s"
+                                     % (timeout, self.events[-5:]))
+            if line is None:
+                self.lines.put(None)
+                self.err_reader.join()
                 raise AssertionError("hotsnap ended before the awaited event; stderr: %s"
-                                     % self.p.stderr.read())
+                                     % self.stderr_so_far())
             ev = json.loads(line)
             self.events.append(ev)
             if pred(ev):
                 return ev
-        raise AssertionError("timed out waiting for an event")
 
     def finish(self, timeout=300):
-        out, err = self.p.communicate(timeout=timeout)
+        try:
+            self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            raise AssertionError("hotsnap did not end within %d s; last events: %s"
+                                 % (timeout, self.events[-5:]))
+        self.reader.join()
+        self.err_reader.join()
+        while True:
+            line = self.lines.get()
+            if line is None:
+                break
+            self.events.append(json.loads(line))
         self.p.stdout.close()
         self.p.stderr.close()
-        for line in out.splitlines():
-            self.events.append(json.loads(line))
-        self.stderr = err
+        self.stderr = self.stderr_so_far()
         self.rc = self.p.returncode
         return self
 
@@ -276,6 +314,8 @@ class GuestTestCase(unittest.TestCase):
     def setUp(self):
         self.guests = []
         self.state = tempfile.mkdtemp(prefix="hstest-state-")
+        # gone also when a subclass's setUp fails (tearDown does not run then)
+        self.addCleanup(shutil.rmtree, self.state, ignore_errors=True)
         os.chmod(self.state, 0o711)  # QEMU writes live backup targets in its scratch
         self.store = os.path.join(self.state, "store")
         os.makedirs(self.store)
@@ -865,6 +905,82 @@ class RabbitServer:
 
 
 TOKEN = "s3cret-token-for-the-agent-tests"
+
+
+class TestPKI:
+    """A certificate authority made for a test with openssl, and certificates
+    it signed: a server's for localhost and 127.0.0.1, and a client's. Files
+    are readable by all (a broker running as its own user reads them) but for
+    the keys, which only root and @key_group may read."""
+
+    def __init__(self, d, key_group=None):
+        self.dir = os.path.join(d, "pki")
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.ca, self.ca_key = self.path("ca.pem"), self.path("ca.key")
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+           "-subj", "/CN=hotsnap test CA", "-keyout", self.ca_key, "-out", self.ca)
+        self.server, self.server_key = self.sign("server", "localhost",
+                                                 "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                                                 key_group)
+        self.client, self.client_key = self.sign("client", "hotsnap test client",
+                                                 "extendedKeyUsage=clientAuth", None)
+        # another CA, whose certificates nobody here trusts
+        self.other_ca, other_key = self.path("other-ca.pem"), self.path("other-ca.key")
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+           "-subj", "/CN=somebody else's CA", "-keyout", other_key, "-out", self.other_ca)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def sign(self, name, cn, ext, key_group):
+        key, csr, crt, extfile = (self.path(name + s) for s in (".key", ".csr", ".pem", ".ext"))
+        with open(extfile, "w") as f:
+            f.write(ext + "\n")
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + cn,
+           "-keyout", key, "-out", csr)
+        sh("openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+           "-CAcreateserial", "-days", "2", "-extfile", extfile, "-out", crt)
+        os.chmod(key, 0o640 if key_group else 0o600)
+        if key_group:
+            import grp
+            os.chown(key, 0, grp.getgrnam(key_group).gr_gid)
+        for f in (crt, self.ca):
+            os.chmod(f, 0o644)
+        return crt, key
+
+
+class TrapServer:
+    """An HTTP server on 127.0.0.1 that records every request it gets (method,
+    path, headers) and answers 404: where a credential must never arrive."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                outer.requests.append((self.command, self.path, dict(self.headers)))
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def gated_qemu_img(d):

@@ -1,18 +1,20 @@
 """hotsnap agent: a real agent process on a unix socket and on TCP, driven over
 HTTP as a control plane would, against the real libvirtd, QEMU guests and the
 local Glance."""
+import http.client
 import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 import unittest
 
 import libvirt
 
-from hsfix import (TOKEN, Agent, GlanceGuestTestCase, UnixHTTPConnection, gated_qemu_img,
-                   job_active)
+from hsfix import (HOTSNAP, TOKEN, Agent, GlanceGuestTestCase, Run, TestPKI, TrapServer,
+                   UnixHTTPConnection, gated_qemu_img, job_active)
 
 class EventReader:
     """GET /v1/events read on a thread: the engine's events as they come."""
@@ -76,7 +78,8 @@ class AgentTest(GlanceGuestTestCase):
             self.assertEqual(status, 202, job)
             self.assertEqual(hdrs["location"], "/v1/snapshots/" + job["id"])
             self.assertEqual(job["domain"], g.name)
-            self.assertEqual(job["request"]["target"], "glance:" + self.glance.url)
+            self.assertEqual(job["request"]["target"], "default")
+            self.assertEqual(job["request"]["to"], "glance:" + self.glance.url)
             # followed through GET: the states it passes
             seen = set()
             j = self.agent.wait_job(job["id"], lambda j: seen.add(j["state"]) or
@@ -221,6 +224,270 @@ class AgentTest(GlanceGuestTestCase):
         self.assertFalse(job_active(g.dom))
         # the socket is for root and its group only
         self.assertEqual(os.stat(self.agent.sock).st_mode & 0o777, 0o660)
+
+    def restart_agent(self, *args, env=None):
+        self.agent.stop()
+        self.agent = Agent(self.state, *args, env=env)
+
+    def test_a_request_names_a_configured_target_never_a_url(self):
+        g = self.guest("ag-targets").start()
+        trap = TrapServer()
+        try:
+            env = dict(os.environ, OS_TOKEN="os-token-that-stays-home")
+            self.restart_agent("--to", "glance:" + self.glance.url,
+                               "--allow-target", "local=dir:" + self.store, env=env)
+            cases = [
+                ({"domain": g.name, "target": "glance:" + trap.url + "/x"}, "field 'target'"),
+                ({"domain": g.name, "target": "dir:/etc"}, "field 'target'"),
+                ({"domain": g.name, "target": "../etc"}, "field 'target'"),
+                ({"domain": g.name, "target": "nosuch"},
+                 "no target 'nosuch' (it has: default, local)"),
+                ([{"domain": g.name}, {"domain": g.name + "x", "target": "glance"}],
+                 "no target 'glance'"),
+            ]
+            for body, words in cases:
+                for tcp in (False, True):
+                    status, resp, _ = self.post(body, tcp=tcp)
+                    self.assertEqual(status, 400, (body, resp))
+                    self.assertIn(words, resp["error"])
+            _, lst, _ = self.agent.request("GET", "/v1/snapshots")
+            self.assertEqual(lst, [])
+            # the targets a control plane may name
+            status, targets, _ = self.agent.request("GET", "/v1/targets")
+            self.assertEqual(status, 200)
+            self.assertEqual(targets, [
+                {"name": "default", "to": "glance:" + self.glance.url, "default": True},
+                {"name": "local", "to": "dir:" + self.store, "default": False}])
+            # one of them by its name
+            status, job, _ = self.post({"domain": g.name, "target": "local"})
+            self.assertEqual(status, 202, job)
+            self.assertEqual(job["request"]["target"], "local")
+            self.assertEqual(job["request"]["to"], "dir:" + self.store)
+            j = self.agent.wait_ended(job["id"])
+            self.assertEqual(j["state"], "done", j.get("error"))
+            img = j["images"][0]
+            self.assertEqual(img["location"], os.path.join(self.store, img["id"] + ".qcow2"))
+            self.assertTrue(os.path.exists(img["location"]))
+            self.assertEqual(self.images_of(g), [])
+            # nothing ever reached the trap, the token least of all
+            self.assertEqual(trap.requests, [])
+        finally:
+            trap.close()
+
+    def test_credentials_are_never_shown(self):
+        secret, token = "hs-secret-pw", "os-token-never-shown"
+        user_url = self.glance.url.replace("http://", "http://hsuser:%s@" % secret)
+        env = dict(os.environ, OS_TOKEN=token)
+        self.restart_agent("--to", "glance:" + user_url, env=env)
+        g = self.guest("ag-secret").start()
+        events = EventReader(self.agent)
+        try:
+            status, job, _ = self.post({"domain": g.name})
+            self.assertEqual(status, 202, job)
+            j = self.agent.wait_ended(job["id"])
+            self.assertEqual(j["state"], "done", j.get("error"))
+            ev = events.wait(lambda e: e.get("job") == job["id"] and e.get("state") == "done")
+        finally:
+            events.close()
+        shown = "glance:" + self.glance.url.replace("http://", "http://***@")
+        self.assertEqual(j["request"]["to"], shown)
+        self.assertTrue(j["images"][0]["location"].startswith(shown[len("glance:"):]))
+        _, lst, _ = self.agent.request("GET", "/v1/snapshots")
+        _, targets, _ = self.agent.request("GET", "/v1/targets")
+        with open(os.path.join(self.state, "agent", "jobs.jsonl")) as f:
+            history = f.read()
+        with open("/proc/%d/cmdline" % self.agent.p.pid, "rb") as f:
+            cmdline = f.read().decode(errors="replace")
+        places = {"job": json.dumps(j), "list": json.dumps(lst), "targets": json.dumps(targets),
+                  "events": json.dumps(events.events), "history": history,
+                  "cmdline": cmdline, "log": self.agent.read_log()}
+        # the command scrubs its --to the same way
+        state = os.path.join(self.state, "cmd")
+        os.makedirs(state, mode=0o711)
+        run = Run(state, "snapshot", "--to", "glance:" + user_url, g.name)
+        run.until(lambda e: e.get("event") == "state")
+        with open("/proc/%d/cmdline" % run.p.pid, "rb") as f:
+            places["command's cmdline"] = f.read().decode(errors="replace")
+        run.finish()
+        self.assertEqual(run.rc, 0, run.stderr)
+        places["command's output"] = json.dumps(run.events) + run.stderr
+        for where, text in places.items():
+            self.assertNotIn(secret, text, where)
+            self.assertNotIn(token, text, where)
+        self.assertIn("***@", json.dumps(ev))
+        self.assertIn("***@", json.dumps(run.summary()))
+
+    def metric(self, name):
+        _, text, _ = self.agent.request("GET", "/metrics")
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        self.fail("no metric %s" % name)
+
+    def test_tcp_clients_never_starve_the_socket(self):
+        self.restart_agent("--to", "glance:" + self.glance.url, "--max-connections", "64")
+        # more idle TCP connections than TCP may have, none with a token
+        idle = [socket.create_connection(("127.0.0.1", self.agent.port)) for _ in range(100)]
+        try:
+            # the unix socket has a budget of its own: it answers every request
+            for _ in range(48):
+                status, _, _ = self.agent.request("GET", "/healthz")
+                self.assertEqual(status, 200)
+            # an idle TCP connection has a few seconds to show its token: then it ends
+            for s in idle:
+                s.settimeout(60)
+                try:
+                    self.assertEqual(s.recv(1), b"")
+                except ConnectionResetError:
+                    pass  # refused at the limit
+            self.assertGreaterEqual(self.metric("hotsnap_http_unauthenticated_total"), 64)
+            self.assertGreaterEqual(self.metric("hotsnap_http_connections_refused_total"), 36)
+        finally:
+            for s in idle:
+                s.close()
+        # a wrong token ends its connection with the 401
+        with socket.create_connection(("127.0.0.1", self.agent.port), timeout=30) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n")
+            got = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertTrue(got.startswith(b"HTTP/1.1 401 "), got)
+        # the right one keeps its connection: two requests on one
+        c = http.client.HTTPConnection("127.0.0.1", self.agent.port, timeout=30)
+        try:
+            for _ in range(2):
+                c.request("GET", "/healthz", headers={"Authorization": "Bearer " + TOKEN})
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+        finally:
+            c.close()
+
+    def many_domains(self, n):
+        """n defined domains that never run (no disk): names for big batches."""
+        doms = []
+        for i in range(n):
+            doms.append(self.c.defineXML(
+                "<domain type='qemu'><name>hstest-many-%d</name><memory unit='MiB'>32</memory>"
+                "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>" % i))
+        self.addCleanup(lambda: [d.undefine() for d in doms])
+        return [d.name() for d in doms]
+
+    def test_the_running_cap_counts_what_is_being_accepted(self):
+        names = self.many_domains(205)
+        body = json.dumps([{"domain": n, "mode": "live"} for n in names])
+        # libvirtd held still: every POST waits for its domain list
+        with open("/run/libvirtd.pid") as f:
+            libvirtd = int(f.read().strip())
+        conns = []
+        os.kill(libvirtd, signal.SIGSTOP)
+        try:
+            for _ in range(5):  # 5 x 205 > 1024: the fifth cannot be accepted
+                c = UnixHTTPConnection(self.agent.sock, timeout=60)
+                c.request("POST", "/v1/snapshots", body=body,
+                          headers={"Content-Type": "application/json"})
+                conns.append(c)
+            # the one over the cap is answered at once, while libvirt is still held
+            first = conns[4].getresponse()
+            refused = json.loads(first.read())
+            self.assertEqual(first.status, 429, refused)
+            self.assertIn("820 being accepted", refused["error"])
+        finally:
+            os.kill(libvirtd, signal.SIGCONT)
+        statuses = [c.getresponse().status for c in conns[:4]]
+        for c in conns:
+            c.close()
+        self.assertEqual(statuses, [202] * 4)
+        deadline = time.time() + 240
+        while self.agent.request("GET", "/v1/snapshots?state=running")[1]:
+            self.assertLess(time.time(), deadline, "the batch never ended")
+            time.sleep(0.5)
+        _, lst, _ = self.agent.request("GET", "/v1/snapshots?limit=2000")
+        self.assertEqual(len(lst), 820)
+
+    def test_sigterm_with_a_libvirt_call_in_flight(self):
+        with open("/run/libvirtd.pid") as f:
+            libvirtd = int(f.read().strip())
+        answer = {}
+
+        def ask():
+            try:
+                answer["r"] = self.agent.request("GET", "/v1/domains")
+            except OSError as e:
+                answer["r"] = e
+        os.kill(libvirtd, signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=ask)
+            t.start()
+            deadline = time.time() + 30
+            while self.metric("hotsnap_libvirt_calls") < 1:
+                self.assertLess(time.time(), deadline, "the listing never started")
+                time.sleep(0.05)
+            self.agent.p.send_signal(signal.SIGTERM)
+            deadline = time.time() + 30
+            while "canceling 0 snapshot(s) and stopping" not in self.agent.read_log():
+                self.assertLess(time.time(), deadline, "the agent did not take the SIGTERM")
+                time.sleep(0.05)
+        finally:
+            os.kill(libvirtd, signal.SIGCONT)
+        # it waits for the call, answers it, and exits cleanly
+        self.assertEqual(self.agent.p.wait(timeout=120), 0)
+        t.join(60)
+        self.assertIn("r", answer)
+        self.assertNotIn("Assertion", self.agent.p.stderr.read() + self.agent.read_log())
+
+    def curl(self, url, *args):
+        r = subprocess.run(["curl", "-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}",
+                            *args, url], capture_output=True, text=True)
+        body, _, code = r.stdout.rpartition("\n")
+        return r.returncode, code, body, r.stderr
+
+    def test_tls_on_tcp_checked_by_the_real_curl(self):
+        pki = TestPKI(self.state)
+        tls = ["--tls-cert", pki.server, "--tls-key", pki.server_key]
+        self.restart_agent("--to", "glance:" + self.glance.url, *tls)
+        auth = ["-H", "Authorization: Bearer " + TOKEN]
+        url = "https://127.0.0.1:%d/healthz" % self.agent.port
+        rc, code, body, err = self.curl(url, "--cacert", pki.ca, *auth)
+        self.assertEqual((rc, code), (0, "200"), err)
+        self.assertEqual(json.loads(body)["status"], "ok")
+        # by name too, as the certificate says
+        rc, code, _, err = self.curl(url.replace("127.0.0.1", "localhost"), "--cacert", pki.ca,
+                                     *auth)
+        self.assertEqual((rc, code), (0, "200"), err)
+        # no token over TLS is still no token
+        rc, code, _, _ = self.curl(url, "--cacert", pki.ca)
+        self.assertEqual(code, "401")
+        # a client that does not trust the agent's CA, and one that speaks plain HTTP
+        rc, _, _, err = self.curl(url, "--cacert", pki.other_ca, *auth)
+        self.assertEqual(rc, 60, err)  # the peer's certificate was not accepted
+        rc, code, _, _ = self.curl(url.replace("https:", "http:"), *auth)
+        self.assertNotEqual(code, "200")
+        # mutual TLS: only a client with a certificate of the client CA gets in
+        self.restart_agent("--to", "glance:" + self.glance.url, *tls,
+                           "--tls-client-ca", pki.ca)
+        url = "https://127.0.0.1:%d/healthz" % self.agent.port
+        rc, code, _, err = self.curl(url, "--cacert", pki.ca, *auth)
+        self.assertNotEqual(code, "200")
+        self.assertNotEqual(rc, 0)
+        rc, code, _, err = self.curl(url, "--cacert", pki.ca, "--cert", pki.client, "--key",
+                                     pki.client_key, *auth)
+        self.assertEqual((rc, code), (0, "200"), err)
+        # the unix socket is as it was
+        self.assertEqual(self.agent.request("GET", "/healthz")[0], 200)
+
+    def test_plain_tcp_only_on_loopback(self):
+        self.agent.stop()
+        r = subprocess.run([HOTSNAP, "agent", "--state-dir", self.state, "--socket",
+                            self.agent.sock, "--listen", "0.0.0.0:%d" % self.agent.port,
+                            "--token-file", self.agent.token_file], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("in clear", r.stderr)
+        self.assertEqual(r.stderr.count("\n"), 1, r.stderr)
 
     def test_sigkill_mid_job_then_restart(self):
         g = self.guest("ag-kill").start()

@@ -181,6 +181,13 @@ class FleetTest(GlanceGuestTestCase):
         with self.assertRaises(om.RemoteError) as e:
             self.rpc("host-a", "get")
         self.assertIn("needs an argument 'id'", e.exception.value)
+        # a target is named, never given: no URL of a message's reaches the token
+        for target in ("glance:http://127.0.0.1:9/x", "dir:/etc", "nosuch"):
+            with self.assertRaises(om.RemoteError) as e:
+                self.rpc("host-a", "snapshot", domain=g.name, target=target)
+            self.assertEqual(e.exception.exc_type, "BadRequest")
+            self.assertIn("field 'target'", e.exception.value)
+        self.assertEqual([t["name"] for t in self.rpc("host-a", "targets")], ["default"])
         self.assertEqual(len(self.rpc("host-a", "list", domain=g.name)), 1)
         # cancel it while it runs: the guest as it was
         self.wait_job("host-a", job["id"], lambda j: j["state"] in ("capture", "extract",

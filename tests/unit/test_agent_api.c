@@ -87,18 +87,20 @@ static void test_bodies(void)
     char err[512];
 
     CHECK(parse("{\"domain\":\"web\"}", &w, &doc, err) == 1);
-    CHECK(!strcmp(w[0].domain, "web") && !strcmp(w[0].opts.target, "glance"));
+    /* the target is the operations' to set, from the name a request gives */
+    CHECK(!strcmp(w[0].domain, "web") && !w[0].opts.target && !w[0].target);
     CHECK(w[0].opts.priority == 7 && w[0].opts.mode == HS_MODE_AUTO);
     free(w);
     cJSON_Delete(doc);
 
     CHECK(parse("[{\"domain\":\"a\",\"mode\":\"cold\",\"format\":\"raw\",\"priority\":-3},"
-                "{\"domain\":\"b\",\"compress\":true,\"target\":\"dir:/srv\","
+                "{\"domain\":\"b\",\"compress\":true,\"target\":\"local-2\","
                 "\"quiesce\":\"off\",\"all_disks\":true,\"name\":\"{domain}-{disk}\"}]",
                 &w, &doc, err) == 2);
     CHECK(w[0].opts.mode == HS_MODE_COLD && w[0].opts.format == HS_FORMAT_RAW);
     CHECK(w[0].opts.priority == -3);
-    CHECK(w[1].opts.compress && w[1].opts.all_disks && !strcmp(w[1].opts.target, "dir:/srv"));
+    CHECK(w[1].opts.compress && w[1].opts.all_disks && !strcmp(w[1].target, "local-2"));
+    CHECK(!w[1].opts.target);
     CHECK(w[1].opts.quiesce == HS_QUIESCE_OFF && !strcmp(w[1].opts.name, "{domain}-{disk}"));
     free(w);
     cJSON_Delete(doc);
@@ -119,6 +121,10 @@ static void test_bodies(void)
         {"{\"domain\":\"a\",\"compress\":true,\"format\":\"raw\"}", "needs format qcow2"},
         {"{\"domain\":\"a\",\"image_id\":\"x\",\"all_disks\":true}", "all_disks"},
         {"{\"domain\":\"a\",\"target\":\"dir:\"}", "field 'target'"},
+        {"{\"domain\":\"a\",\"target\":\"dir:/etc\"}", "not a target's name"},
+        {"{\"domain\":\"a\",\"target\":\"glance:http://u:pw@h/\"}", "'glance:http://***@h/'"},
+        {"{\"domain\":\"a\",\"target\":\"../x\"}", "field 'target'"},
+        {"{\"domain\":\"a\",\"target\":\"\"}", "field 'target'"},
         {"{\"domain\":\"a\",\"name\":\"{x}\"}", "field 'name'"},
         {"{\"domain\":\"a\",\"colour\":\"red\"}", "unknown field 'colour'"},
         {"[{\"domain\":\"a\"},{\"mode\":\"x\",\"domain\":\"b\"}]", "request 1: field 'mode'"},
@@ -131,6 +137,35 @@ static void test_bodies(void)
             CHECK(0);
         }
     }
+}
+
+static void test_targets(void)
+{
+    struct ag_target t;
+    char arg[128], buf[128], err[256];
+
+    CHECK(ag_target_name_ok("default") && ag_target_name_ok("a") && ag_target_name_ok("b-1.x_y"));
+    CHECK(!ag_target_name_ok("") && !ag_target_name_ok(".x") && !ag_target_name_ok("-x"));
+    CHECK(!ag_target_name_ok("a/b") && !ag_target_name_ok("a b") && !ag_target_name_ok("a:b"));
+    memset(arg, 'a', 65);
+    arg[65] = '\0';
+    CHECK(!ag_target_name_ok(arg));
+    snprintf(arg, sizeof(arg), "prod=glance:https://u:secret@glance:9292");
+    CHECK(ag_target_parse(arg, &t, err, sizeof(err)) == 0);
+    CHECK(!strcmp(t.name, "prod") && !strcmp(t.spec, "glance:https://u:secret@glance:9292"));
+    snprintf(arg, sizeof(arg), "default=dir:/srv");
+    CHECK(ag_target_parse(arg, &t, err, sizeof(err)) < 0 && strstr(err, "--to's"));
+    snprintf(arg, sizeof(arg), "x=s3:bucket");
+    CHECK(ag_target_parse(arg, &t, err, sizeof(err)) < 0 && strstr(err, "'s3:bucket'"));
+    snprintf(arg, sizeof(arg), "glance:https://u:secret@h");
+    CHECK(ag_target_parse(arg, &t, err, sizeof(err)) < 0 && !strstr(err, "secret"));
+    CHECK(!strcmp(ag_spec_redact("glance:http://u:p@h:1/x@y", buf, sizeof(buf)),
+                  "glance:http://***@h:1/x@y"));
+    CHECK(!strcmp(ag_spec_redact("glance:http://h:1", buf, sizeof(buf)), "glance:http://h:1"));
+    CHECK(!strcmp(ag_spec_redact("dir:/srv/a@b", buf, sizeof(buf)), "dir:/srv/a@b"));
+    snprintf(arg, sizeof(arg), "glance:http://user:pw@h/");
+    ag_spec_scrub(arg);
+    CHECK(!strcmp(arg, "glance:http://*******@h/"));
 }
 
 static void test_transport_url(void)
@@ -199,6 +234,7 @@ static void test_rpc(void)
 int main(void)
 {
     RUN(test_rpc);
+    RUN(test_targets);
     RUN(test_transport_url);
     RUN(test_routes);
     RUN(test_query);
