@@ -16,6 +16,7 @@
 #include "hotsnap.h"
 #include "agent/agent.h"
 #include "agent/api.h"
+#include "agent/files.h"
 #include "progress.h"
 
 #define EXIT_FAILED 1
@@ -370,6 +371,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             break;
         }
         case OPT_IMAGE_ID:
+            if (hs_image_id_check(optarg, err, sizeof(err)) < 0)
+                die_usage("%s", err);
             cli->sopts.image_id = optarg;
             break;
         case OPT_TOKEN:
@@ -463,20 +466,17 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             cli->agent.transport_url = cli->transport_url;
             agent_opt = c;
             break;
-        case OPT_TRANSPORT_URL_FILE: {
-            FILE *f = fopen(optarg, "re");
-            size_t cap = 0;
-
+        case OPT_TRANSPORT_URL_FILE:
+            /* a password is in it: a file that only root may read, as the token's */
             free(cli->transport_url);
-            cli->transport_url = NULL;
-            if (!f || getline(&cli->transport_url, &cap, f) < 0)
-                die_usage("cannot read a transport URL from '%s'", optarg);
-            fclose(f);
-            cli->transport_url[strcspn(cli->transport_url, "\r\n")] = '\0';
+            cli->transport_url = ag_read_secret(optarg, "transport URL file", err, sizeof(err));
+            if (!cli->transport_url)
+                die_usage("%s", err);
+            if (!cli->transport_url[0])
+                die_usage("transport URL file '%s' is empty", optarg);
             cli->agent.transport_url = cli->transport_url;
             agent_opt = c;
             break;
-        }
         case OPT_RPC_TOPIC:
         case OPT_RPC_SERVER:
         case OPT_CONTROL_EXCHANGE:

@@ -1,4 +1,5 @@
 /* The engine: a libvirt connection, the running jobs, the loop-stall meter. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -351,6 +352,22 @@ int hs_engine_list(struct hs_engine *eng, hs_list_cb cb, void *data)
 }
 
 /* ---- option parsing shared with front ends ---- */
+
+int hs_image_id_check(const char *id, char *errbuf, size_t errlen)
+{
+    size_t i;
+
+    for (i = 0; i < 36; i++) {
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+
+        if (dash ? id[i] != '-' : !isxdigit((unsigned char)id[i]))
+            break;
+    }
+    if (i == 36 && id[36] == '\0')
+        return 0;
+    snprintf(errbuf, errlen, "image id '%.80s' is not a UUID (8-4-4-4-12 hex digits)", id);
+    return -EINVAL;
+}
 
 int hs_mode_parse(const char *s, enum hs_mode *out)
 {

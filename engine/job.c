@@ -1185,6 +1185,11 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
         job->err.code = -EINVAL;
         return job_fail_start(job, errbuf, errlen);
     }
+    if (opts->image_id &&
+        hs_image_id_check(opts->image_id, job->err.msg, sizeof(job->err.msg)) < 0) {
+        job->err.code = -EINVAL; /* a file name in a store, a record's id in Glance */
+        return job_fail_start(job, errbuf, errlen);
+    }
     if (opts->image_id && opts->all_disks) {
         hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
                    "an image id names one image; it cannot go with all disks");

@@ -74,31 +74,57 @@ int hs__mkdir_p(const char *path, unsigned mode)
     return 0;
 }
 
+/* Empty the directory open at @fd (taken), depth first, by fds. */
+static int rm_children(int fd)
+{
+    DIR *d = fdopendir(fd);
+    struct dirent *de;
+    int rc = 0, r;
+
+    if (!d) {
+        close(fd);
+        return -errno;
+    }
+    while ((de = readdir(d)) != NULL) {
+        struct stat st;
+        int child;
+
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            r = errno == ENOENT ? 0 : -errno;
+        } else if (!S_ISDIR(st.st_mode)) {
+            r = unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT ? -errno : 0;
+        } else {
+            /* O_NOFOLLOW: a directory swapped for a symlink meanwhile is not entered */
+            child = openat(dirfd(d), de->d_name,
+                           O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (child < 0)
+                r = errno == ENOENT ? 0 : -errno;
+            else if ((r = rm_children(child)) == 0 &&
+                     unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+                r = -errno;
+        }
+        if (r < 0 && rc == 0)
+            rc = r;
+    }
+    closedir(d);
+    return rc;
+}
+
 int hs__rm_rf(const char *path)
 {
     struct stat st;
-    DIR *d;
-    struct dirent *de;
-    char *child;
-    int rc = 0, r;
+    int fd, rc;
 
     if (lstat(path, &st) < 0)
         return errno == ENOENT ? 0 : -errno;
     if (!S_ISDIR(st.st_mode))
         return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
-    d = opendir(path);
-    if (!d)
-        return -errno;
-    while ((de = readdir(d)) != NULL) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        child = hs__asprintf("%s/%s", path, de->d_name);
-        r = hs__rm_rf(child);
-        if (r < 0 && rc == 0)
-            rc = r;
-        free(child);
-    }
-    closedir(d);
+    fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    rc = rm_children(fd);
     if (rmdir(path) < 0 && errno != ENOENT && rc == 0)
         rc = -errno;
     return rc;
@@ -155,44 +181,75 @@ int hs__path_traversable(const char *dir, struct hs_err *err, const char *what)
     }
 }
 
-static int fsync_dir_of(const char *path)
+int hs__dir_safe(int dirfd, const char *dir, struct hs_err *err, const char *what)
 {
-    char buf[PATH_MAX];
-    char *slash;
-    int fd, rc = 0;
+    struct stat st;
 
-    snprintf(buf, sizeof(buf), "%s", path);
-    slash = strrchr(buf, '/');
-    if (!slash)
-        snprintf(buf, sizeof(buf), ".");
-    else if (slash == buf)
-        buf[1] = '\0';
-    else
-        *slash = '\0';
-    fd = open(buf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    if (fsync(fd) < 0)
-        rc = -errno;
-    close(fd);
-    return rc;
+    if (fstat(dirfd, &st) < 0)
+        return hs_err_set(err, -errno, HS_ERR_SYS, errno, "cannot look at %s '%s': %s", what,
+                          dir, strerror(errno));
+    if (st.st_uid != 0 && st.st_uid != geteuid())
+        return hs_err_set(err, -EPERM, HS_ERR_INPUT, 0,
+                          "%s '%s' belongs to user %u, who could put files in hotsnap's way; "
+                          "give it to root",
+                          what, dir, (unsigned)st.st_uid);
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
+        return hs_err_set(err, -EPERM, HS_ERR_INPUT, 0,
+                          "%s '%s' can be written by users other than root (mode %04o) and has "
+                          "no sticky bit: another user could put files in hotsnap's way; "
+                          "chmod g-w,o-w or +t",
+                          what, dir, (unsigned)(st.st_mode & 07777));
+    return 0;
 }
 
-int hs__write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+int hs__create_at(int dirfd, const char *name, unsigned mode)
 {
-    char *tmp = hs__asprintf("%s.tmp.%d", path, (int)getpid());
+    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0)
+        return -errno;
+    if (fchmod(fd, mode) < 0) { /* exactly @mode, whatever the umask */
+        int rc = -errno;
+
+        close(fd);
+        unlinkat(dirfd, name, 0);
+        return rc;
+    }
+    return fd;
+}
+
+int hs__rename_noreplace_at(int dirfd, const char *from, const char *to)
+{
+    if (renameat2(dirfd, from, dirfd, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -errno;
+    /* a file system without RENAME_NOREPLACE: a link fails as well on a name taken */
+    if (linkat(dirfd, from, dirfd, to, 0) < 0)
+        return -errno;
+    unlinkat(dirfd, from, 0);
+    return 0;
+}
+
+int hs__write_atomic_at(int dirfd, const char *name, const void *data, size_t len, unsigned mode,
+                        int noreplace)
+{
+    char tmp[300];
+    unsigned char r[8];
     const char *p = data;
     ssize_t n;
-    int fd, rc = 0;
+    int fd = -EEXIST, rc = 0, i;
 
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        rc = -errno;
-        goto cleanup;
+    for (i = 0; i < 16 && fd == -EEXIST; i++) {
+        if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+            return -EIO;
+        snprintf(tmp, sizeof(tmp), ".%.200s.%02x%02x%02x%02x%02x%02x%02x%02x.tmp", name, r[0],
+                 r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+        fd = hs__create_at(dirfd, tmp, mode);
     }
-    if (fchmod(fd, mode) < 0) /* exactly @mode, whatever the umask */
-        rc = -errno;
-    while (rc == 0 && len > 0) {
+    if (fd < 0)
+        return fd;
+    while (len > 0) {
         n = write(fd, p, len);
         if (n < 0 && errno == EINTR)
             continue;
@@ -207,14 +264,31 @@ int hs__write_atomic(const char *path, const void *data, size_t len, unsigned mo
         rc = -errno;
     if (close(fd) < 0 && rc == 0)
         rc = -errno;
-    if (rc == 0 && rename(tmp, path) < 0)
-        rc = -errno;
     if (rc == 0)
-        rc = fsync_dir_of(path);
-cleanup:
-    if (rc < 0)
-        unlink(tmp);
-    free(tmp);
+        rc = noreplace ? hs__rename_noreplace_at(dirfd, tmp, name)
+                       : (renameat(dirfd, tmp, dirfd, name) < 0 ? -errno : 0);
+    if (rc < 0) {
+        unlinkat(dirfd, tmp, 0);
+        return rc;
+    }
+    return fsync(dirfd) < 0 ? -errno : 0;
+}
+
+int hs__write_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+    int fd, rc;
+
+    if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    rc = hs__write_atomic_at(fd, name, data, len, mode, 0);
+    close(fd);
     return rc;
 }
 

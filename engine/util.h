@@ -19,14 +19,32 @@ double hs__now(void);
 void hs__iso8601(double t, char *buf, size_t len);
 /* mkdir -p with @mode for created levels. 0 or negative errno. */
 int hs__mkdir_p(const char *path, unsigned mode);
-/* Remove @path and everything below it; ENOENT is success. 0 or negative errno. */
+/* Remove @path and everything below it; ENOENT is success. 0 or negative errno.
+ * Below @path it goes by directory fds and never follows a symlink: one put
+ * in its way (by QEMU's user, say) is removed, what it points to is not. */
 int hs__rm_rf(const char *path);
 /* Check that @dir is a directory we can create files in (creates and removes a probe). */
 int hs__dir_writable(const char *dir, struct hs_err *err, const char *what);
+/* Whether the directory open at @dirfd (named @dir for the message) is safe
+ * for root to make files in: nobody but root (or its owner, this process's
+ * user) can write in it, or it has the sticky bit so that nobody can rename
+ * or remove another's files. 0, or -EPERM with the reason in @err. */
+int hs__dir_safe(int dirfd, const char *dir, struct hs_err *err, const char *what);
+/* A new file @name in @dirfd: O_CREAT | O_EXCL | O_NOFOLLOW, mode exactly
+ * @mode (whatever the umask). Its fd, or a negative errno. */
+int hs__create_at(int dirfd, const char *name, unsigned mode);
+/* Rename @from to @to in @dirfd, never over a file that is there: -EEXIST. */
+int hs__rename_noreplace_at(int dirfd, const char *from, const char *to);
 /* Whether every directory from / down to @dir lets other users through
  * (QEMU runs as its own user); on failure names the first one that does not. */
 int hs__path_traversable(const char *dir, struct hs_err *err, const char *what);
-/* Write @len bytes to @path atomically: temp file, fsync, rename, fsync dir. */
+/* Write @len bytes to @name in @dirfd atomically: a temporary file of a
+ * random name (hs__create_at), fsync, renamed into place, the directory
+ * fsynced. With @noreplace an existing @name is -EEXIST, else replaced (a
+ * symlink there is replaced, never followed). */
+int hs__write_atomic_at(int dirfd, const char *name, const void *data, size_t len, unsigned mode,
+                        int noreplace);
+/* The same for @path (its directory opened for it). */
 int hs__write_atomic(const char *path, const void *data, size_t len, unsigned mode);
 /* Read a whole small file; caller frees. NULL with errno set on failure. */
 char *hs__read_file(const char *path, size_t max);

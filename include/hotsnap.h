@@ -200,6 +200,9 @@ const struct hs_image *hs_job_image(const struct hs_job *job, size_t i);
 
 /* Validation helpers shared with front ends; 0 or -EINVAL with a message. */
 int hs_name_template_check(const char *tmpl, char *errbuf, size_t errlen);
+/* An image id a caller chooses: a UUID (8-4-4-4-12 hex digits), as Glance
+ * takes it and as a store names its files. */
+int hs_image_id_check(const char *id, char *errbuf, size_t errlen);
 int hs_mode_parse(const char *s, enum hs_mode *out);
 int hs_format_parse(const char *s, enum hs_format *out);
 int hs_quiesce_parse(const char *s, enum hs_quiesce *out);

@@ -7,6 +7,12 @@
  * metadata the same way, so a reader never sees half an image, and an image
  * whose .json exists is complete. Both are root's alone (0600) unless the
  * operator chose a store mode to serve the store to a group.
+ *
+ * Every file is made relative to the store's directory fd, opened once per
+ * image: O_CREAT | O_EXCL | O_NOFOLLOW, renamed into place without replacing
+ * anything (an image id given twice fails, and removes nothing of the
+ * other's). A store that users other than root could write in without the
+ * sticky bit is refused: they could put files in the way.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,7 +32,8 @@
 
 struct dir_store {
     char *dir;
-    unsigned mode; /* of images and sidecars: 0600 unless the operator serves the store */
+    unsigned mode;  /* of images and sidecars: 0600 unless the operator serves the store */
+    char *image_id; /* the caller's, or NULL: a random UUID per image */
 };
 
 struct dir_upload {
@@ -34,9 +41,10 @@ struct dir_upload {
     struct hs_upload_req *req;
     const char *dir;
     unsigned mode;
-    char *final_path;
-    char *tmp_path;
-    char *meta_path;
+    int dirfd;        /* the store */
+    char *final_path; /* for the location */
+    char *final_name, *part_name, *meta_name;
+    int renamed, meta_written; /* what is ours to remove on a failure */
     int dst_fd;
     EVP_MD_CTX *sha256; /* worker */
     char h512[129];     /* the stream's, once every byte was taken */
@@ -49,15 +57,39 @@ struct dir_upload {
     int eof;
     int done;
     int canceled;
-    int rc;
-    const char *err_what;
+    int rc;               /* the loop's */
+    int w_rc;             /* the worker's, taken by the loop when it is done */
+    const char *err_what; /* what failed, with rc */
 };
+
+/* The store, open: a directory that is safe to make root's files in. */
+static int dir_open(const struct dir_store *st, struct hs_err *err)
+{
+    int fd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc;
+
+    if (fd < 0)
+        return hs_err_set(err, -errno, HS_ERR_INPUT, errno, "cannot open image store '%s': %s",
+                          st->dir, strerror(errno));
+    rc = hs__dir_safe(fd, st->dir, err, "image store");
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
 
 static int dir_check(struct hs_uploader *up, struct hs_err *err)
 {
     const struct dir_store *st = up->ctx;
+    int fd, rc = hs__dir_writable(st->dir, err, "image store");
 
-    return hs__dir_writable(st->dir, err, "image store");
+    if (rc < 0)
+        return rc;
+    fd = dir_open(st, err);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    return 0;
 }
 
 static int write_all(int fd, const unsigned char *p, size_t n)
@@ -109,8 +141,9 @@ static int dir_write_meta(struct dir_upload *u)
     }
     text = cJSON_Print(m);
     cJSON_Delete(m);
-    rc = hs__write_atomic(u->meta_path, text, strlen(text), u->mode);
+    rc = hs__write_atomic_at(u->dirfd, u->meta_name, text, strlen(text), u->mode, 1);
     free(text);
+    u->meta_written = rc == 0;
     return rc;
 }
 
@@ -120,10 +153,12 @@ static void dir_work_cb(uv_work_t *w)
     struct dir_upload *u = hs_container_of(w, struct dir_upload, work);
     const unsigned char *p = u->buf[!u->fill];
 
+    /* the worker's results go in w_rc (and err_what), which the loop reads
+     * only once the work is done */
     if (u->w_len) {
         EVP_DigestUpdate(u->sha256, p, u->w_len);
-        u->rc = write_all(u->dst_fd, p, u->w_len);
-        if (u->rc < 0) {
+        u->w_rc = write_all(u->dst_fd, p, u->w_len);
+        if (u->w_rc < 0) {
             u->err_what = "write";
             return;
         }
@@ -131,30 +166,35 @@ static void dir_work_cb(uv_work_t *w)
     if (!u->w_final)
         return;
     if (fsync(u->dst_fd) < 0) {
-        u->rc = -errno, u->err_what = "fsync";
+        u->w_rc = -errno, u->err_what = "fsync";
         return;
     }
     close(u->dst_fd);
     u->dst_fd = -1;
-    if (rename(u->tmp_path, u->final_path) < 0) {
-        u->rc = -errno, u->err_what = "rename";
+    u->w_rc = hs__rename_noreplace_at(u->dirfd, u->part_name, u->final_name);
+    if (u->w_rc < 0) {
+        u->err_what = u->w_rc == -EEXIST ? "an image of this id is there" : "rename";
         return;
     }
-    u->rc = dir_write_meta(u);
-    if (u->rc < 0)
-        u->err_what = "metadata write";
+    u->renamed = 1;
+    u->w_rc = dir_write_meta(u);
+    if (u->w_rc < 0)
+        u->err_what = u->w_rc == -EEXIST ? "a sidecar of this id is there" : "metadata write";
 }
 
 static void dir_free(struct dir_upload *u)
 {
     if (u->dst_fd >= 0)
         close(u->dst_fd);
+    if (u->dirfd >= 0)
+        close(u->dirfd);
     EVP_MD_CTX_free(u->sha256);
     free(u->buf[0]);
     free(u->buf[1]);
     free(u->final_path);
-    free(u->tmp_path);
-    free(u->meta_path);
+    free(u->final_name);
+    free(u->part_name);
+    free(u->meta_name);
     free(u);
 }
 
@@ -164,9 +204,12 @@ static void dir_finish(struct dir_upload *u, int status)
 
     hs__stream_reader(req->src, NULL, NULL);
     if (status < 0) {
-        unlink(u->tmp_path);
-        unlink(u->final_path);
-        unlink(u->meta_path);
+        /* ours only: a file of the same name made by someone else stays */
+        unlinkat(u->dirfd, u->part_name, 0);
+        if (u->renamed)
+            unlinkat(u->dirfd, u->final_name, 0);
+        if (u->meta_written)
+            unlinkat(u->dirfd, u->meta_name, 0);
     } else {
         req->location = hs__strdup(u->final_path);
     }
@@ -273,6 +316,8 @@ static void dir_after_work_cb(uv_work_t *w, int status)
     struct hs_upload_req *req = u->req;
 
     u->writing = 0;
+    if (u->w_rc < 0 && !u->rc)
+        u->rc = u->w_rc;
     if (status < 0 && !u->rc)
         u->rc = status, u->err_what = "worker";
     if (u->rc < 0) {
@@ -300,20 +345,39 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
     req->up = up;
     req->cb = cb;
     req->sent = 0;
-    hs__uuid4(req->image_id);
+    if (st->image_id)
+        snprintf(req->image_id, sizeof(req->image_id), "%s", st->image_id);
+    else
+        hs__uuid4(req->image_id);
     u->req = req;
     u->dir = dir;
     u->mode = st->mode;
+    u->dst_fd = -1;
+    u->dirfd = dir_open(st, &req->err);
+    if (u->dirfd < 0) {
+        rc = u->dirfd;
+        dir_free(u);
+        return rc;
+    }
     u->final_path = hs__asprintf("%s/%s.%s", dir, req->image_id, req->format);
-    u->tmp_path = hs__asprintf("%s/.%s.%s.part", dir, req->image_id, req->format);
-    u->meta_path = hs__asprintf("%s/%s.json", dir, req->image_id);
-    u->dst_fd = open(u->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (u->dst_fd < 0 || fchmod(u->dst_fd, u->mode) < 0) {
-        rc = -errno;
-        hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "cannot create '%s': %s", u->tmp_path,
-                   strerror(-rc));
-        if (u->dst_fd >= 0)
-            unlink(u->tmp_path);
+    u->final_name = hs__asprintf("%s.%s", req->image_id, req->format);
+    u->part_name = hs__asprintf(".%s.%s.part", req->image_id, req->format);
+    u->meta_name = hs__asprintf("%s.json", req->image_id);
+    /* an id given twice, or an image or sidecar of this id there: refused */
+    if (faccessat(u->dirfd, u->final_name, F_OK, AT_SYMLINK_NOFOLLOW) == 0 ||
+        faccessat(u->dirfd, u->meta_name, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+        u->dst_fd = -EEXIST;
+    else
+        u->dst_fd = hs__create_at(u->dirfd, u->part_name, u->mode);
+    if (u->dst_fd < 0) {
+        rc = u->dst_fd;
+        if (rc == -EEXIST && st->image_id)
+            hs_err_set(&req->err, rc, HS_ERR_INPUT, 0, "image store '%s' has an image of id %s "
+                       "already", dir, req->image_id);
+        else
+            hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "cannot create '%s/%s': %s", dir,
+                       u->part_name, strerror(-rc));
+        u->dst_fd = -1;
         dir_free(u);
         return rc;
     }
@@ -326,7 +390,7 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
     rc = dir_kick(u);
     if (rc < 0) {
         hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "cannot queue work: %s", uv_strerror(rc));
-        unlink(u->tmp_path);
+        unlinkat(u->dirfd, u->part_name, 0);
         dir_free(u);
         return rc;
     }
@@ -352,6 +416,7 @@ static void dir_destroy(struct hs_uploader *up)
     struct dir_store *st = up->ctx;
 
     free(st->dir);
+    free(st->image_id);
     free(st);
 }
 
@@ -362,6 +427,7 @@ int hs__dir_new(const struct hs_uploader_env *env, const char *path, struct hs_u
 
     st->dir = hs__strdup(path);
     st->mode = env->store_mode ? env->store_mode : 0600;
+    st->image_id = env->image_id ? hs__strdup(env->image_id) : NULL;
     up->ctx = st;
     return 0;
 }

@@ -262,8 +262,9 @@ static int want_field(const cJSON *f, struct ag_want *w, char *err, size_t errle
         return 0;
     }
     if (!strcmp(k, "priority")) {
-        if (!cJSON_IsNumber(f) || f->valuedouble != (double)(int)f->valuedouble ||
-            f->valuedouble < -1000 || f->valuedouble > 1000) {
+        /* the range first: (int) of a double out of int's range is undefined */
+        if (!cJSON_IsNumber(f) || !(f->valuedouble >= -1000 && f->valuedouble <= 1000) ||
+            f->valuedouble != (double)(int)f->valuedouble) {
             snprintf(err, errlen, "field 'priority' must be a whole number from -1000 to 1000");
             return -1;
         }
@@ -318,9 +319,8 @@ static int want_field(const cJSON *f, struct ag_want *w, char *err, size_t errle
         }
         w->opts.name = s;
     } else if (!strcmp(k, "image_id")) {
-        if (!*s || strlen(s) > AG_ID_MAX || !printable(s, strlen(s))) {
-            snprintf(err, errlen, "field 'image_id' must be 1 to %d printable characters",
-                     AG_ID_MAX);
+        if (hs_image_id_check(s, why, sizeof(why)) < 0) {
+            snprintf(err, errlen, "field 'image_id': %s", why);
             return -1;
         }
         w->opts.image_id = s;

@@ -479,7 +479,7 @@ class AgentTest(GlanceGuestTestCase):
         # the unix socket is as it was
         self.assertEqual(self.agent.request("GET", "/healthz")[0], 200)
 
-    def test_plain_tcp_only_on_loopback(self):
+    def test_secrets_in_the_clear_are_refused_at_start(self):
         self.agent.stop()
         r = subprocess.run([HOTSNAP, "agent", "--state-dir", self.state, "--socket",
                             self.agent.sock, "--listen", "0.0.0.0:%d" % self.agent.port,
@@ -488,6 +488,17 @@ class AgentTest(GlanceGuestTestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("in clear", r.stderr)
         self.assertEqual(r.stderr.count("\n"), 1, r.stderr)
+        # a transport URL (its password) in a file others may read is refused too
+        url_file = os.path.join(self.state, "bus")
+        with open(url_file, "w") as f:
+            f.write("rabbit://u:secret@127.0.0.1:1/\n")
+        os.chmod(url_file, 0o644)
+        r = subprocess.run([HOTSNAP, "agent", "--state-dir", self.state, "--socket",
+                            self.agent.sock, "--transport-url-file", url_file],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("can be read by anyone", r.stderr)
+        self.assertNotIn("secret", r.stderr)
 
     def test_sigkill_mid_job_then_restart(self):
         g = self.guest("ag-kill").start()

@@ -1,11 +1,12 @@
 """Offline snapshots, several disks, and bad input that must change nothing."""
+import hashlib
 import json
 import os
 import unittest
 
 import libvirt
 
-from hsfix import GuestTestCase, hotsnap, images_identical, sh
+from hsfix import GuestTestCase, hotsnap, images_identical, job_active, sh
 
 
 class OfflineTest(GuestTestCase):
@@ -53,6 +54,48 @@ class OfflineTest(GuestTestCase):
         a, b = (os.path.join(self.store, m["file"]) for _, m in imgs)
         self.assertFalse(images_identical(a, b)[0])
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
+
+    def test_a_store_others_can_write_is_refused(self):
+        g = self.guest("off-unsafe").start()
+        os.chmod(self.store, 0o777)
+        run = self.snapshot(g.name)
+        self.assertEqual(run.rc, 1, run.stderr)
+        [res] = run.summary()["results"]
+        self.assertIn("can be written by users other than root (mode 0777)", res["error"])
+        self.assertIn("sticky", res["error"])
+        self.assertEqual(os.listdir(self.store), [])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(job_active(g.dom))  # refused before anything was touched
+        # with the sticky bit nobody can move root's files: it is a store
+        os.chmod(self.store, 0o1777)
+        run = self.snapshot(g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        self.assert_nothing_left()
+
+    def test_an_image_id_names_the_stored_files_once(self):
+        g = self.guest("off-id")
+        image_id = "0b8fd3f6-7b43-4d5c-9d0e-6a3e2b1c4f50"
+        run = self.snapshot("--image-id", image_id, g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        [(img, meta)] = self.image_files(run)
+        self.assertEqual(img["id"], image_id)
+        self.assertEqual(meta["file"], image_id + ".qcow2")
+        path = os.path.join(self.store, meta["file"])
+        with open(path, "rb") as f:
+            before = hashlib.sha512(f.read()).hexdigest()
+        # the same id again: refused, and the first image stays as it was
+        run = self.snapshot("--image-id", image_id, g.name)
+        self.assertEqual(run.rc, 1)
+        self.assertIn("has an image of id %s already" % image_id,
+                      run.summary()["results"][0]["error"])
+        with open(path, "rb") as f:
+            self.assertEqual(hashlib.sha512(f.read()).hexdigest(), before)
+        self.assertTrue(os.path.exists(os.path.join(self.store, image_id + ".json")))
+        # an id that is not a UUID is bad input: nothing starts
+        run = self.snapshot("--image-id", "../../etc/x", g.name)
+        self.assertEqual(run.rc, 2)
+        self.assertIn("not a UUID", run.stderr)
         self.assert_nothing_left()
 
     def test_reader_failure_carries_its_stderr(self):

@@ -117,9 +117,15 @@ static void test_bodies(void)
         {"{\"domain\":1}", "field 'domain' must be a string"},
         {"{\"domain\":\"a\",\"priority\":1.5}", "field 'priority'"},
         {"{\"domain\":\"a\",\"priority\":5000}", "field 'priority'"},
+        {"{\"domain\":\"a\",\"priority\":1e300}", "field 'priority'"}, /* no (int) of it */
+        {"{\"domain\":\"a\",\"priority\":-1e300}", "field 'priority'"},
+        {"{\"domain\":\"a\",\"image_id\":\"x\"}", "not a UUID"},
+        {"{\"domain\":\"a\",\"image_id\":\"../0b8fd3f6-7b43-4d5c-9d0e-6a3e2b1c4f5\"}", "not a UUID"},
         {"{\"domain\":\"a\",\"compress\":\"yes\"}", "field 'compress' must be true or false"},
         {"{\"domain\":\"a\",\"compress\":true,\"format\":\"raw\"}", "needs format qcow2"},
-        {"{\"domain\":\"a\",\"image_id\":\"x\",\"all_disks\":true}", "all_disks"},
+        {"{\"domain\":\"a\",\"image_id\":\"0b8fd3f6-7b43-4d5c-9d0e-6a3e2b1c4f50\","
+         "\"all_disks\":true}",
+         "all_disks"},
         {"{\"domain\":\"a\",\"target\":\"dir:\"}", "field 'target'"},
         {"{\"domain\":\"a\",\"target\":\"dir:/etc\"}", "not a target's name"},
         {"{\"domain\":\"a\",\"target\":\"glance:http://u:pw@h/\"}", "'glance:http://***@h/'"},

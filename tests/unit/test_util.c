@@ -1,5 +1,10 @@
 /* File-system helpers that jobs call at once from worker threads. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <string.h>
 #include <uv.h>
 
@@ -57,9 +62,138 @@ static void test_url_redact(void)
     CHECK(!strcmp(hs__url_redact(NULL, buf, sizeof(buf)), ""));
 }
 
+static void put(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+
+    CHECK(f && fputs(text, f) >= 0 && fclose(f) == 0);
+}
+
+static int holds(const char *path, const char *text)
+{
+    char buf[256] = "";
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    return !strcmp(buf, text);
+}
+
+/* A user who can write in a store plants symlinks where root's files go:
+ * the name the sidecar's temporary file used to have (predictable from the
+ * image id and the pid), and the sidecar's own name. Neither is followed. */
+static void test_write_atomic_follows_no_symlink(void)
+{
+    char d[] = "/tmp/hs-test-atomic-XXXXXX", victim[300], planted[300], final[300];
+    struct stat st;
+
+    CHECK(mkdtemp(d) != NULL);
+    snprintf(victim, sizeof(victim), "%s/victim", d);
+    put(victim, "root's own");
+    CHECK(chmod(victim, 0644) == 0);
+    snprintf(final, sizeof(final), "%s/img.json", d);
+    snprintf(planted, sizeof(planted), "%s.tmp.%d", final, (int)getpid());
+    CHECK(symlink(victim, planted) == 0);
+    CHECK(hs__write_atomic(final, "{}", 2, 0600) == 0);
+    CHECK(holds(victim, "root's own"));
+    CHECK(stat(victim, &st) == 0 && (st.st_mode & 0777) == 0644);
+    CHECK(holds(final, "{}"));
+    /* a symlink at the final name is replaced, what it points to untouched */
+    CHECK(unlink(final) == 0 && symlink(victim, final) == 0);
+    CHECK(hs__write_atomic(final, "[]", 2, 0600) == 0);
+    CHECK(lstat(final, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0777) == 0600);
+    CHECK(holds(victim, "root's own") && holds(final, "[]"));
+    /* no temporary file is left */
+    {
+        char cmd[400];
+
+        snprintf(cmd, sizeof(cmd), "test $(ls -A %s | wc -l) -eq 3", d);
+        CHECK(system(cmd) == 0);
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", d);
+        CHECK(system(cmd) == 0);
+    }
+}
+
+/* Renamed into place without replacing: a name taken stays what it was. */
+static void test_noreplace(void)
+{
+    char d[] = "/tmp/hs-test-noreplace-XXXXXX", a[300], b[300], cmd[300];
+    int fd;
+
+    CHECK(mkdtemp(d) != NULL);
+    fd = open(d, O_RDONLY | O_DIRECTORY);
+    CHECK(fd >= 0);
+    snprintf(a, sizeof(a), "%s/a", d);
+    snprintf(b, sizeof(b), "%s/b", d);
+    put(a, "new");
+    put(b, "old");
+    CHECK(hs__rename_noreplace_at(fd, "a", "b") == -EEXIST);
+    CHECK(holds(b, "old") && holds(a, "new"));
+    CHECK(hs__write_atomic_at(fd, "b", "x", 1, 0600, 1) == -EEXIST);
+    CHECK(holds(b, "old"));
+    CHECK(hs__create_at(fd, "a", 0600) == -EEXIST);
+    CHECK(symlink(a, b) == 0 || errno == EEXIST);
+    CHECK(unlink(b) == 0 && symlink("/etc/passwd", b) == 0);
+    CHECK(hs__create_at(fd, "b", 0600) == -EEXIST); /* not through the link */
+    close(fd);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", d);
+    CHECK(system(cmd) == 0);
+}
+
+/* Scratch that QEMU's user could write in: rm -rf never follows its links. */
+static void test_rm_rf_keeps_what_links_point_to(void)
+{
+    char d[] = "/tmp/hs-test-rmrf-XXXXXX", outside[] = "/tmp/hs-test-outside-XXXXXX";
+    char p[400], cmd[400];
+
+    CHECK(mkdtemp(d) != NULL && mkdtemp(outside) != NULL);
+    snprintf(p, sizeof(p), "%s/keep", outside);
+    put(p, "x");
+    snprintf(p, sizeof(p), "%s/sub", d);
+    CHECK(mkdir(p, 0700) == 0);
+    snprintf(p, sizeof(p), "%s/sub/file", d);
+    put(p, "y");
+    snprintf(p, sizeof(p), "%s/sub/link", d);
+    CHECK(symlink(outside, p) == 0);
+    snprintf(p, sizeof(p), "%s/link", d);
+    CHECK(symlink(outside, p) == 0);
+    CHECK(hs__rm_rf(d) == 0);
+    CHECK(access(d, F_OK) < 0 && errno == ENOENT);
+    snprintf(p, sizeof(p), "%s/keep", outside);
+    CHECK(holds(p, "x"));
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", outside);
+    CHECK(system(cmd) == 0);
+}
+
+/* A store or scratch directory others could write in without the sticky bit. */
+static void test_dir_safe(void)
+{
+    char d[] = "/tmp/hs-test-safe-XXXXXX";
+    struct hs_err err = {0};
+    int fd;
+
+    CHECK(mkdtemp(d) != NULL);
+    fd = open(d, O_RDONLY | O_DIRECTORY);
+    CHECK(chmod(d, 0755) == 0 && hs__dir_safe(fd, d, &err, "image store") == 0);
+    CHECK(chmod(d, 0777) == 0 && hs__dir_safe(fd, d, &err, "image store") == -EPERM);
+    CHECK(strstr(err.msg, "sticky") && strstr(err.msg, "0777"));
+    CHECK(chmod(d, 01777) == 0 && hs__dir_safe(fd, d, &err, "image store") == 0);
+    CHECK(chown(d, 65534, 0) == 0);
+    hs_err_clear(&err);
+    CHECK(hs__dir_safe(fd, d, &err, "image store") == -EPERM && strstr(err.msg, "65534"));
+    close(fd);
+    CHECK(rmdir(d) == 0);
+}
+
 int main(void)
 {
     RUN(test_url_redact);
+    RUN(test_write_atomic_follows_no_symlink);
+    RUN(test_noreplace);
+    RUN(test_rm_rf_keeps_what_links_point_to);
+    RUN(test_dir_safe);
     RUN(test_dir_writable_from_many_threads);
     return 0;
 }
