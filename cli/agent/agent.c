@@ -234,6 +234,32 @@ static int lock_state_dir(struct agent *a, char *err, size_t errlen)
     return 0;
 }
 
+/* The bus's TLS files, there and readable; its key for root alone. */
+static int bus_files_ok(const struct ag_amqp_url *url, char *err, size_t errlen)
+{
+    const char *files[] = {url->ca, url->cert, url->key};
+    const char *what[] = {"ssl_ca_file", "ssl_cert_file", "ssl_key_file"};
+    struct stat st;
+    int i;
+
+    for (i = 0; i < 3; i++) {
+        if (!files[i][0])
+            continue;
+        if (access(files[i], R_OK) < 0 || stat(files[i], &st) < 0) {
+            snprintf(err, errlen, "the transport URL's %s '%s': %s", what[i], files[i],
+                     strerror(errno));
+            return -1;
+        }
+        if (i == 2 && (st.st_mode & 0007)) {
+            snprintf(err, errlen, "the transport URL's ssl_key_file '%s' can be read by anyone "
+                                  "(mode %03o); chmod o-rwx",
+                     files[i], (unsigned)(st.st_mode & 0777));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void closed_quietly(uv_handle_t *h)
 {
 }
@@ -273,10 +299,15 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     if (cfg->transport_url) {
         struct ag_amqp_url url;
 
-        if (ag_amqp_url_parse(cfg->transport_url, &url, err, sizeof(err)) < 0) {
+        if (ag_amqp_url_parse(cfg->transport_url, &url, err, sizeof(err)) < 0 ||
+            bus_files_ok(&url, err, sizeof(err)) < 0) {
+            explicit_bzero(&url, sizeof(url));
             fprintf(stderr, "hotsnap: %s\n", err);
             return 2;
         }
+        if (url.ignored[0])
+            ag_log("warning", "the transport URL's %s: oslo.messaging options the agent does "
+                              "not use", url.ignored);
         explicit_bzero(&url, sizeof(url));
     }
     if (cfg->listen && !cfg->token_file) {

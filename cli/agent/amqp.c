@@ -25,7 +25,10 @@
 #include <unistd.h>
 
 #include <amqp.h>
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "amqp.h"
 #include "api.h"
@@ -252,6 +255,30 @@ static int consume(struct ag_amqp *q, const char *queue)
     return rpc_ok(q, "consuming");
 }
 
+/* AMQP over TLS, in oslo.messaging's terms (the transport URL's query):
+ * TLS 1.2 and up, the broker's certificate checked against ssl_ca_file (else
+ * the system's CAs) and its name against the URL's host unless
+ * ssl_enforce_hostname_verification=false, and a client certificate when
+ * ssl_cert_file and ssl_key_file are given. */
+static amqp_socket_t *tls_socket(struct ag_amqp *q)
+{
+    amqp_socket_t *sock = amqp_ssl_socket_new(q->conn);
+
+    if (!sock)
+        return NULL;
+    if (amqp_ssl_socket_set_ssl_versions(sock, AMQP_TLSv1_2, AMQP_TLSvLATEST) != AMQP_STATUS_OK)
+        return NULL;
+    amqp_ssl_socket_set_verify_peer(sock, 1);
+    amqp_ssl_socket_set_verify_hostname(sock, q->url.verify_hostname);
+    if (q->url.ca[0] ? amqp_ssl_socket_set_cacert(sock, q->url.ca) != AMQP_STATUS_OK
+                     : SSL_CTX_set_default_verify_paths(amqp_ssl_socket_get_context(sock)) != 1)
+        return NULL;
+    if (q->url.cert[0] &&
+        amqp_ssl_socket_set_key(sock, q->url.cert, q->url.key) != AMQP_STATUS_OK)
+        return NULL;
+    return sock;
+}
+
 /* What an oslo.messaging RPC server declares, and consume it all. */
 static int connect_broker(struct ag_amqp *q)
 {
@@ -267,17 +294,22 @@ static int connect_broker(struct ag_amqp *q)
     int i, rc;
 
     q->conn = amqp_new_connection();
-    sock = amqp_tcp_socket_new(q->conn);
+    sock = q->url.ssl ? tls_socket(q) : amqp_tcp_socket_new(q->conn);
     if (!sock) {
-        disconnect(q, "out of memory");
+        disconnect(q, q->url.ssl ? "cannot set up TLS (its files?)" : "out of memory");
         return -1;
     }
+    ERR_clear_error();
     rc = amqp_socket_open_noblock(sock, q->url.host, q->url.port, &tv);
     if (rc != AMQP_STATUS_OK) {
-        char why[512];
+        char why[512], tls[256] = "";
+        unsigned long e = q->url.ssl ? ERR_get_error() : 0;
 
-        snprintf(why, sizeof(why), "cannot reach %s:%d: %s", q->url.host, q->url.port,
-                 amqp_error_string2(rc));
+        if (e)
+            ERR_error_string_n(e, tls, sizeof(tls));
+        ERR_clear_error();
+        snprintf(why, sizeof(why), "cannot reach %s:%d%s: %s%s%s", q->url.host, q->url.port,
+                 q->url.ssl ? " over TLS" : "", amqp_error_string2(rc), tls[0] ? ": " : "", tls);
         disconnect(q, why);
         return -1;
     }
@@ -819,8 +851,9 @@ static void on_async(uv_async_t *h)
                 if (q->ever_up)
                     q->reconnects++;
                 q->ever_up = 1;
-                ag_log("info", "amqp: connected to %s:%d, serving topic '%s' as server '%s'",
-                       q->url.host, q->url.port, q->topic, q->server);
+                ag_log("info", "amqp: connected to %s:%d%s, serving topic '%s' as server '%s'",
+                       q->url.host, q->url.port, q->url.ssl ? " over TLS" : "", q->topic,
+                       q->server);
             } else if (q->connected) {
                 ag_log("warning", "amqp: connection lost (%s); reconnecting", m->body);
             } else {

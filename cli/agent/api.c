@@ -1,5 +1,6 @@
 /* The agent's request grammar, and the bus's transport URL (see api.h). */
 #include <stdio.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -443,17 +444,88 @@ static int pct_decode(const char *s, size_t len, char *out, size_t outlen)
     return 0;
 }
 
+/* oslo.config's booleans, as the URL's query gives them */
+static int oslo_bool(const char *v)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"}, *const no[] = {"false", "0",
+                                                                               "no", "off"};
+    size_t i;
+
+    for (i = 0; i < 4; i++) {
+        if (!strcasecmp(v, yes[i]))
+            return 1;
+        if (!strcasecmp(v, no[i]))
+            return 0;
+    }
+    return -1;
+}
+
+/* The options after '?': oslo.messaging reads them as its [oslo_messaging_rabbit]
+ * options (ConfigOptsProxy); the TLS ones are the agent's too. */
+static int amqp_query(const char *q, struct ag_amqp_url *out, char *err, size_t errlen)
+{
+    while (*q) {
+        size_t len = strcspn(q, "&"), klen = strcspn(q, "=");
+        char key[64], val[512];
+        int b;
+
+        if (klen > len)
+            klen = len;
+        if (klen == 0 || klen >= sizeof(key) || pct_decode(q, klen, key, sizeof(key)) < 0 ||
+            (klen < len ? pct_decode(q + klen + 1, len - klen - 1, val, sizeof(val))
+                        : (val[0] = '\0', 0)) < 0) {
+            snprintf(err, errlen, "the transport URL's options are malformed");
+            return -1;
+        }
+        if (!strcmp(key, "ssl") || !strcmp(key, "ssl_enforce_hostname_verification")) {
+            if ((b = oslo_bool(val)) < 0) {
+                snprintf(err, errlen, "the transport URL's '%s' is not true or false", key);
+                return -1;
+            }
+            *(key[3] ? &out->verify_hostname : &out->ssl) = b;
+        } else if (!strcmp(key, "ssl_ca_file") || !strcmp(key, "ssl_cert_file") ||
+                   !strcmp(key, "ssl_key_file")) {
+            char *dst = key[4] == 'c' && key[5] == 'a' ? out->ca
+                        : key[4] == 'c'                ? out->cert
+                                                       : out->key;
+
+            if (val[0] != '/') {
+                snprintf(err, errlen, "the transport URL's '%s' must be an absolute path", key);
+                return -1;
+            }
+            snprintf(dst, sizeof(out->ca), "%s", val);
+        } else if (!strcmp(key, "ssl_version")) {
+            snprintf(err, errlen, "the transport URL's ssl_version is not taken: the agent speaks "
+                                  "TLS 1.2 and later");
+            return -1;
+        } else {
+            size_t n = strlen(out->ignored);
+
+            snprintf(out->ignored + n, sizeof(out->ignored) - n, "%s%.60s", n ? ", " : "", key);
+        }
+        q += len + (q[len] == '&');
+    }
+    return 0;
+}
+
 int ag_amqp_url_parse(const char *url, struct ag_amqp_url *out, char *err, size_t errlen)
 {
     const char *p, *at, *slash, *hostp, *colon;
     size_t n;
     char port[16];
+    int port_given = 0;
 
     memset(out, 0, sizeof(*out));
     out->port = 5672;
+    out->verify_hostname = 1;
     snprintf(out->vhost, sizeof(out->vhost), "/");
     snprintf(out->user, sizeof(out->user), "guest");
     snprintf(out->pass, sizeof(out->pass), "guest");
+    if (!strncmp(url, "rabbit+ssl://", 13) || !strncmp(url, "amqps://", 8)) {
+        snprintf(err, errlen, "oslo.messaging asks for TLS with rabbit://...?ssl=true, not by "
+                              "the scheme");
+        return -1;
+    }
     if (strncmp(url, "rabbit://", 9)) {
         snprintf(err, errlen, "the transport URL must start with rabbit://");
         return -1;
@@ -490,6 +562,7 @@ int ag_amqp_url_parse(const char *url, struct ag_amqp_url *out, char *err, size_
             return -1;
         }
         out->port = (int)v;
+        port_given = 1;
         n = (size_t)(colon - hostp);
     }
     if (n && hostp[0] == '[' && hostp[n - 1] == ']') {
@@ -512,6 +585,18 @@ int ag_amqp_url_parse(const char *url, struct ag_amqp_url *out, char *err, size_
         }
         if (!out->vhost[0])
             snprintf(out->vhost, sizeof(out->vhost), "/");
+        if (q && amqp_query(q + 1, out, err, errlen) < 0)
+            return -1;
+    }
+    if (out->ssl && !port_given)
+        out->port = 5671; /* kombu's, and so oslo's, default for AMQP over TLS */
+    if (!out->ssl && (out->ca[0] || out->cert[0] || out->key[0])) {
+        snprintf(err, errlen, "the transport URL names TLS files but not ssl=true");
+        return -1;
+    }
+    if (!out->cert[0] != !out->key[0]) {
+        snprintf(err, errlen, "the transport URL's ssl_cert_file and ssl_key_file go together");
+        return -1;
     }
     return 0;
 }

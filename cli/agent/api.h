@@ -94,11 +94,18 @@ struct ag_amqp_url {
     char user[256];
     char pass[256];
     char vhost[256];
+    /* TLS, in oslo.messaging's terms: the query's ssl, ssl_ca_file,
+     * ssl_cert_file, ssl_key_file, ssl_enforce_hostname_verification */
+    int ssl;
+    int verify_hostname; /* 1 unless ssl_enforce_hostname_verification=false */
+    char ca[512], cert[512], key[512];
+    char ignored[256]; /* other oslo options of the query, which the agent does not use */
 };
 
-/* rabbit://USER:PASS@HOST:PORT/VHOST (as Nova's transport_url; one host; user,
- * password and vhost percent-decoded; port 5672 and vhost "/" by default).
- * 0, or -1 with a one-line @err that never shows the password. */
+/* rabbit://USER:PASS@HOST:PORT/VHOST?OPTIONS (as Nova's transport_url; one
+ * host; user, password, vhost and options percent-decoded; port 5672, or
+ * 5671 with ssl, and vhost "/" by default). 0, or -1 with a one-line @err
+ * that never shows the password. */
 int ag_amqp_url_parse(const char *url, struct ag_amqp_url *out, char *err, size_t errlen);
 
 /* An oslo.messaging RPC message, out of its {"oslo.version", "oslo.message"}

@@ -823,19 +823,34 @@ def restart_libvirtd(sig=signal.SIGTERM, down_s=0):
 class RabbitServer:
     """A private RabbitMQ node (Debian's rabbitmq-server, started directly, no
     systemd) on 127.0.0.1 with its own epmd, ports, data and cookie; started,
-    restarted and stopped by PID. The guest user may connect from loopback."""
+    restarted and stopped by PID. The guest user may connect from loopback.
+    With @pki (a TestPKI) it serves AMQP over TLS alone, and asks every client
+    for a certificate of the test CA; self.url is then oslo.messaging's TLS
+    form, with the client's certificate."""
 
-    def __init__(self):
+    def __init__(self, pki=None):
         self.dir = tempfile.mkdtemp(prefix="hstest-rabbit-")
         self.port, self.dist, self.epmd_port = free_port(), free_port(), free_port()
-        self.node = "hstest%d@localhost" % os.getpid()
+        self.node = "hstest%d%s@localhost" % (os.getpid(), "tls" if pki else "")
         self.url = "rabbit://guest:guest@127.0.0.1:%d/" % self.port
         with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as f:
-            f.write("listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n" % self.port)
+            if pki:
+                f.write("listeners.tcp = none\n"
+                        "listeners.ssl.default = 127.0.0.1:%d\n"
+                        "ssl_options.cacertfile = %s\nssl_options.certfile = %s\n"
+                        "ssl_options.keyfile = %s\nssl_options.verify = verify_peer\n"
+                        "ssl_options.fail_if_no_peer_cert = true\nloopback_users = none\n"
+                        % (self.port, pki.ca, pki.server, pki.server_key))
+                self.url = ("rabbit://guest:guest@localhost:%d/?ssl=true&ssl_ca_file=%s"
+                            "&ssl_cert_file=%s&ssl_key_file=%s"
+                            % (self.port, pki.ca, pki.client, pki.client_key))
+            else:
+                f.write("listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n"
+                        % self.port)
         with open(os.path.join(self.dir, "enabled_plugins"), "w") as f:
             f.write("[].\n")
         self.env = dict(os.environ, HOME=self.dir, RABBITMQ_NODENAME=self.node,
-                        RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(self.dist),
+                        RABBITMQ_DIST_PORT=str(self.dist),
                         RABBITMQ_MNESIA_BASE=os.path.join(self.dir, "mnesia"),
                         RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
                         RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "enabled_plugins"),
@@ -844,6 +859,8 @@ class RabbitServer:
                         ERL_EPMD_PORT=str(self.epmd_port), ERL_EPMD_ADDRESS="127.0.0.1",
                         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
                             "-kernel inet_dist_use_interface {127,0,0,1}"))
+        if not pki:
+            self.env["RABBITMQ_NODE_PORT"] = str(self.port)
         self.epmd = subprocess.Popen(["epmd", "-port", str(self.epmd_port),
                                       "-address", "127.0.0.1"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -913,7 +930,7 @@ class TestPKI:
     are readable by all (a broker running as its own user reads them) but for
     the keys, which only root and @key_group may read."""
 
-    def __init__(self, d, key_group=None):
+    def __init__(self, d, key_group=None, server_san="DNS:localhost,IP:127.0.0.1"):
         self.dir = os.path.join(d, "pki")
         os.makedirs(self.dir, exist_ok=True)
         os.chmod(self.dir, 0o755)
@@ -921,8 +938,7 @@ class TestPKI:
         sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
            "-subj", "/CN=hotsnap test CA", "-keyout", self.ca_key, "-out", self.ca)
         self.server, self.server_key = self.sign("server", "localhost",
-                                                 "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                                                 key_group)
+                                                 "subjectAltName=" + server_san, key_group)
         self.client, self.client_key = self.sign("client", "hotsnap test client",
                                                  "extendedKeyUsage=clientAuth", None)
         # another CA, whose certificates nobody here trusts

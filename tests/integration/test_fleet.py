@@ -10,7 +10,7 @@ import unittest
 
 import libvirt
 
-from hsfix import Agent, GlanceGuestTestCase, RabbitServer
+from hsfix import Agent, GlanceGuestTestCase, RabbitServer, TestPKI
 
 import oslo_messaging as om  # noqa: E402 (after hsfix: it sets up nothing of oslo's)
 from oslo_config import cfg  # noqa: E402
@@ -260,6 +260,89 @@ class FleetTest(GlanceGuestTestCase):
             producer = conn.Producer(serializer="json")
             for _ in range(2):
                 producer.publish(body, exchange=ex, routing_key=routing_key)
+
+
+class FleetTLSTest(GlanceGuestTestCase):
+    """The bus over TLS: a RabbitMQ with a TLS listener alone that asks for
+    client certificates, the agent and oslo.messaging both configured by the
+    same transport URL, in oslo.messaging's terms."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        import tempfile
+        cls.pki_dir = tempfile.mkdtemp(prefix="hstest-pki-")
+        # the broker's certificate names localhost only: 127.0.0.1 is not its name
+        cls.pki = TestPKI(cls.pki_dir, server_san="DNS:localhost")
+        cls.rabbit = RabbitServer(pki=cls.pki)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.rabbit.close()
+        import shutil
+        shutil.rmtree(cls.pki_dir, ignore_errors=True)
+        super().tearDownClass()
+
+    def agent_with(self, name, url):
+        state = os.path.join(self.state, name)
+        os.makedirs(state)
+        url_file = os.path.join(state, "transport-url")
+        with open(url_file, "w") as f:
+            f.write(url + "\n")
+        os.chmod(url_file, 0o600)
+        a = Agent(state, "--to", "glance:" + self.glance.url, "--transport-url-file", url_file,
+                  "--rpc-server", name)
+        self.addCleanup(a.stop)
+        return a
+
+    def wait_log(self, agent, words, timeout=60):
+        deadline = time.time() + timeout
+        while words not in agent.read_log():
+            self.assertLess(time.time(), deadline, "never logged %r: %s" % (words,
+                                                                           agent.read_log()))
+            time.sleep(0.2)
+
+    def test_rpc_and_notifications_over_tls(self):
+        g = self.guest("fl-tls").start()
+        a = self.agent_with("host-tls", self.rabbit.url)
+        notes = Notifications(self.rabbit.url)
+        transport = om.get_rpc_transport(CONF, url=self.rabbit.url)
+        try:
+            client = om.get_rpc_client(transport, om.Target(topic="hotsnap"), timeout=60)
+            deadline = time.time() + 60
+            while True:
+                try:
+                    client.prepare(server="host-tls").call({}, "list")
+                    break
+                except om.MessagingTimeout:
+                    self.assertLess(time.time(), deadline)
+            job = client.prepare(server="host-tls").call({}, "snapshot", domain=g.name)
+            end = notes.wait(lambda e: e[2] == "hotsnap.snapshot.end" and e[3]["id"] == job["id"])
+            self.assertEqual(end[3]["state"], "done", end[3].get("error"))
+            self.assert_in_glance(end[3]["images"][0], g.disks[0].path)
+            self.assertIn("over TLS", a.read_log())
+        finally:
+            notes.close()
+            transport.cleanup()
+        base = self.rabbit.url.split("?")[0]
+        query = self.rabbit.url.split("?")[1]
+        # the broker's name is checked: by its address it is not the certificate's
+        b = self.agent_with("host-ip", self.rabbit.url.replace("localhost", "127.0.0.1"))
+        self.wait_log(b, "amqp: not connected")
+        # a broker whose CA is not the one given is not trusted
+        c = self.agent_with("host-ca", self.rabbit.url.replace(self.pki.ca, self.pki.other_ca))
+        self.wait_log(c, "verification failed")
+        # and a client without a certificate is turned away by the broker
+        no_cert = "&".join(o for o in query.split("&") if not o.startswith(("ssl_cert", "ssl_key")))
+        d = self.agent_with("host-nocert", base + "?" + no_cert)
+        self.wait_log(d, "amqp: not connected")
+        # plain AMQP to a TLS listener goes nowhere either
+        e = self.agent_with("host-plain", base)
+        self.wait_log(e, "amqp: not connected")
+        for x in (b, c, d, e):
+            _, text, _ = x.request("GET", "/metrics")
+            self.assertIn("hotsnap_bus_connected 0\n", text)
+            self.assertNotIn("guest:guest", x.read_log())
 
 
 if __name__ == "__main__":

@@ -196,6 +196,24 @@ static void test_transport_url(void)
     CHECK(ag_amqp_url_parse("rabbit://u:hunter2@h:x/", &u, err, sizeof(err)) < 0);
     CHECK(!strstr(err, "hunter2"));
     CHECK(ag_amqp_url_parse("rabbit://u:p%zz@h/", &u, err, sizeof(err)) < 0);
+    /* TLS in oslo.messaging's terms: the query's options */
+    CHECK(ag_amqp_url_parse("rabbit://u:p@h/", &u, err, sizeof(err)) == 0 && !u.ssl);
+    CHECK(ag_amqp_url_parse("rabbit://u:p@h/v?ssl=1&ssl_ca_file=/etc/ca%20x.pem"
+                            "&ssl_cert_file=/c.pem&ssl_key_file=/k.pem&heartbeat_rate=3",
+                            &u, err, sizeof(err)) == 0);
+    CHECK(u.ssl && u.port == 5671 && u.verify_hostname && !strcmp(u.vhost, "v"));
+    CHECK(!strcmp(u.ca, "/etc/ca x.pem") && !strcmp(u.cert, "/c.pem") && !strcmp(u.key, "/k.pem"));
+    CHECK(!strcmp(u.ignored, "heartbeat_rate"));
+    CHECK(ag_amqp_url_parse("rabbit://h:5000/?ssl=True&ssl_enforce_hostname_verification=false",
+                            &u, err, sizeof(err)) == 0);
+    CHECK(u.ssl && u.port == 5000 && !u.verify_hostname);
+    CHECK(ag_amqp_url_parse("rabbit://h/?ssl=maybe", &u, err, sizeof(err)) < 0);
+    CHECK(ag_amqp_url_parse("rabbit://h/?ssl_ca_file=/ca", &u, err, sizeof(err)) < 0 &&
+          strstr(err, "ssl=true"));
+    CHECK(ag_amqp_url_parse("rabbit://h/?ssl=1&ssl_ca_file=ca.pem", &u, err, sizeof(err)) < 0);
+    CHECK(ag_amqp_url_parse("rabbit://h/?ssl=1&ssl_cert_file=/c", &u, err, sizeof(err)) < 0);
+    CHECK(ag_amqp_url_parse("rabbit://h/?ssl=1&ssl_version=TLSv1", &u, err, sizeof(err)) < 0);
+    CHECK(ag_amqp_url_parse("rabbit+ssl://h/", &u, err, sizeof(err)) < 0 && strstr(err, "ssl=true"));
 }
 
 static int unwrap(const char *s, struct ag_rpc *rpc, char *err)
