@@ -1,22 +1,30 @@
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "virt_event.h"
 #include "util.h"
 #define HS_LOG_TAG "event"
 #include "log.h"
 
+/* One poll per watch, on a dup of libvirt's fd that the poll owns: libvirt
+ * closes its fd whenever it likes (on a worker, as a connection dies), and
+ * the next socket made may get that number before the loop has closed the
+ * poll; closing a poll then removes the kernel's watch of that number, the
+ * other socket's. A number of our own is ours until our poll is closed. */
 struct vev_fd {
     uv_poll_t poll; /* data: this */
-    int fd;
-    int uv_events; /* mask started on the uv side */
+    int fd;         /* the dup, closed with the poll */
+    int uv_events;  /* mask started on the uv side */
     struct vev_fd *next;
 };
 
 struct vev_watch {
     int id;
-    int fd;
+    int fd;     /* libvirt's, as its callbacks want it */
+    int dupfd;  /* ours, until a vev_fd takes it; -1 then */
     int events; /* VIR_EVENT_HANDLE_* wanted */
     int deleted;
     virEventHandleCallback cb;
@@ -123,6 +131,11 @@ static void vev_poll_cb(uv_poll_t *handle, int status, int events)
         cb(id, fd, fire, opaque);
         uv_mutex_lock(&ev.lock);
     }
+    if (status < 0) {
+        /* libuv stopped the poll: started again if it is still wanted */
+        pfd->uv_events = 0;
+        vev_changed_locked();
+    }
     uv_mutex_unlock(&ev.lock);
 }
 
@@ -156,7 +169,10 @@ static void vev_idle_cb(uv_idle_t *handle)
 
 static void vev_fd_close_cb(uv_handle_t *handle)
 {
-    free(handle->data);
+    struct vev_fd *pfd = handle->data;
+
+    close(pfd->fd);
+    free(pfd);
     ev.npoll--;
 }
 
@@ -171,20 +187,18 @@ static void vev_timer_close_cb(uv_handle_t *handle)
     free(t);
 }
 
-static struct vev_fd *vev_fd_get(int fd)
+/* A poll of @w's own, on its dup (taken). */
+static struct vev_fd *vev_fd_new(struct vev_watch *w)
 {
-    struct vev_fd *pfd;
+    struct vev_fd *pfd = hs__calloc(1, sizeof(*pfd));
 
-    for (pfd = ev.fds; pfd; pfd = pfd->next)
-        if (pfd->fd == fd)
-            return pfd;
-    pfd = hs__calloc(1, sizeof(*pfd));
-    pfd->fd = fd;
-    if (uv_poll_init(ev.loop, &pfd->poll, fd) < 0) {
-        hs_log(HS_LOG_WARN, "cannot watch fd %d", fd);
+    pfd->fd = w->dupfd;
+    if (uv_poll_init(ev.loop, &pfd->poll, pfd->fd) < 0) {
+        hs_log(HS_LOG_WARN, "cannot watch fd %d", w->fd);
         free(pfd);
         return NULL;
     }
+    w->dupfd = -1;
     pfd->poll.data = pfd;
     ev.npoll++;
     pfd->next = ev.fds;
@@ -203,8 +217,8 @@ static void vev_apply_locked(void)
     for (w = ev.watches; w; w = w->next) {
         if (w->deleted)
             w->pfd = NULL;
-        else if (!w->pfd)
-            w->pfd = vev_fd_get(w->fd);
+        else if (!w->pfd && w->dupfd >= 0)
+            w->pfd = vev_fd_new(w);
     }
     pp = &ev.fds;
     while ((pfd = *pp) != NULL) {
@@ -218,7 +232,7 @@ static void vev_apply_locked(void)
             }
         }
         if (!used) {
-            /* Stop now: libvirt may close the fd as soon as it removed it. */
+            /* its watch is gone: the poll and its dup go */
             *pp = pfd->next;
             uv_poll_stop(&pfd->poll);
             uv_close((uv_handle_t *)&pfd->poll, vev_fd_close_cb);
@@ -301,6 +315,8 @@ static void vev_async_cb(uv_async_t *handle)
     /* Free callbacks may call back into us: run them without the lock. */
     while ((w = dead_w) != NULL) {
         dead_w = w->next;
+        if (w->dupfd >= 0) /* removed before the loop made its poll */
+            close(w->dupfd);
         if (w->ff)
             w->ff(w->opaque);
         free(w);
@@ -321,6 +337,13 @@ int hs__vev_add_handle(int fd, int events, virEventHandleCallback cb, void *opaq
         return -1;
     w = hs__calloc(1, sizeof(*w));
     w->fd = fd;
+    /* here, on libvirt's thread, while its fd is surely open */
+    w->dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (w->dupfd < 0) {
+        hs_log(HS_LOG_WARN, "cannot watch fd %d: %s", fd, strerror(errno));
+        free(w);
+        return -1;
+    }
     w->events = events;
     w->cb = cb;
     w->opaque = opaque;
@@ -328,6 +351,7 @@ int hs__vev_add_handle(int fd, int events, virEventHandleCallback cb, void *opaq
     uv_mutex_lock(&ev.lock);
     if (!ev.bound) {
         uv_mutex_unlock(&ev.lock);
+        close(w->dupfd);
         free(w);
         return -1;
     }

@@ -12,6 +12,7 @@ static int freed[8];
 static int order[16], norder;
 static int in_dispatch;
 static int watch_b = -1;
+static int removed_b;
 
 static void handle_cb(int watch, int fd, int events, void *opaque)
 {
@@ -19,11 +20,14 @@ static void handle_cb(int watch, int fd, int events, void *opaque)
     char buf[16];
 
     fired[i]++;
+    if (i == 1 && removed_b)
+        CHECK(0); /* a watch removed in a dispatch never fires again */
     in_dispatch = 1;
     if (i == 0 && watch_b >= 0) {
         /* removal during dispatch: the other watch on this fd must not fire */
         CHECK(hs__vev_remove_handle(watch_b) == 0);
         watch_b = -1;
+        removed_b = 1;
     }
     if (i == 2)
         (void)!read(fd, buf, sizeof(buf));
@@ -73,7 +77,7 @@ static void test_shared_fd(void)
     b = hs__vev_add_handle(sv[0], VIR_EVENT_HANDLE_READABLE, handle_cb, (void *)1, free_cb);
     CHECK(a > 0 && b > 0 && a != b);
     uv_run(&loop, UV_RUN_NOWAIT);
-    CHECK(hs__vev_poll_count() == 1); /* one uv_poll_t for both watches */
+    CHECK(hs__vev_poll_count() == 2); /* a poll of its own for each, on its own dup */
     CHECK(write(sv[1], "x", 1) == 1);
     uv_run(&loop, UV_RUN_NOWAIT);
     CHECK(fired[0] >= 1 && fired[1] >= 1);
@@ -101,13 +105,17 @@ static void test_remove_in_dispatch(void)
 
     setup();
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
-    /* watches are dispatched newest first: a runs before b and removes it */
+    /* a's callback removes b: b may have had its turn before, never after */
     watch_b = hs__vev_add_handle(sv[0], VIR_EVENT_HANDLE_READABLE, handle_cb, (void *)1, free_cb);
     a = hs__vev_add_handle(sv[0], VIR_EVENT_HANDLE_READABLE, handle_cb, (void *)0, free_cb);
-    CHECK(write(sv[1], "x", 1) == 1);
+    removed_b = 0;
     uv_run(&loop, UV_RUN_NOWAIT);
-    CHECK(fired[0] == 1);
-    CHECK(fired[1] == 0); /* removed by a's callback before its turn */
+    CHECK(write(sv[1], "x", 1) == 1);
+    while (!removed_b)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(fired[0] == 1 && fired[1] <= 1);
+    uv_run(&loop, UV_RUN_NOWAIT); /* the byte is still there: a fires, b does not */
+    CHECK(fired[0] >= 2);
     uv_run(&loop, UV_RUN_NOWAIT);
     CHECK(freed[1] == 1 && freed[0] == 0);
     CHECK(hs__vev_remove_handle(a) == 0);
@@ -215,6 +223,75 @@ static void test_unbind_frees_leftovers(void)
     close(sv[1]);
 }
 
+/* libvirt, on a worker, removes a watch and closes its fd (a connection
+ * that died); the next socket made on the loop gets that number and is
+ * watched by someone else (curl, say) before the loop has closed the old
+ * poll. Closing it must not end the other socket's watch (seen: events of a
+ * reconnected libvirt or of an upload lost after a libvirtd restart). */
+struct remove_arg {
+    int id, fd;
+};
+
+static void thread_remove_close(void *arg)
+{
+    struct remove_arg *ra = arg;
+
+    CHECK(hs__vev_remove_handle(ra->id) == 0);
+    close(ra->fd);
+}
+
+static int other_fired;
+
+static void other_cb(uv_poll_t *p, int status, int events)
+{
+    other_fired = 1;
+    uv_poll_stop(p);
+}
+
+static void nothing(uv_timer_t *t)
+{
+}
+
+static void test_fd_number_reused_after_a_removal_elsewhere(void)
+{
+    struct remove_arg ra;
+    uv_thread_t th;
+    uv_poll_t other;
+    uv_timer_t t;
+    int sv[2], sv2[2], id;
+
+    setup();
+    other_fired = 0;
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    id = hs__vev_add_handle(sv[0], VIR_EVENT_HANDLE_READABLE, handle_cb, (void *)4, free_cb);
+    CHECK(id > 0);
+    uv_run(&loop, UV_RUN_NOWAIT); /* the watch has its poll */
+    ra.id = id;
+    ra.fd = sv[0];
+    CHECK(uv_thread_create(&th, thread_remove_close, &ra) == 0);
+    uv_thread_join(&th);
+    /* the freed number goes to a socket someone else watches, registered
+     * with the kernel before the loop gets to the removal */
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv2) == 0);
+    CHECK(uv_poll_init(&loop, &other, sv2[0]) == 0);
+    CHECK(uv_poll_start(&other, UV_READABLE, other_cb) == 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(write(sv2[1], "z", 1) == 1);
+    uv_timer_init(&loop, &t);
+    uv_timer_start(&t, nothing, 5000, 0);
+    while (!other_fired && uv_is_active((uv_handle_t *)&t))
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(other_fired);
+    CHECK(fired[4] == 0);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_close((uv_handle_t *)&other, NULL);
+    close(sv[1]);
+    teardown();
+    close(sv2[0]);
+    close(sv2[1]);
+    CHECK(freed[4] == 1);
+}
+
 int main(void)
 {
     RUN(test_shared_fd);
@@ -222,5 +299,6 @@ int main(void)
     RUN(test_timers);
     RUN(test_other_thread);
     RUN(test_unbind_frees_leftovers);
+    RUN(test_fd_number_reused_after_a_removal_elsewhere);
     return 0;
 }
