@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "journal.h"
@@ -18,11 +19,17 @@ int hs__journal_open(const char *state_dir, const char *id, struct hs_journal **
 {
     char *dir = hs__journal_dir(state_dir);
     struct hs_journal *j;
+    struct stat st;
     int rc;
 
     /* the state dir holds the scratch dir, which QEMU must traverse: 0711;
-     * the journal itself is root's alone */
+     * the journal itself is root's alone. One made by someone else without
+     * it (systemd's StateDirectoryMode=0700, the agent of an older hotsnap)
+     * gets exactly the traverse bit QEMU needs, o+x: nobody may list it. */
     rc = hs__mkdir_p(state_dir, 0711);
+    if (rc == 0 && stat(state_dir, &st) == 0 && !(st.st_mode & S_IXOTH) &&
+        chmod(state_dir, (st.st_mode & 07777) | S_IXOTH) < 0)
+        rc = -errno;
     if (rc == 0)
         rc = hs__mkdir_p(dir, 0700);
     if (rc < 0) {

@@ -213,7 +213,8 @@ static int lock_state_dir(struct agent *a, char *err, size_t errlen)
     char path[4200];
 
     snprintf(path, sizeof(path), "%s/agent", a->state_dir);
-    if (mkdir(a->state_dir, 0700) < 0 && errno != EEXIST) {
+    /* 0711, as the engine makes it: QEMU traverses it to its scratch */
+    if (mkdir(a->state_dir, 0711) < 0 && errno != EEXIST) {
         snprintf(err, errlen, "cannot create '%s': %s", a->state_dir, strerror(errno));
         return -1;
     }

@@ -1032,16 +1032,18 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Agent:
     """A `hotsnap agent` process, started and stopped by its PID."""
 
-    def __init__(self, state, *args, port=None, env=None):
+    def __init__(self, state, *args, port=None, env=None, home=None):
+        """@home: where its socket, token and log go (default @state)."""
         self.state = state
         self.env = env
-        self.sock = os.path.join(state, "agent.sock")
+        home = home or state
+        self.sock = os.path.join(home, "agent.sock")
         self.port = port or free_port()
-        self.token_file = os.path.join(state, "token")
+        self.token_file = os.path.join(home, "token")
         with open(self.token_file, "w") as f:
             f.write(TOKEN + "\n")
         os.chmod(self.token_file, 0o600)
-        self.log = os.path.join(state, "agent.log")
+        self.log = os.path.join(home, "agent.log")
         self.args = [HOTSNAP, "agent", "--state-dir", state, "--socket", self.sock,
                      "--listen", "127.0.0.1:%d" % self.port, "--token-file", self.token_file,
                      "--log", self.log] + list(args)

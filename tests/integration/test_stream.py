@@ -197,6 +197,44 @@ class StreamTest(EventLogMixin, GlanceGuestTestCase):
 
 
 
+class NewStateDirTest(GlanceGuestTestCase):
+    """A state directory that does not exist yet, or one that systemd made
+    0700: a running guest is streamed, by the command and by the agent."""
+
+    def test_the_command_makes_its_state_directory(self):
+        g = self.guest("sd-cmd").start()
+        for made in (None, 0o700):
+            state = os.path.join(self.state, "new-%s" % made, "state")
+            if made:
+                os.makedirs(state, mode=made)
+                os.chmod(state, made)
+            run = hsfix.hotsnap(state, "snapshot", "--to", "dir:" + self.store, g.name)
+            self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+            self.assertEqual(run.summary()["results"][0]["mode"], "stream")
+            # QEMU's traverse bit and nothing more: nobody may list it
+            self.assertEqual(os.stat(state).st_mode & 0o777, 0o701 if made else 0o711)
+            self.assertEqual(os.listdir(os.path.join(state, "scratch")), [])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(job_active(g.dom))
+
+    def test_the_agent_makes_its_state_directory(self):
+        g = self.guest("sd-agent").start()
+        state = os.path.join(self.state, "agent-new", "state")
+        os.makedirs(os.path.dirname(state))
+        # the socket and the token live beside it, as the unit has them apart
+        agent = hsfix.Agent(state, "--to", "dir:" + self.store, home=os.path.dirname(state))
+        try:
+            status, job, _ = agent.request("POST", "/v1/snapshots", {"domain": g.name})
+            self.assertEqual(status, 202, job)
+            j = agent.wait_ended(job["id"])
+            self.assertEqual(j["state"], "done", j.get("error"))
+            self.assertEqual(j["mode"], "stream")
+        finally:
+            agent.stop()
+        self.assertEqual(os.stat(state).st_mode & 0o777, 0o711)
+        self.assertFalse(job_active(g.dom))
+
+
 class StreamLibvirtdTest(GlanceGuestTestCase):
     """Apart: libvirtd's restart ends the other class's event connection."""
 
