@@ -178,18 +178,24 @@ static int live_ours_active(struct hs_capture *cap, virDomainPtr dom)
     return backup_in(dom, cap->scratch);
 }
 
-/* Worker: abort the backup of @scratch if it runs, and wait until it has gone. */
+/* Worker: abort the backup of @scratch if it runs, and wait until it has
+ * gone: 1 aborted, 0 none of ours, -EAGAIN when libvirt cannot tell (ask
+ * again: it is not \"not ours\"), -EIO when the abort failed. */
 static int backup_abort(virDomainPtr dom, const char *scratch)
 {
-    int i, rc = 0;
+    int i, rc = 0, in = backup_in(dom, scratch);
 
-    if (backup_in(dom, scratch) != 1)
+    if (in < 0)
+        return -EAGAIN;
+    if (in == 0)
         return 0;
     if (virDomainAbortJob(dom) < 0)
         rc = -EIO;
     /* the abort concludes asynchronously: leave no job behind */
-    for (i = 0; i < 100 && backup_in(dom, scratch) == 1; i++)
+    for (i = 0; i < 100 && (in = backup_in(dom, scratch)) == 1; i++)
         usleep(100 * 1000);
+    if (in != 0)
+        return in < 0 ? -EAGAIN : -EIO; /* still there, or cannot tell: not done */
     return rc < 0 ? rc : 1;
 }
 
@@ -603,8 +609,17 @@ static void live_looked(struct hs_virt_call *call, int status)
         }
     }
     l->calling = 0;
-    if (l->state == LIVE_RUNNING && l->cancel)
+    if (l->state == LIVE_RUNNING && (l->cancel || l->cap->domain_gone)) {
         live_send_abort(l);
+    } else if (l->pull && l->state == LIVE_RUNNING && l->waiting && !l->release_after &&
+               !l->look_after) {
+        /* a pull backup that runs on after the reconnect: its exports are
+         * QEMU's, open still; the capture is done as if BackupBegin had
+         * answered, and the job goes on to read them */
+        l->waiting = 0;
+        l->cb(l->cap, 0);
+        return;
+    }
     live_call_done(l);
 }
 
@@ -686,9 +701,14 @@ static int live_cleanup(struct hs_virt_call *call, virConnectPtr conn)
     struct live *l = call->data;
     int rc = 0, i;
 
-    if (l->abort_owed && backup_abort(call->dom, l->cap->scratch) < 0)
+    if (l->abort_owed && (rc = backup_abort(call->dom, l->cap->scratch)) < 0) {
+        if (rc == -EAGAIN)
+            return -EAGAIN; /* the job asks again; nothing else is done meanwhile */
         rc = hs_err_virt(&call->err, -EIO, "cannot abort the backup of domain '%s'",
                          l->cap->info->name);
+    } else {
+        rc = 0;
+    }
     if (live_thaw(call, l) < 0 && rc == 0)
         rc = call->err.code;
     /* the domain stopped meanwhile: with QEMU gone, so are the backup and any
@@ -721,7 +741,7 @@ static void live_cleaned(struct hs_virt_call *call, int status)
         l->state = LIVE_ENDED;
         l->thaw_owed = 0;
         status = 0;
-    } else if (status != -ENOTCONN) {
+    } else if (status != -ENOTCONN && status != -EAGAIN) {
         hs_err_adopt(cap->err, &call->err, status);
     }
     l->cb(cap, status);
@@ -832,7 +852,10 @@ static void live_recover(virConnectPtr conn, const cJSON *doc, cJSON *entry)
         return;
     if (virDomainIsActive(dom) == 1 && scratch) {
         rc = backup_abort(dom, scratch);
-        if (rc < 0)
+        if (rc == -EAGAIN)
+            hs_err_set(&err, -EAGAIN, HS_ERR_LIBVIRT, 0,
+                       "libvirt cannot tell whether the backup still runs: looked at again");
+        else if (rc < 0)
             hs_err_virt(&err, -EIO, "cannot abort the backup job");
         else if (rc > 0)
             snprintf(action, sizeof(action), "backup job aborted");

@@ -94,6 +94,7 @@ static void engine_virt_state(void *data, int up, const struct hs_err *err)
         eng->conn_error[0] = '\0';
         if (eng->recover_pending)
             hs__engine_recover_start(eng);
+        hs__engine_orphans_reconnected(eng);
         return;
     }
     snprintf(eng->conn_error, sizeof(eng->conn_error), "%s", err ? err->msg : "not connected");
@@ -146,6 +147,8 @@ int hs_engine_open(uv_loop_t *loop, const struct hs_engine_opts *opts, struct hs
         opts->scratch_budget ? opts->scratch_budget : engine_default_budget(eng->state_dir);
     uv_timer_init(loop, &eng->stall_timer);
     eng->stall_timer.data = eng;
+    uv_timer_init(loop, &eng->orphan_timer);
+    eng->orphan_timer.data = eng;
     eng->stall_last = uv_hrtime();
     uv_timer_start(&eng->stall_timer, engine_stall_cb, HS_STALL_TICK_MS, HS_STALL_TICK_MS);
     uv_unref((uv_handle_t *)&eng->stall_timer);
@@ -230,6 +233,8 @@ static void engine_timer_closed(uv_handle_t *h)
 {
     struct hs_engine *eng = h->data;
 
+    if (--eng->closing_timers > 0)
+        return;
     eng->sched.kick.data = eng;
     hs__sched_close(&eng->sched, engine_sched_closed);
 }
@@ -238,7 +243,10 @@ void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data)
 {
     eng->close_cb = cb;
     eng->close_data = data;
+    eng->closing = 1; /* orphans left now wait for the next run */
+    eng->closing_timers = 2;
     uv_close((uv_handle_t *)&eng->stall_timer, engine_timer_closed);
+    uv_close((uv_handle_t *)&eng->orphan_timer, engine_timer_closed);
 }
 
 /* ---- list ---- */

@@ -45,6 +45,17 @@ struct hs_engine {
     void *recover_data;
     int recover_pending; /* asked for; waits for the connection */
     cJSON *recover_report;
+    /* journals the engine's own jobs had to leave (a release that could not
+     * finish): recovered again by the engine, with backoff, once libvirt is
+     * there, until each is undone (recover.c) */
+    int orphans;
+    int orphan_busy;
+    uint64_t orphan_backoff_ms;
+    uv_timer_t orphan_timer;
+    struct hs_virt_call orphan_call;
+    cJSON *orphan_report;
+    int closing;
+    int closing_timers;
     hs_close_cb close_cb;
     void *close_data;
 };
@@ -53,5 +64,9 @@ struct hs_engine {
 void hs__engine_emit(struct hs_engine *eng, cJSON *ev);
 /* Run the recovery asked for, now that libvirt is connected (recover.c). */
 void hs__engine_recover_start(struct hs_engine *eng);
+/* A job left its journal for recovery: the engine recovers it itself. */
+void hs__engine_orphaned(struct hs_engine *eng);
+/* libvirt is back: orphans are looked at now (recover.c). */
+void hs__engine_orphans_reconnected(struct hs_engine *eng);
 
 #endif

@@ -30,6 +30,7 @@
 #include "log.h"
 
 #define HS_CONN_WAIT_MS 120000
+#define HS_RELEASE_TRIES 10 /* 1 s, 2 s, ... 10 s apart: 55 s in all */
 
 static void job_step(struct hs_job *job);
 static void job_advance(struct hs_job *job);
@@ -310,6 +311,30 @@ static int job_inspect(struct hs_job *job)
 
 /* ---- prepare: the journal, then the scratch directory it names ---- */
 
+/* Each image's id, chosen now and journaled before anything is made of it,
+ * with where it goes (no credentials): recovery finds what a dead run left
+ * in a store by them. */
+static void job_journal_images(struct hs_job *job)
+{
+    cJSON *arr = cJSON_AddArrayToObject(job->journal->doc, "images");
+    size_t i;
+
+    cJSON_AddStringToObject(job->journal->doc, "target", job->target_shown);
+    for (i = 0; i < job->ndisks; i++) {
+        struct hs_job_disk *d = &job->disks[i];
+        cJSON *o = cJSON_CreateObject();
+
+        if (job->image_id)
+            snprintf(d->image_id, sizeof(d->image_id), "%s", job->image_id);
+        else
+            hs__uuid4(d->image_id);
+        cJSON_AddStringToObject(o, "disk", d->img.disk);
+        cJSON_AddStringToObject(o, "id", d->image_id);
+        cJSON_AddStringToObject(o, "format", d->img.format);
+        cJSON_AddItemToArray(arr, o);
+    }
+}
+
 /* Worker: the file system can take milliseconds a file (ext4 looking for a
  * free inode among many just deleted), which a loop with many jobs cannot give. */
 static void job_prepare_work(uv_work_t *w)
@@ -326,6 +351,7 @@ static void job_prepare_work(uv_work_t *w)
     cJSON_AddStringToObject(job->journal->doc, "uuid", job->info.uuid);
     cJSON_AddStringToObject(job->journal->doc, "scratch", job->scratch);
     cJSON_AddNumberToObject(job->journal->doc, "started", job->t_start);
+    job_journal_images(job);
     text = hs__journal_render(job->journal);
     rc = hs__mkdir_p(job->scratch_root, 0711);
     if (rc == 0 && hs__dir_writable(job->scratch_root, &job->err, "scratch directory") < 0)
@@ -703,6 +729,14 @@ static void job_gone_says_why(struct hs_job *job)
                job->info.name, job->cap.gone_how);
 }
 
+static void job_release_again_cb(uv_timer_t *t)
+{
+    struct hs_job *job = t->data;
+
+    if (job_release(job) < 0)
+        job_advance(job);
+}
+
 static void job_released(struct hs_capture *cap, int status)
 {
     struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
@@ -712,7 +746,20 @@ static void job_released(struct hs_capture *cap, int status)
         job_conn_wait(job, JOB_WAIT_RELEASE);
         return;
     }
+    if (status == -EAGAIN && job->release_tries < HS_RELEASE_TRIES) {
+        /* libvirt could not tell whether what is ours still runs: ask again */
+        hs_log(HS_LOG_WARN, "job %s: libvirt cannot tell whether the backup of '%s' still "
+               "runs; looking again", job->id, job->info.name);
+        job->release_tries++;
+        uv_timer_start(&job->kick, job_release_again_cb, 1000u * (unsigned)job->release_tries, 0);
+        return;
+    }
     job->released = status == 0;
+    if (status == -EAGAIN)
+        hs_err_set(&job->err, -EAGAIN, HS_ERR_LIBVIRT, 0,
+                   "libvirt could not tell whether the backup of domain '%s' still runs; "
+                   "hotsnap ends it once libvirt can",
+                   job->info.name);
     job_gone_says_why(job);
     job_advance(job);
 }
@@ -819,6 +866,7 @@ static int job_upload_next(struct hs_job *job)
         d->src = hs__source_stream(file);
     }
     memset(req, 0, sizeof(*req));
+    snprintf(req->image_id, sizeof(req->image_id), "%s", d->image_id); /* journaled */
     req->src = d->src;
     req->name = d->name;
     req->format = d->img.format;
@@ -848,7 +896,13 @@ static void job_cleanup_work(uv_work_t *w)
 {
     struct hs_job *job = hs_container_of(w, struct hs_job, work);
 
-    job->work_rc = job->scratch ? hs__rm_rf(job->scratch) : 0;
+    /* a capture not released may still use its scratch (a backup writing
+     * its copy-before-write data there): it stays, for the recovery that
+     * undoes the rest, and is removed with it */
+    if (job->captured && !job->released)
+        job->work_rc = 0;
+    else
+        job->work_rc = job->scratch ? hs__rm_rf(job->scratch) : 0;
 }
 
 static void job_cleanup_done(uv_work_t *w, int status)
@@ -859,10 +913,13 @@ static void job_cleanup_done(uv_work_t *w, int status)
         hs__job_warn(job, "cannot remove scratch '%s': %s", job->scratch, strerror(-job->work_rc));
     /* The journal goes once the domain is as it was and the scratch is gone;
      * else it stays for the next run to finish the job. */
-    if ((job->captured && !job->released) || job->work_rc < 0)
+    if ((job->captured && !job->released) || job->work_rc < 0) {
         hs__journal_abandon(job->journal);
-    else
+        if (job->journal)
+            hs__engine_orphaned(job->eng); /* the engine finishes it, once it can */
+    } else {
         hs__journal_remove(job->journal);
+    }
     job->journal = NULL;
     job_advance(job);
 }
@@ -1148,6 +1205,8 @@ static int job_fail_start(struct hs_job *job, char *errbuf, size_t errlen)
     free(job->domain_arg);
     free(job->tmpl);
     free(job->scratch_root);
+    free(job->target_shown);
+    free(job->image_id);
     free(job);
     return rc;
 }
@@ -1213,6 +1272,13 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     env.stall_s = opts->stall_timeout > 0 ? opts->stall_timeout : HS_DEFAULT_STALL_TIMEOUT;
     env.store_mode = opts->store_mode ? opts->store_mode : 0600;
     rc = eng->new_uploader(&env, opts->target ? opts->target : target, &job->up, &job->err);
+    {
+        char shown[1024];
+
+        job->target_shown =
+            hs__strdup(hs__url_redact(opts->target ? opts->target : target, shown, sizeof(shown)));
+    }
+    job->image_id = opts->image_id ? hs__strdup(opts->image_id) : NULL;
     free(target);
     if (rc < 0)
         return job_fail_start(job, errbuf, errlen);
@@ -1301,6 +1367,8 @@ static void job_kick_closed(uv_handle_t *h)
     free(job->tmpl);
     free(job->scratch_root);
     free(job->scratch);
+    free(job->target_shown);
+    free(job->image_id);
     free(job);
 }
 

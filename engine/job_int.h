@@ -58,6 +58,8 @@ struct hs_job {
     double t_start, t_end;
     /* options */
     char *domain_arg;
+    char *target_shown; /* its spec, credentials hidden: for the journal */
+    char *image_id;     /* the caller's, or NULL */
     char *tmpl;
     char *scratch_root;
     enum hs_mode mode;
@@ -111,6 +113,7 @@ struct hs_job {
     int adopted; /* the current disk's backup is published unconverted */
     int released;
     int canceled;
+    int release_tries; /* a release libvirt could not answer, asked again */
     struct hs_err err;
     hs_job_cb cb;
     void *data;

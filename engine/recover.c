@@ -79,6 +79,65 @@ static int recover_kill_children(const char *scratch)
     return n;
 }
 
+/* What a dead run left in a dir: store of its journaled images: the parts
+ * being written, the sidecars' temporary files, and an image renamed into
+ * place whose sidecar (what says it is published) was never written. */
+static void recover_store(const cJSON *doc, cJSON *entry)
+{
+    const char *target = hs__jstr(doc, "target");
+    const cJSON *img;
+    cJSON *removed = NULL;
+    int fd;
+
+    if (!target || strncmp(target, "dir:", 4))
+        return;
+    fd = open(target + 4, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    cJSON_ArrayForEach(img, cJSON_GetObjectItemCaseSensitive(doc, "images")) {
+        const char *id = hs__jstr(img, "id"), *fmt = hs__jstr(img, "format");
+        char name[256], meta[256], tmp_prefix[256];
+        struct dirent *de;
+        DIR *d;
+        int dfd;
+
+        if (!id || !fmt || strchr(id, '/') || strchr(fmt, '/'))
+            continue;
+        snprintf(meta, sizeof(meta), "%s.json", id);
+        snprintf(tmp_prefix, sizeof(tmp_prefix), ".%s.json.", id);
+        snprintf(name, sizeof(name), ".%s.%s.part", id, fmt);
+        if (unlinkat(fd, name, 0) == 0) {
+            if (!removed)
+                removed = cJSON_AddArrayToObject(entry, "store_removed");
+            cJSON_AddItemToArray(removed, cJSON_CreateString(name));
+        }
+        snprintf(name, sizeof(name), "%s.%s", id, fmt);
+        if (faccessat(fd, meta, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+            unlinkat(fd, name, 0) == 0) {
+            if (!removed)
+                removed = cJSON_AddArrayToObject(entry, "store_removed");
+            cJSON_AddItemToArray(removed, cJSON_CreateString(name));
+        }
+        dfd = dup(fd);
+        d = dfd >= 0 ? fdopendir(dfd) : NULL;
+        if (!d && dfd >= 0)
+            close(dfd);
+        while (d && (de = readdir(d)) != NULL) {
+            size_t n = strlen(de->d_name);
+
+            if (!strncmp(de->d_name, tmp_prefix, strlen(tmp_prefix)) && n > 4 &&
+                !strcmp(de->d_name + n - 4, ".tmp") && unlinkat(fd, de->d_name, 0) == 0) {
+                if (!removed)
+                    removed = cJSON_AddArrayToObject(entry, "store_removed");
+                cJSON_AddItemToArray(removed, cJSON_CreateString(de->d_name));
+            }
+        }
+        if (d)
+            closedir(d);
+    }
+    close(fd);
+}
+
 static int recover_one(struct hs_engine *eng, virConnectPtr conn, const char *dir,
                        const char *file, cJSON *report)
 {
@@ -121,7 +180,10 @@ static int recover_one(struct hs_engine *eng, virConnectPtr conn, const char *di
         cJSON_AddStringToObject(entry, "action", "none: nothing to undo for this backend");
     else
         cJSON_AddStringToObject(entry, "action", "none: the job had not touched the domain");
-    if (scratch && hs__rm_rf(scratch) == 0)
+    recover_store(doc, entry);
+    /* the scratch goes once what used it is gone: a backup that could not be
+     * ended may still write its copy-before-write data there */
+    if (!cJSON_GetObjectItemCaseSensitive(entry, "error") && scratch && hs__rm_rf(scratch) == 0)
         cJSON_AddStringToObject(entry, "removed", scratch);
     if (!cJSON_GetObjectItemCaseSensitive(entry, "error")) {
         unlink(path);
@@ -140,15 +202,14 @@ cleanup:
     return done;
 }
 
-static int recover_work(struct hs_virt_call *call, virConnectPtr conn)
+/* Worker: every journal of a dead run (one whose lock can be taken) into @report. */
+static int recover_pass(struct hs_engine *eng, virConnectPtr conn, cJSON *report)
 {
-    struct hs_engine *eng = call->data;
     char *dir = hs__journal_dir(eng->state_dir);
     DIR *d = opendir(dir);
     struct dirent *de;
     size_t len;
 
-    eng->recover_report = cJSON_CreateArray();
     if (!d) {
         free(dir);
         return 0;
@@ -156,12 +217,20 @@ static int recover_work(struct hs_virt_call *call, virConnectPtr conn)
     while ((de = readdir(d)) != NULL) {
         len = strlen(de->d_name);
         if (len > 5 && !strcmp(de->d_name + len - 5, ".json"))
-            recover_one(eng, conn, dir, de->d_name, eng->recover_report);
+            recover_one(eng, conn, dir, de->d_name, report);
     }
     closedir(d);
     free(dir);
     /* lost on the way: the journals not undone stay, and it runs again */
     return virConnectIsAlive(conn) == 1 ? 0 : -EIO;
+}
+
+static int recover_work(struct hs_virt_call *call, virConnectPtr conn)
+{
+    struct hs_engine *eng = call->data;
+
+    eng->recover_report = cJSON_CreateArray();
+    return recover_pass(eng, conn, eng->recover_report);
 }
 
 static void recover_done(struct hs_virt_call *call, int status)
@@ -198,4 +267,89 @@ int hs_engine_recover(struct hs_engine *eng, hs_recover_cb cb, void *data)
     else
         eng->recover_pending = 1;
     return 0;
+}
+
+/* ---- the engine's own orphans ---- */
+
+#define HS_ORPHAN_BACKOFF_MIN_MS 2000
+#define HS_ORPHAN_BACKOFF_MAX_MS 60000
+
+static void orphan_timer_cb(uv_timer_t *t);
+
+static int orphan_work(struct hs_virt_call *call, virConnectPtr conn)
+{
+    struct hs_engine *eng = call->data;
+
+    eng->orphan_report = cJSON_CreateArray();
+    return recover_pass(eng, conn, eng->orphan_report);
+}
+
+static void orphan_schedule(struct hs_engine *eng, uint64_t ms)
+{
+    if (!eng->closing && !eng->orphan_busy)
+        uv_timer_start(&eng->orphan_timer, orphan_timer_cb, ms, 0);
+}
+
+static void orphan_done(struct hs_virt_call *call, int status)
+{
+    struct hs_engine *eng = call->data;
+    cJSON *report = eng->orphan_report, *e, *ev;
+    int left = status < 0;
+
+    eng->orphan_report = NULL;
+    eng->orphan_busy = 0;
+    cJSON_ArrayForEach(e, report) {
+        /* what was undone, or why not yet: told like a job's news */
+        ev = cJSON_Duplicate(e, 1);
+        cJSON_AddStringToObject(ev, "event", "recovered");
+        if (cJSON_GetObjectItemCaseSensitive(e, "error")) {
+            left = 1;
+            hs_log(HS_LOG_WARN, "a journal left by job %s is not undone yet: %s",
+                   cJSON_GetStringValue(cJSON_GetObjectItem(e, "job")) ?: "?",
+                   cJSON_GetStringValue(cJSON_GetObjectItem(e, "error")));
+        }
+        hs__engine_emit(eng, ev);
+    }
+    cJSON_Delete(report);
+    if (!left) {
+        eng->orphans = 0;
+        eng->orphan_backoff_ms = HS_ORPHAN_BACKOFF_MIN_MS;
+        return;
+    }
+    eng->orphan_backoff_ms *= 2;
+    if (eng->orphan_backoff_ms > HS_ORPHAN_BACKOFF_MAX_MS)
+        eng->orphan_backoff_ms = HS_ORPHAN_BACKOFF_MAX_MS;
+    orphan_schedule(eng, eng->orphan_backoff_ms);
+}
+
+static void orphan_timer_cb(uv_timer_t *t)
+{
+    struct hs_engine *eng = t->data;
+
+    if (eng->closing || eng->orphan_busy || !eng->orphans)
+        return;
+    if (!hs__virt_up(eng->virt))
+        return; /* once libvirt is back (hs__engine_orphans_reconnected) */
+    eng->orphan_call.data = eng;
+    if (hs__virt_queue(eng->virt, &eng->orphan_call, NULL, orphan_work, orphan_done) == 0)
+        eng->orphan_busy = 1;
+    else
+        orphan_schedule(eng, eng->orphan_backoff_ms);
+}
+
+void hs__engine_orphaned(struct hs_engine *eng)
+{
+    eng->orphans = 1;
+    if (!eng->orphan_backoff_ms)
+        eng->orphan_backoff_ms = HS_ORPHAN_BACKOFF_MIN_MS;
+    if (!uv_is_active((uv_handle_t *)&eng->orphan_timer))
+        orphan_schedule(eng, eng->orphan_backoff_ms);
+}
+
+void hs__engine_orphans_reconnected(struct hs_engine *eng)
+{
+    if (eng->orphans) {
+        eng->orphan_backoff_ms = HS_ORPHAN_BACKOFF_MIN_MS;
+        orphan_schedule(eng, 0);
+    }
 }

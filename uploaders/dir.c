@@ -32,8 +32,7 @@
 
 struct dir_store {
     char *dir;
-    unsigned mode;  /* of images and sidecars: 0600 unless the operator serves the store */
-    char *image_id; /* the caller's, or NULL: a random UUID per image */
+    unsigned mode; /* of images and sidecars: 0600 unless the operator serves the store */
 };
 
 struct dir_upload {
@@ -345,9 +344,7 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
     req->up = up;
     req->cb = cb;
     req->sent = 0;
-    if (st->image_id)
-        snprintf(req->image_id, sizeof(req->image_id), "%s", st->image_id);
-    else
+    if (!req->image_id[0])
         hs__uuid4(req->image_id);
     u->req = req;
     u->dir = dir;
@@ -371,7 +368,7 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
         u->dst_fd = hs__create_at(u->dirfd, u->part_name, u->mode);
     if (u->dst_fd < 0) {
         rc = u->dst_fd;
-        if (rc == -EEXIST && st->image_id)
+        if (rc == -EEXIST)
             hs_err_set(&req->err, rc, HS_ERR_INPUT, 0, "image store '%s' has an image of id %s "
                        "already", dir, req->image_id);
         else
@@ -416,7 +413,6 @@ static void dir_destroy(struct hs_uploader *up)
     struct dir_store *st = up->ctx;
 
     free(st->dir);
-    free(st->image_id);
     free(st);
 }
 
@@ -427,7 +423,6 @@ int hs__dir_new(const struct hs_uploader_env *env, const char *path, struct hs_u
 
     st->dir = hs__strdup(path);
     st->mode = env->store_mode ? env->store_mode : 0600;
-    st->image_id = env->image_id ? hs__strdup(env->image_id) : NULL;
     up->ctx = st;
     return 0;
 }

@@ -899,6 +899,8 @@ static int glance_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_up
     u->g = g;
     if (g->image_id)
         snprintf(u->id, sizeof(u->id), "%s", g->image_id);
+    else if (req->image_id[0])
+        snprintf(u->id, sizeof(u->id), "%s", req->image_id); /* the job's, journaled */
     else
         hs__uuid4(u->id);
     uv_timer_init(up->loop, &u->backoff);

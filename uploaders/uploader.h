@@ -33,8 +33,11 @@ struct hs_upload_req {
     hs_upload_progress_cb on_progress; /* optional */
     hs_upload_warn_cb on_warn;         /* optional */
     void *data;                        /* the caller's */
-    /* out */
+    /* in and out: the image's id, chosen by the caller before begin (the
+     * job journals it first, so that a dead run's files and records can be
+     * found); a Glance that needs a new record replaces it */
     char image_id[64];
+    /* out */
     char *location; /* owned by the request; free with hs__upload_req_clear */
     uint64_t sent;
     char left_behind[64]; /* a record the upload made and could not delete (the first, when

@@ -408,7 +408,7 @@ class WriterGuest(Guest):
     BLOCKS = 4096
 
     def __init__(self, c, name, disks=1, rate=300, size_mb=256, data_mb=4, agent=False,
-                 freeze_delay=0):
+                 freeze_delay=0, thaw_delay=0):
         kernel, initrd = guest_kernel()
         self.c = c
         self.name = PREFIX + name
@@ -432,7 +432,8 @@ class WriterGuest(Guest):
     <memballoon model='none'/>
   </devices>
 </domain>""" % (domain_type(), self.name, kernel, initrd, devs, self.BLOCKS, rate,
-                " hsfd=%d" % freeze_delay if freeze_delay else "",
+                (" hsfd=%d" % freeze_delay if freeze_delay else "") +
+                (" hstd=%d" % thaw_delay if thaw_delay else ""),
                 "".join(d.xml().replace("type='qcow2'/>", "type='qcow2' cache='none'/>")
                         for d in self.disks), self.console,
                 "<channel type='unix'><source mode='bind'/>"

@@ -324,5 +324,40 @@ class FilesTest(FaultTestCase):
         self.assert_promise(g)
 
 
+class KilledMidUploadTest(FaultTestCase):
+
+    def test_store_files_of_a_killed_run_are_removed(self):
+        # the command SIGKILLed while its images are being written into a
+        # store: the next run (here `recover`) removes the parts it left
+        gs = [self.guest("ku-%d" % i, size_mb=512, data_mb=400).start() for i in range(3)]
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, *[g.name for g in gs])
+        deadline = time.time() + 120
+        while True:
+            parts = [f for f in os.listdir(self.store) if f.endswith(".part")]
+            if parts:
+                run.p.send_signal(signal.SIGSTOP)  # held: the part stays as it is
+                if [f for f in os.listdir(self.store) if f.endswith(".part")]:
+                    break
+                run.p.send_signal(signal.SIGCONT)  # it was done a moment ago: the next
+            self.assertIsNone(run.p.poll(), "the run ended before it wrote a part")
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.005)
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        self.assertTrue([f for f in os.listdir(self.store) if f.endswith(".part")])
+        rec = hotsnap(self.state, "recover")
+        self.assertEqual(rec.rc, 0, rec.stderr)
+        removed = [f for e in rec.events if e.get("event") == "recovered"
+                   for f in e.get("store_removed", [])]
+        self.assertTrue(any(f.endswith(".part") for f in removed), rec.events)
+        # what is left in the store is published: each image with its sidecar
+        left = os.listdir(self.store)
+        self.assertEqual([f for f in left if f.startswith(".")], [])
+        for f in left:
+            if f.endswith(".qcow2"):
+                self.assertIn(f[:-len(".qcow2")] + ".json", left)
+        for g in gs:
+            self.assert_promise(g)
+
 if __name__ == "__main__":
     unittest.main()

@@ -238,6 +238,37 @@ class NewStateDirTest(GlanceGuestTestCase):
 class StreamLibvirtdTest(GlanceGuestTestCase):
     """Apart: libvirtd's restart ends the other class's event connection."""
 
+    def test_libvirtd_killed_as_the_backup_began(self):
+        # the backup has begun, and the call that began it has not returned
+        # (the guest agent's thaw hook holds it) when libvirtd is killed: on
+        # the new connection the backup is found running on, and the job
+        # goes on from its exports (it used to wait for ever, the backup and
+        # its copy-before-write data growing)
+        g = self.writer("st-began", size_mb=512, data_mb=160, agent=True, thaw_delay=8)
+        g.wait_agent()
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, g.name)
+        deadline = time.time() + 120
+        while not g.console_lines("HS-THAW-WAITS"):
+            self.assertLess(time.time(), deadline, "the thaw never began")
+            time.sleep(0.05)
+        self.assertTrue(job_active(g.dom))  # the backup runs
+        hsfix.restart_libvirtd(signal.SIGKILL, down_s=2)
+        type(self).c = self.c = hsfix.conn()
+        g.c = self.c
+        g.dom = self.c.lookupByName(g.name)
+        run.finish(timeout=400)
+        self.assertEqual(run.rc, 0, "%s %s" % (run.stderr, run.events[-5:]))
+        [res] = run.summary()["results"]
+        self.assertEqual(res["mode"], "stream")
+        self.assertIn("down", [e.get("connection") for e in run.events])
+        [(img, meta)] = self.image_files(run)
+        ok, msg = check_images(g.BLOCKS, os.path.join(self.store, meta["file"]))
+        self.assertTrue(ok, msg)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(job_active(g.dom))
+        g.assert_fs_writable()
+        self.assert_nothing_left()
+
     def test_libvirtd_restarted_mid_stream(self):
         # QEMU serves the export: the stream goes on while libvirtd is away,
         # and the backup is ended once it is back

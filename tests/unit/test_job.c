@@ -266,7 +266,9 @@ static void run_job(void)
     snprintf(path, sizeof(path), "%s/journal", tmpdir);
     CHECK(dir_empty(path) || t.release_status); /* the journal goes once released */
     snprintf(path, sizeof(path), "%s/scratch", tmpdir);
-    CHECK(dir_empty(path)); /* scratch cleaned on every path */
+    /* scratch cleaned on every path but one: a capture not released may
+     * still use it, and the recovery of its journal removes it */
+    CHECK(dir_empty(path) || t.release_status);
     fprintf(stderr, "  states: %s\n  tasks:%s\n  error: %s\n", t.states, t.tasks,
             hs_job_error(t.job) ? hs_job_error(t.job) : "-");
 }
@@ -378,7 +380,15 @@ static void test_release_failure_keeps_journal(void)
     CHECK(t.uploads == 0);
     snprintf(path, sizeof(path), "%s/journal", tmpdir);
     CHECK(!dir_empty(path)); /* the next run finishes what the release could not */
+    snprintf(path, sizeof(path), "%s/scratch", tmpdir);
+    CHECK(!dir_empty(path)); /* and the scratch it may still use stays with it */
     hs_job_free(t.job);
+    {
+        char cmd[600];
+
+        snprintf(cmd, sizeof(cmd), "rm -rf %s/journal/* %s/scratch/*", tmpdir, tmpdir);
+        CHECK(system(cmd) == 0);
+    }
 }
 
 static void test_bad_input(void)
