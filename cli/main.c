@@ -99,6 +99,9 @@ static void usage(FILE *f)
         "      --attempts N       tries per upload for transient failures (default 5)\n"
         "      --stall-timeout S  seconds an upload may make no progress before it is\n"
         "                         retried (default 30)\n"
+        "      --glance-outage S  seconds Glance may be away (refused, 502-504: a restart)\n"
+        "                         before an upload fails; such tries are not attempts\n"
+        "                         (default 180; 0: they are)\n"
         "      --store-mode MODE  file mode of images in a dir: store, octal (default 0600:\n"
         "                         root only; e.g. 0640 to serve the store to a group)\n"
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
@@ -223,6 +226,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_MATCH,
         OPT_FROM,
         OPT_STALL_TIMEOUT,
+        OPT_GLANCE_OUTAGE,
         OPT_STORE_MODE,
         OPT_SOCKET,
         OPT_SOCKET_GROUP,
@@ -264,6 +268,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"max-rate", required_argument, NULL, OPT_MAX_RATE},
         {"attempts", required_argument, NULL, OPT_ATTEMPTS},
         {"stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT},
+        {"glance-outage", required_argument, NULL, OPT_GLANCE_OUTAGE},
         {"store-mode", required_argument, NULL, OPT_STORE_MODE},
         {"max-captures", required_argument, NULL, OPT_MAX_CAPTURES},
         {"max-extracts", required_argument, NULL, OPT_MAX_EXTRACTS},
@@ -425,6 +430,12 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             if (parse_long(optarg, 10, 1, 3600, &v) < 0)
                 die_usage("--stall-timeout '%s' is not a number of seconds from 1 to 3600", optarg);
             cli->sopts.stall_timeout = (int)v;
+            break;
+        case OPT_GLANCE_OUTAGE:
+            if (parse_long(optarg, 10, 0, 3600, &v) < 0)
+                die_usage("--glance-outage '%s' is not a number of seconds from 0 to 3600",
+                          optarg);
+            cli->sopts.upload_outage = v ? (int)v : -1;
             break;
         case OPT_STORE_MODE:
             if (parse_long(optarg, 8, 0400, 0666, &v) < 0 || !(v & 0400))

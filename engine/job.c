@@ -1270,6 +1270,9 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     env.max_rate = opts->max_rate;
     env.attempts = opts->upload_attempts;
     env.stall_s = opts->stall_timeout > 0 ? opts->stall_timeout : HS_DEFAULT_STALL_TIMEOUT;
+    env.outage_s = opts->upload_outage > 0    ? opts->upload_outage
+                   : opts->upload_outage == 0 ? HS_DEFAULT_OUTAGE
+                                              : 0;
     env.store_mode = opts->store_mode ? opts->store_mode : 0600;
     rc = eng->new_uploader(&env, opts->target ? opts->target : target, &job->up, &job->err);
     {

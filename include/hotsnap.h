@@ -25,6 +25,7 @@ extern "C" {
 #define HS_DEFAULT_URI "qemu:///system"
 #define HS_DEFAULT_STATE_DIR "/var/lib/hotsnap"
 #define HS_DEFAULT_STALL_TIMEOUT 30 /* seconds */
+#define HS_DEFAULT_OUTAGE 180       /* seconds */
 
 enum hs_log_level {
     HS_LOG_ERROR,
@@ -160,6 +161,10 @@ struct hs_snapshot_opts {
     /* dir: targets */
     unsigned store_mode; /* mode of image files and sidecars; 0: 0600 (root only) */
     int priority;         /* higher is served first when resources are short */
+    /* glance targets: seconds Glance may be away (refused, unreachable, HTTP
+       502/503/504, as in a restart) before an upload fails, such tries not
+       counting as attempts; 0: HS_DEFAULT_OUTAGE; < 0: none (they count) */
+    int upload_outage;
 };
 
 typedef void (*hs_job_cb)(struct hs_job *job, int status, void *data);

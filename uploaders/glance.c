@@ -44,6 +44,10 @@
 
 #define GLANCE_BACKOFF_MS 500
 #define GLANCE_BACKOFF_MAX_MS 8000
+/* Glance away (refused, unreachable, 502/503/504): tried again, backing off
+ * to 16 s, for the target's outage_s before the upload gives up; a restart
+ * (an upgrade) is routine and such tries do not count against the attempts */
+#define GLANCE_OUTAGE_BACKOFF_MAX_MS 16000
 /* curl's upload buffer and our reads: 254 MB/s alone against curl -T's 268
  * (bench/upload.py); 256 KiB cost 270 KiB per open upload (engine-scale). */
 #define GLANCE_CHUNK (64 * 1024)
@@ -59,6 +63,7 @@ struct glance {
     char *image_id; /* the operator's id for the (only) image */
     uint64_t max_rate;
     int attempts;
+    int outage_s; /* 0: an outage's tries count as attempts */
     int stall_s;
 };
 
@@ -102,6 +107,8 @@ struct glance_up {
     char forbidden[512]; /* the 403 that sent us to import, reported if import is not offered */
     int streamed; /* the stream was read before: a retry rewinds it */
     int paused;            /* curl waits for the next chunk */
+    double outage_since;   /* when Glance stopped answering, or 0 */
+    int outage_tries;
     char sha512_hex[129];
     uv_timer_t backoff;
     int fail_code;
@@ -547,12 +554,44 @@ static uint64_t backoff_ms(int attempt)
     return d < GLANCE_BACKOFF_MAX_MS ? d : GLANCE_BACKOFF_MAX_MS;
 }
 
-/* A transient failure: @next after a backoff, or give up after the last attempt. */
-static void gu_retry(struct glance_up *u, const char *why, enum glance_step next)
+/* Glance is not there to answer (not a failure of the request itself). */
+static int unreachable(CURLcode rc, long status)
+{
+    return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+           (rc == CURLE_OK && (status == 502 || status == 503 || status == 504));
+}
+
+/* A transient failure: @next after a backoff, or give up after the last
+ * attempt; while Glance is away (@away), after outage_s of it. */
+static void gu_retry_as(struct glance_up *u, const char *why, enum glance_step next, int away)
 {
     unsigned jitter = 0;
     uint64_t delay;
 
+    if (away && u->g->outage_s > 0 && !u->canceled) {
+        double now = hs__now();
+
+        if (!u->outage_since) {
+            u->outage_since = now;
+            u->outage_tries = 0;
+        }
+        if (now - u->outage_since < u->g->outage_s) {
+            delay = backoff_ms(++u->outage_tries) * 2;
+            if (delay > GLANCE_OUTAGE_BACKOFF_MAX_MS)
+                delay = GLANCE_OUTAGE_BACKOFF_MAX_MS;
+            hs_log(HS_LOG_INFO, "upload of '%s': %s; Glance is away, again in %.1f s",
+                   u->req->name, why, (double)delay / 1000);
+            u->resume = next;
+            uv_timer_start(&u->backoff, gu_backoff_cb, delay, 0);
+            return;
+        }
+        if (!u->req->err.code)
+            hs_err_set(&u->req->err, -EIO, HS_ERR_HTTP, 0,
+                       "upload of image '%s' failed: Glance did not answer for %d s: %s",
+                       u->req->name, u->g->outage_s, why);
+        gu_fail(u);
+        return;
+    }
     if (++u->attempt >= u->g->attempts || u->canceled) {
         if (!u->req->err.code)
             hs_err_set(&u->req->err, -EIO, HS_ERR_HTTP, 0,
@@ -564,10 +603,16 @@ static void gu_retry(struct glance_up *u, const char *why, enum glance_step next
     hs_log(HS_LOG_INFO, "upload of '%s': %s; try %d of %d", u->req->name, why, u->attempt + 1,
            u->g->attempts);
     delay = backoff_ms(u->attempt);
+    u->outage_since = 0;
     if (getrandom(&jitter, sizeof(jitter), 0) == sizeof(jitter))
         delay += jitter % (delay / 2 + 1);
     u->resume = next;
     uv_timer_start(&u->backoff, gu_backoff_cb, delay, 0);
+}
+
+static void gu_retry(struct glance_up *u, const char *why, enum glance_step next)
+{
+    gu_retry_as(u, why, next, 0);
 }
 
 /* The current record cannot take the data: doom it and make a new one, with
@@ -760,6 +805,8 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
         return;
     }
     if (transient(rc, status)) {
+        int away = unreachable(rc, status);
+
         switch (u->step) {
         case G_UPLOAD:
             gu_retry(u, why, G_CHECK); /* did any of it arrive? */
@@ -769,13 +816,15 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
             gu_replace(u, why);
             return;
         case G_AUTH:
-            gu_retry(u, why, u->resume);
+            gu_retry_as(u, why, u->resume, away);
             return;
         default:
-            gu_retry(u, why, u->step); /* the same request again (create: the same id) */
+            /* the same request again (create: the same id), Glance's restart waited out */
+            gu_retry_as(u, why, u->step, away);
             return;
         }
     }
+    u->outage_since = 0; /* it answered */
     if (status == 401 && u->g->keystone && !u->reauthed && u->step != G_AUTH) {
         /* the token ended early (revoked, clock skew): renew once, same step */
         u->reauthed = 1;
@@ -977,6 +1026,7 @@ int hs__glance_new(const struct hs_uploader_env *env, const char *url, struct hs
     g->max_rate = env->max_rate;
     g->attempts = env->attempts > 0 ? env->attempts : 5;
     g->stall_s = env->stall_s > 0 ? env->stall_s : HS_DEFAULT_STALL_TIMEOUT;
+    g->outage_s = env->outage_s > 0 ? env->outage_s : 0;
     up->ctx = g;
     return 0;
 }

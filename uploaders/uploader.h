@@ -68,6 +68,7 @@ struct hs_uploader_env {
     uint64_t max_rate;    /* bytes/s per upload, 0 = unlimited */
     int attempts;         /* tries per upload for transient failures */
     int stall_s;          /* seconds without progress before a transfer is retried */
+    int outage_s;         /* seconds the store may be away before it fails; 0: none */
     unsigned store_mode;  /* dir: file mode of images and sidecars */
 };
 

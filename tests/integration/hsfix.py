@@ -607,10 +607,15 @@ config_file = /etc/glance/glance-api-paste.ini
         self.stop()
         raise RuntimeError("glance-api did not come up")
 
-    def stop(self):
+    def stop(self, sig=signal.SIGKILL):
+        """SIGKILL, or SIGTERM as its service script stops it."""
         if self.proc:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
             self.proc = None
 
     def close(self):

@@ -191,12 +191,31 @@ class GlanceTest(GlanceGuestTestCase):
         down.stop()
         try:
             t0 = time.time()
-            run = self.to_glance("--attempts", "3", g.name, glance=down)
+            run = self.to_glance("--attempts", "3", "--glance-outage", "0", g.name, glance=down)
             self.assertEqual(run.rc, 1)
             err = run.summary()["results"][0]["error"]
             self.assertIn("failed after 3 attempts", err)
             self.assertIn("onnect", err)  # curl's "Couldn't connect" / "Connection refused"
             self.assertLess(time.time() - t0, 60)
+        finally:
+            down.close()
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
+
+    def test_glance_down_is_waited_out_for_the_outage_window_only(self):
+        g = self.guest("gl-away").start()
+        down = GlanceServer()
+        down.stop()
+        try:
+            t0 = time.time()
+            run = self.to_glance("--attempts", "1", "--glance-outage", "5", g.name, glance=down)
+            took = time.time() - t0
+            self.assertEqual(run.rc, 1)
+            err = run.summary()["results"][0]["error"]
+            # one attempt allowed, yet tried for the whole window: an outage's
+            # tries are not attempts
+            self.assertIn("Glance did not answer for 5 s", err)
+            self.assertGreaterEqual(took, 5)
         finally:
             down.close()
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)

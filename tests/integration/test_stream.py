@@ -142,6 +142,31 @@ class StreamTest(EventLogMixin, GlanceGuestTestCase):
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
         self.assert_nothing_left()
 
+    def test_glance_stopped_while_saving_and_started_seconds_later(self):
+        # an upgrade's restart, as its service script does it, with the
+        # default attempts: the retries outlast it, and the record the dead
+        # Glance left saving is replaced by one that takes the image
+        g = self.big_writer("st-glance-term")
+        for img in self.glance.images():
+            self.glance.api("DELETE", "/v2/images/" + img["id"])
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--max-rate",
+                  "20M", g.name)
+        run.until(lambda ev: ev.get("phase") == "upload" and ev.get("percent", 0) > 10)
+        self.assertEqual([i["status"] for i in self.glance.images()], ["saving"])
+        self.glance.stop(signal.SIGTERM)
+        time.sleep(4)  # the outage itself: Glance is away this long
+        self.glance.start()
+        run.finish()
+        self.assertEqual(run.rc, 0, run.stderr + str(run.summary()))
+        [res] = run.summary()["results"]
+        [img] = res["images"]
+        # one active, verified image: the saving record was deleted
+        self.assertEqual([(i["id"], i["status"]) for i in self.glance.images()],
+                         [(img["id"], "active")])
+        self.assert_in_glance(g, img["id"])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
+
     def test_scratch_filesystem_that_fills_ends_the_backup_first(self):
         # a 24 MiB scratch filesystem, a writing guest and a slow upload: the
         # overwritten blocks would fill it; the backup ends before they do
