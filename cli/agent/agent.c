@@ -72,8 +72,9 @@ static void ops_news(void *data, enum ag_news what, int status, const cJSON *job
 {
     struct agent *a = data;
 
-    if (!a->amqp || what == AG_NEWS_INTERRUPTED)
-        return; /* a dead run's jobs got no notification before; none now */
+    if (!a->amqp)
+        return;
+    /* every job that had its start gets one end: a dead run's jobs an error */
     if (what == AG_NEWS_ACCEPTED)
         ag_amqp_notify(a->amqp, "hotsnap.snapshot.start", "INFO", job);
     else
@@ -161,19 +162,25 @@ static void recovered(struct hs_engine *eng, int status, const cJSON *report, vo
     ag_ops_recovered(a->ops, report);
     ag_log("info", "ready");
     /* the bus's requests wait in their queues until now */
-    if (a->cfg->transport_url && !a->stopping) {
-        struct ag_amqp_config qc = {
-            .url = a->cfg->transport_url,
-            .topic = a->cfg->rpc_topic,
-            .server = a->cfg->rpc_server,
-            .exchange = a->cfg->control_exchange,
-            .state_dir = a->state_dir,
-        };
-        char err[512];
+    if (a->amqp && !a->stopping)
+        ag_amqp_serve(a->amqp);
+}
 
-        if (ag_amqp_start(&a->loop, a->ops, &qc, &a->amqp, err, sizeof(err)) < 0)
-            ag_log("error", "the bus: %s", err);
-    }
+/* The bus, from the start: it publishes notifications (a dead run's jobs'
+ * errors among them) at once, and serves requests once recovery has run. */
+static int bus_start(struct agent *a, char *err, size_t errlen)
+{
+    struct ag_amqp_config qc = {
+        .url = a->cfg->transport_url,
+        .topic = a->cfg->rpc_topic,
+        .server = a->cfg->rpc_server,
+        .exchange = a->cfg->control_exchange,
+        .dirfd = a->dirfd,
+    };
+
+    if (!a->cfg->transport_url)
+        return 0;
+    return ag_amqp_start(&a->loop, a->ops, &qc, &a->amqp, err, errlen);
 }
 
 /* ---- signals ---- */
@@ -202,6 +209,8 @@ static void on_signal(uv_signal_t *h, int signum)
     ag_log("info", "%s: canceling %d snapshot(s) and stopping",
            signum == SIGINT ? "interrupted" : "terminated", ag_ops_running(a->ops));
     a->stopping = 1;
+    if (a->amqp)
+        ag_amqp_stopping(a->amqp);
     if (ag_ops_stop(a->ops) == 0)
         uv_stop(&a->loop);
 }
@@ -373,7 +382,8 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     hc.tls_client_ca = cfg->tls_client_ca;
     hc.max_connections = cfg->max_connections > 0 ? cfg->max_connections : 256;
     hc.event_backlog = cfg->event_backlog ? cfg->event_backlog : 256 << 10;
-    if (ag_http_start(&a->loop, a->ops, &a->m, &hc, &hooks, &a->http, err, sizeof(err)) < 0) {
+    if (ag_http_start(&a->loop, a->ops, &a->m, &hc, &hooks, &a->http, err, sizeof(err)) < 0 ||
+        bus_start(a, err, sizeof(err)) < 0) {
         fprintf(stderr, "hotsnap: %s\n", err);
         return 2;
     }

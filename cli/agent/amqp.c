@@ -11,8 +11,14 @@
  * A delivery is acked once what it asked is done and, for a snapshot, the
  * job is accepted and recorded; a redelivery (after a reconnect) carries the
  * same _unique_id, which is the job's idempotency key, so it starts nothing
- * new. Notifications are appended to <state>/agent/outbox.jsonl before they
- * are handed to the thread and leave it when the broker confirms them.
+ * new. A request the agent cannot take now (libvirt away, the running cap)
+ * is held and tried again, unacked; one that comes while the agent stops
+ * stays unacked, and the broker gives it back when the connection closes,
+ * to another agent or to the next start.
+ *
+ * The thread connects, and publishes notifications, from the start; it
+ * consumes requests only once the agent serves (ag_amqp_serve: recovery has
+ * run). Notifications go through the outbox (see outbox_append).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +38,7 @@
 
 #include "amqp.h"
 #include "api.h"
+#include "files.h"
 #include "log.h"
 #include "rpc.h"
 
@@ -41,6 +48,8 @@
 #define AQ_FANOUT_EXPIRES 1800000 /* ms: oslo's rabbit_transient_queues_ttl */
 #define AQ_BACKOFF_MAX_MS 15000
 #define AQ_STOP_GRACE_MS 5000
+#define AQ_HELD_RETRY_MS 2000 /* a request held (libvirt away, the cap) is tried again */
+#define AQ_OUTBOX "outbox.jsonl"
 
 enum aq_kind {
     AQ_DELIVERY,  /* thread -> loop */
@@ -49,6 +58,7 @@ enum aq_kind {
     AQ_PUBLISH,   /* loop -> thread: a reply */
     AQ_NOTIFY,    /* loop -> thread: a notification, kept until confirmed */
     AQ_ACK,       /* loop -> thread */
+    AQ_SERVE,     /* loop -> thread: declare and consume the RPC queues */
 };
 
 struct aq_msg {
@@ -73,7 +83,9 @@ struct ag_amqp {
     struct ag_ops *ops;
     struct ag_amqp_url url;
     char *topic, *server, *exchange;
-    char outbox[4200];
+    int dirfd;     /* <state>/agent, borrowed */
+    int outbox_fd; /* outbox.jsonl, appended by the loop */
+    int sync_fd;   /* the same file, fdatasynced by the thread */
     uv_thread_t thread;
     uv_async_t async;
     int wake_fd;
@@ -86,7 +98,12 @@ struct ag_amqp {
     int connected;
     unsigned reconnects;
     int ever_up;
+    int stopping;               /* requests now go back to the broker */
+    struct aq_call *held;       /* requests the agent could not take yet */
+    uint64_t gen_seen;          /* the connection the thread says is up */
+    uv_timer_t held_timer;
     /* the thread's */
+    int serving;
     amqp_connection_state_t conn;
     uint64_t gen;
     uint64_t published;          /* publishes on this connection, for confirms */
@@ -279,19 +296,16 @@ static amqp_socket_t *tls_socket(struct ag_amqp *q)
     return sock;
 }
 
-/* What an oslo.messaging RPC server declares, and consume it all. */
+static int serve_queues(struct ag_amqp *q);
+
+/* Connect, log in, open the channel in confirm mode; consume the RPC queues
+ * once the agent serves. */
 static int connect_broker(struct ag_amqp *q)
 {
     struct timeval tv = {5, 0};
     amqp_socket_t *sock;
     amqp_rpc_reply_t r;
-    char server_q[600], fanout_x[300], fanout_q[400];
-    amqp_table_entry_t exp = {.key = amqp_cstring_bytes("x-expires"),
-                              .value = {.kind = AMQP_FIELD_KIND_I32,
-                                        .value = {.i32 = AQ_FANOUT_EXPIRES}}};
-    amqp_table_t fanout_args = {1, &exp};
-    unsigned char rnd[16];
-    int i, rc;
+    int rc;
 
     q->conn = amqp_new_connection();
     sock = q->url.ssl ? tls_socket(q) : amqp_tcp_socket_new(q->conn);
@@ -328,10 +342,38 @@ static int connect_broker(struct ag_amqp *q)
     amqp_basic_qos(q->conn, AQ_CHANNEL, 0, AQ_PREFETCH, 0);
     if (rpc_ok(q, "setting the prefetch") < 0)
         goto fail;
+    if (q->serving && serve_queues(q) < 0)
+        goto fail;
+    q->gen++;
+    q->published = 0;
+    {
+        struct aq_msg *m = aq_new(AQ_STATE, NULL, NULL, "", 0);
+
+        m->up = 1;
+        m->gen = q->gen;
+        to_loop(q, m);
+    }
+    return 0;
+fail:
+    disconnect(q, "the broker refused a declaration");
+    return -1;
+}
+
+/* What an oslo.messaging RPC server declares, and consume it all. */
+static int serve_queues(struct ag_amqp *q)
+{
+    char server_q[600], fanout_x[300], fanout_q[400];
+    amqp_table_entry_t exp = {.key = amqp_cstring_bytes("x-expires"),
+                              .value = {.kind = AMQP_FIELD_KIND_I32,
+                                        .value = {.i32 = AQ_FANOUT_EXPIRES}}};
+    amqp_table_t fanout_args = {1, &exp};
+    unsigned char rnd[16];
+    int i;
+
     amqp_exchange_declare(q->conn, AQ_CHANNEL, amqp_cstring_bytes(q->exchange),
                           amqp_cstring_bytes("topic"), 0, 0, 0, 0, amqp_empty_table);
     if (rpc_ok(q, "declaring the control exchange") < 0)
-        goto fail;
+        return -1;
     snprintf(server_q, sizeof(server_q), "%s.%s", q->topic, q->server);
     snprintf(fanout_x, sizeof(fanout_x), "%s_fanout", q->topic);
     if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) < 0)
@@ -341,26 +383,15 @@ static int connect_broker(struct ag_amqp *q)
         i += snprintf(fanout_q + i, sizeof(fanout_q) - (size_t)i, "%02x", rnd[k]);
     if (declare_queue(q, q->topic, q->exchange, q->topic, 0, amqp_empty_table) < 0 ||
         declare_queue(q, server_q, q->exchange, server_q, 0, amqp_empty_table) < 0)
-        goto fail;
+        return -1;
     amqp_exchange_declare(q->conn, AQ_CHANNEL, amqp_cstring_bytes(fanout_x),
                           amqp_cstring_bytes("fanout"), 0, 0, 1, 0, amqp_empty_table);
     if (rpc_ok(q, "declaring the fanout exchange") < 0 ||
         declare_queue(q, fanout_q, fanout_x, q->topic, 0, fanout_args) < 0)
-        goto fail;
+        return -1;
     if (consume(q, q->topic) < 0 || consume(q, server_q) < 0 || consume(q, fanout_q) < 0)
-        goto fail;
-    q->gen++;
-    q->published = 0;
-    {
-        struct aq_msg *m = aq_new(AQ_STATE, NULL, NULL, "", 0);
-
-        m->up = 1;
-        to_loop(q, m);
-    }
+        return -1;
     return 0;
-fail:
-    disconnect(q, "the broker refused a declaration");
-    return -1;
 }
 
 static int publish(struct ag_amqp *q, const char *exchange, const char *key, const char *body,
@@ -430,19 +461,20 @@ static void confirmed(struct ag_amqp *q, uint64_t tag, int multiple)
     }
 }
 
-/* What the loop sent: replies, notifications, acks. */
+/* What the loop sent: replies, notifications, acks. New notifications are
+ * on disk for good (fdatasync) before the broker may see them. */
 static void thread_drain(struct ag_amqp *q)
 {
-    struct aq_msg *m, *next;
+    struct aq_msg *m, *next, *fresh = NULL, **tail = &fresh;
 
     for (m = aq_take_locked(q, &q->to_thread); m; m = next) {
         next = m->next;
         switch (m->kind) {
         case AQ_NOTIFY:
-            aq_push(&q->notifs, m);
-            if (q->conn)
-                publish_notif(q, m);
-            continue; /* kept until confirmed */
+            m->next = NULL;
+            *tail = m;
+            tail = &m->next;
+            continue; /* published below, kept until confirmed */
         case AQ_PUBLISH:
             if (q->conn)
                 publish(q, m->exchange, m->key, m->body, m->len, 0);
@@ -452,12 +484,27 @@ static void thread_drain(struct ag_amqp *q)
                 amqp_basic_ack(q->conn, AQ_CHANNEL, m->tag, 0) != AMQP_STATUS_OK)
                 disconnect(q, "an ack failed");
             break;
+        case AQ_SERVE:
+            q->serving = 1;
+            if (q->conn && serve_queues(q) < 0)
+                disconnect(q, "the broker refused a declaration");
+            break;
         case AQ_DELIVERY:
         case AQ_CONFIRMED:
         case AQ_STATE:
             break;
         }
         aq_free(m);
+    }
+    if (!fresh)
+        return;
+    if (fdatasync(q->sync_fd) < 0)
+        ag_log("warning", "amqp: cannot sync the outbox: %s", strerror(errno));
+    for (m = fresh; m; m = next) {
+        next = m->next;
+        aq_push(&q->notifs, m);
+        if (q->conn)
+            publish_notif(q, m);
     }
 }
 
@@ -551,6 +598,8 @@ static void thread_main(void *arg)
         uv_mutex_unlock(&q->mu);
         if (stop && !stop_at)
             stop_at = now_ms() + AQ_STOP_GRACE_MS;
+        if (stop_at)
+            thread_drain(q); /* the last notifications count as waiting too */
         /* stopping: once every notification is confirmed, or time is up */
         if (stop_at && (!q->notifs.head || !q->conn || now_ms() >= stop_at))
             break;
@@ -595,39 +644,40 @@ static void thread_main(void *arg)
 
 /* ---- the loop's side ---- */
 
-/* One notification as a line of the outbox file. */
-static void outbox_line(FILE *f, const char *key, const char *body)
+/*
+ * The outbox, <state>/agent/outbox.jsonl: an append-only log of a line per
+ * notification ({"seq", "key", "body"}) and a line per confirm ({"done":
+ * seq}). The loop only appends, with write(2) and no fsync (the kernel has
+ * the line if the agent is killed; the history is kept the same way); the
+ * thread fdatasyncs the file before it publishes what it was handed, so a
+ * host that crashes cannot lose a notification the broker may have seen.
+ * A confirm costs one short line, and the file is emptied (truncated) once
+ * nothing is pending. It is read, and rewritten with what is pending, once,
+ * at start.
+ */
+static void outbox_append(struct ag_amqp *q, cJSON *line)
 {
-    cJSON *o = cJSON_CreateObject();
-    char *s;
+    char *s = cJSON_PrintUnformatted(line);
+    size_t len;
 
-    cJSON_AddStringToObject(o, "key", key);
-    cJSON_AddStringToObject(o, "body", body);
-    s = cJSON_PrintUnformatted(o);
-    fprintf(f, "%s\n", s);
+    cJSON_Delete(line);
+    if (!s)
+        return;
+    len = strlen(s);
+    s[len] = '\n'; /* one write: one whole line */
+    if (write(q->outbox_fd, s, len + 1) != (ssize_t)(len + 1))
+        ag_log("warning", "amqp: cannot write the outbox: %s", strerror(errno));
     free(s);
-    cJSON_Delete(o);
 }
 
-static void outbox_write(struct ag_amqp *q)
+static void outbox_notif(struct ag_amqp *q, uint64_t seq, const char *key, const char *body)
 {
-    char tmp[4210];
-    struct aq_msg *m;
-    FILE *f;
+    cJSON *o = cJSON_CreateObject();
 
-    snprintf(tmp, sizeof(tmp), "%s.tmp", q->outbox);
-    f = fopen(tmp, "we");
-    if (!f) {
-        ag_log("warning", "amqp: cannot write '%s': %s", tmp, strerror(errno));
-        return;
-    }
-    for (m = q->outbox_list.head; m; m = m->next)
-        outbox_line(f, m->key, m->body);
-    if (fflush(f) != 0 || fsync(fileno(f)) < 0)
-        ag_log("warning", "amqp: cannot write '%s': %s", tmp, strerror(errno));
-    fclose(f);
-    if (rename(tmp, q->outbox) < 0)
-        ag_log("warning", "amqp: cannot replace '%s': %s", q->outbox, strerror(errno));
+    cJSON_AddNumberToObject(o, "seq", (double)seq);
+    cJSON_AddStringToObject(o, "key", key);
+    cJSON_AddStringToObject(o, "body", body);
+    outbox_append(q, o);
 }
 
 /* Hand a notification to the thread, remembering it until confirmed. */
@@ -637,6 +687,7 @@ static void notif_send(struct ag_amqp *q, const char *key, const char *body)
     struct aq_msg *m = aq_new(AQ_NOTIFY, NULL, key, body, strlen(body));
 
     keep->seq = m->seq = ++q->next_seq;
+    outbox_notif(q, keep->seq, key, body); /* in the outbox before the thread has it */
     aq_push(&q->outbox_list, keep);
     to_thread(q, m);
 }
@@ -682,7 +733,6 @@ void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *prior
     struct tm tm;
     char *body;
     size_t n, i;
-    FILE *f;
 
     hex_uuid(id, 1);
     clock_gettime(CLOCK_REALTIME, &now);
@@ -704,14 +754,6 @@ void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *prior
     cJSON_AddItemToObject(msg, "payload", cJSON_Duplicate(job, 1));
     cJSON_AddStringToObject(msg, "timestamp", ts);
     body = envelope(msg);
-    /* on disk before the thread has it */
-    f = fopen(q->outbox, "ae");
-    if (f) {
-        outbox_line(f, key, body);
-        if (fflush(f) != 0 || fsync(fileno(f)) < 0)
-            ag_log("warning", "amqp: cannot write '%s': %s", q->outbox, strerror(errno));
-        fclose(f);
-    }
     notif_send(q, key, body);
     free(body);
 }
@@ -719,7 +761,9 @@ void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *prior
 static void on_confirmed(struct ag_amqp *q, uint64_t seq)
 {
     struct aq_msg *m, *prev = NULL;
+    cJSON *done;
 
+    /* confirms come in order, mostly: the head first */
     for (m = q->outbox_list.head; m; prev = m, m = m->next) {
         if (m->seq == seq) {
             aq_unlink(&q->outbox_list, prev, m);
@@ -728,11 +772,13 @@ static void on_confirmed(struct ag_amqp *q, uint64_t seq)
         }
     }
     if (!q->outbox_list.head) {
-        if (truncate(q->outbox, 0) < 0 && errno != ENOENT)
-            ag_log("warning", "amqp: cannot empty '%s': %s", q->outbox, strerror(errno));
-    } else {
-        outbox_write(q);
+        if (ftruncate(q->outbox_fd, 0) < 0)
+            ag_log("warning", "amqp: cannot empty the outbox: %s", strerror(errno));
+        return;
     }
+    done = cJSON_CreateObject();
+    cJSON_AddNumberToObject(done, "done", (double)seq);
+    outbox_append(q, done);
 }
 
 /* ---- requests ---- */
@@ -741,7 +787,47 @@ struct aq_call {
     struct ag_amqp *q;
     uint64_t gen, tag;
     char *msg_id, *reply_q;
+    char *body; /* the message, to try again when held */
+    size_t len;
+    struct aq_call *next; /* held */
 };
+
+static void call_free(struct aq_call *c)
+{
+    free(c->msg_id);
+    free(c->reply_q);
+    free(c->body);
+    free(c);
+}
+
+static void call_dispatch(struct aq_call *c);
+
+/* The delivery is answered: ack it. */
+static void call_ack(struct aq_call *c)
+{
+    struct aq_msg *m = aq_new(AQ_ACK, NULL, NULL, NULL, 0);
+
+    m->gen = c->gen;
+    m->tag = c->tag;
+    to_thread(c->q, m);
+    call_free(c);
+}
+
+static void held_cb(uv_timer_t *t)
+{
+    struct ag_amqp *q = t->data;
+    struct aq_call *c = q->held, *next;
+
+    q->held = NULL;
+    for (; c; c = next) {
+        next = c->next;
+        c->next = NULL;
+        if (c->gen != q->gen_seen) /* its delivery ended with its connection: it comes again */
+            call_free(c);
+        else
+            call_dispatch(c);
+    }
+}
 
 static const char *class_of(int status)
 {
@@ -758,13 +844,29 @@ static const char *class_of(int status)
     return "Unavailable";
 }
 
-/* Answer a call (result or failure), then ack its delivery. */
+/* Answer a call (result or failure), then ack its delivery. What the agent
+ * cannot take now is not answered: held and tried again, or, while the
+ * agent stops, given back to the broker. */
 static void call_done(void *data, const struct ag_rpc_answer *a)
 {
     struct aq_call *c = data;
     struct ag_amqp *q = c->q;
-    struct aq_msg *m;
 
+    if ((a->status == 503 || a->status == 429) && c->body) {
+        if (q->stopping) {
+            /* left unacked: the broker gives it back when the connection
+             * closes, to another agent or to this one's next start (a
+             * reject now would only bring it straight back here) */
+            call_free(c);
+            return;
+        }
+        ag_log("info", "amqp: a request waits: %s", a->error ? a->error : "unavailable");
+        c->next = q->held;
+        q->held = c;
+        if (!uv_is_active((uv_handle_t *)&q->held_timer))
+            uv_timer_start(&q->held_timer, held_cb, AQ_HELD_RETRY_MS, 0);
+        return;
+    }
     if (c->reply_q && c->msg_id) {
         cJSON *msg = cJSON_CreateObject();
         char uid[40], *body;
@@ -800,36 +902,41 @@ static void call_done(void *data, const struct ag_rpc_answer *a)
     } else if (a->error) {
         ag_log("warning", "amqp: a cast failed: %s", a->error);
     }
-    m = aq_new(AQ_ACK, NULL, NULL, NULL, 0);
-    m->gen = c->gen;
-    m->tag = c->tag;
-    to_thread(q, m);
+    call_ack(c);
+}
+
+static void call_dispatch(struct aq_call *c)
+{
+    struct ag_rpc rpc;
+    char err[128];
+
+    if (ag_rpc_unwrap(c->body, c->len, &rpc, err, sizeof(err)) < 0) {
+        struct ag_rpc_answer a = {.status = 400, .error = err};
+
+        call_done(c, &a); /* acked: it would only come back */
+        return;
+    }
     free(c->msg_id);
     free(c->reply_q);
-    free(c);
+    c->msg_id = rpc.msg_id ? strdup(rpc.msg_id) : NULL;
+    c->reply_q = rpc.reply_q ? strdup(rpc.reply_q) : NULL;
+    ag_rpc_dispatch(c->q->ops, &rpc, call_done, c);
+    ag_rpc_free(&rpc);
 }
 
 static void on_delivery(struct ag_amqp *q, struct aq_msg *m)
 {
     struct aq_call *c = calloc(1, sizeof(*c));
-    struct ag_rpc rpc;
-    char err[128];
 
     if (!c)
         abort();
     c->q = q;
     c->gen = m->gen;
     c->tag = m->tag;
-    if (ag_rpc_unwrap(m->body, m->len, &rpc, err, sizeof(err)) < 0) {
-        struct ag_rpc_answer a = {.status = 400, .error = err};
-
-        call_done(c, &a); /* acked: it would only come back */
-        return;
-    }
-    c->msg_id = rpc.msg_id ? strdup(rpc.msg_id) : NULL;
-    c->reply_q = rpc.reply_q ? strdup(rpc.reply_q) : NULL;
-    ag_rpc_dispatch(q->ops, &rpc, call_done, c);
-    ag_rpc_free(&rpc);
+    c->body = m->body; /* taken */
+    c->len = m->len;
+    m->body = NULL;
+    call_dispatch(c);
 }
 
 static void on_async(uv_async_t *h)
@@ -848,6 +955,7 @@ static void on_async(uv_async_t *h)
             break;
         case AQ_STATE:
             if (m->up) {
+                q->gen_seen = m->gen;
                 if (q->ever_up)
                     q->reconnects++;
                 q->ever_up = 1;
@@ -864,6 +972,7 @@ static void on_async(uv_async_t *h)
         case AQ_PUBLISH:
         case AQ_NOTIFY:
         case AQ_ACK:
+        case AQ_SERVE:
             break;
         }
         aq_free(m);
@@ -877,31 +986,77 @@ int ag_amqp_connected(const struct ag_amqp *q, unsigned *reconnects)
     return q->connected;
 }
 
-/* Notifications a dead agent left unconfirmed: sent again. */
-static void outbox_load(struct ag_amqp *q)
+/* Notifications a dead agent left unconfirmed: the outbox rewritten with
+ * them alone (numbered anew), then sent again. At start, before serving. */
+static int outbox_load(struct ag_amqp *q, char *err, size_t errlen)
 {
-    char *line = NULL;
+    struct aq_queue pending = {0};
+    struct aq_msg *m, *prev, *next;
+    char *line = NULL, tmp[AG_TMP_NAME_MAX];
     size_t cap = 0;
-    FILE *f = fopen(q->outbox, "re");
-    int n = 0;
+    int fd = openat(q->dirfd, AQ_OUTBOX, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), n = 0;
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
 
     while (f && getline(&line, &cap, f) > 0) {
         cJSON *o = cJSON_Parse(line);
         const char *key = cJSON_GetStringValue(cJSON_GetObjectItem(o, "key"));
         const char *body = cJSON_GetStringValue(cJSON_GetObjectItem(o, "body"));
+        const cJSON *done = cJSON_GetObjectItem(o, "done");
 
-        if (key && body) {
-            notif_send(q, key, body);
-            n++;
+        if (cJSON_IsNumber(done)) {
+            for (prev = NULL, m = pending.head; m; prev = m, m = m->next) {
+                if (m->seq == (uint64_t)done->valuedouble) {
+                    aq_unlink(&pending, prev, m);
+                    aq_free(m);
+                    break;
+                }
+            }
+        } else if (key && body) {
+            m = aq_new(AQ_NOTIFY, NULL, key, body, strlen(body));
+            m->seq = (uint64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(o, "seq"));
+            aq_push(&pending, m);
         }
         cJSON_Delete(o);
     }
     free(line);
     if (f)
         fclose(f);
-    if (n)
-        ag_log("info", "amqp: %d notification(s) not yet confirmed by the broker: sending them", n);
-    outbox_write(q);
+    else if (fd >= 0)
+        close(fd);
+    fd = ag_replace_open(q->dirfd, AQ_OUTBOX, tmp);
+    if (fd >= 0) {
+        q->outbox_fd = fd;
+        for (m = pending.head; m; m = m->next)
+            outbox_notif(q, ++n, m->key, m->body);
+        q->outbox_fd = -1;
+        fd = ag_replace_commit(q->dirfd, fd, tmp, AQ_OUTBOX);
+    }
+    if (fd >= 0)
+        q->outbox_fd = openat(q->dirfd, AQ_OUTBOX,
+                              O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || q->outbox_fd < 0) {
+        snprintf(err, errlen, "cannot rewrite the outbox '%s': %s", AQ_OUTBOX,
+                 strerror(fd < 0 ? -fd : errno));
+        for (m = aq_take_all(&pending); m; m = next) {
+            next = m->next;
+            aq_free(m);
+        }
+        return -1;
+    }
+    q->sync_fd = dup(q->outbox_fd);
+    /* numbered as they are now in the file: sent again in their order */
+    for (m = aq_take_all(&pending); m; m = next) {
+        struct aq_msg *keep = aq_new(AQ_NOTIFY, NULL, m->key, m->body, m->len);
+
+        next = m->next;
+        keep->seq = m->seq = ++q->next_seq;
+        aq_push(&q->outbox_list, keep);
+        to_thread(q, m);
+    }
+    if (q->next_seq)
+        ag_log("info", "amqp: %llu notification(s) not yet confirmed by the broker: sending them",
+               (unsigned long long)q->next_seq);
+    return 0;
 }
 
 int ag_amqp_start(uv_loop_t *loop, struct ag_ops *ops, const struct ag_amqp_config *cfg,
@@ -923,10 +1078,11 @@ int ag_amqp_start(uv_loop_t *loop, struct ag_ops *ops, const struct ag_amqp_conf
     host[sizeof(host) - 1] = '\0';
     q->loop = loop;
     q->ops = ops;
+    q->dirfd = cfg->dirfd;
+    q->outbox_fd = q->sync_fd = -1;
     q->topic = strdup(cfg->topic ? cfg->topic : "hotsnap");
     q->server = strdup(cfg->server ? cfg->server : host);
     q->exchange = strdup(cfg->exchange ? cfg->exchange : "openstack");
-    snprintf(q->outbox, sizeof(q->outbox), "%s/agent/outbox.jsonl", cfg->state_dir);
     q->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (q->wake_fd < 0) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
@@ -934,9 +1090,19 @@ int ag_amqp_start(uv_loop_t *loop, struct ag_ops *ops, const struct ag_amqp_conf
         return -1;
     }
     uv_mutex_init(&q->mu);
+    if (outbox_load(q, err, errlen) < 0) {
+        uv_mutex_destroy(&q->mu);
+        close(q->wake_fd);
+        free(q->topic);
+        free(q->server);
+        free(q->exchange);
+        free(q);
+        return -1;
+    }
     uv_async_init(loop, &q->async, on_async);
     q->async.data = q;
-    outbox_load(q);
+    uv_timer_init(loop, &q->held_timer);
+    q->held_timer.data = q;
     if (uv_thread_create(&q->thread, thread_main, q) != 0) {
         snprintf(err, errlen, "cannot start the AMQP thread");
         return -1;
@@ -945,7 +1111,26 @@ int ag_amqp_start(uv_loop_t *loop, struct ag_ops *ops, const struct ag_amqp_conf
     return 0;
 }
 
-static void async_closed(uv_handle_t *h)
+void ag_amqp_serve(struct ag_amqp *q)
+{
+    to_thread(q, aq_new(AQ_SERVE, NULL, NULL, NULL, 0));
+}
+
+void ag_amqp_stopping(struct ag_amqp *q)
+{
+    struct aq_call *c, *next;
+
+    q->stopping = 1;
+    /* what waits stays unacked: the broker gives it back as the connection
+     * closes, for another agent or the next start */
+    uv_timer_stop(&q->held_timer);
+    for (c = q->held, q->held = NULL; c; c = next) {
+        next = c->next;
+        call_free(c);
+    }
+}
+
+static void timer_closed(uv_handle_t *h)
 {
     struct ag_amqp *q = h->data;
     struct aq_msg *m, *next;
@@ -968,6 +1153,8 @@ static void async_closed(uv_handle_t *h)
     }
     uv_mutex_destroy(&q->mu);
     close(q->wake_fd);
+    close(q->outbox_fd);
+    close(q->sync_fd);
     free(q->topic);
     free(q->server);
     free(q->exchange);
@@ -975,10 +1162,18 @@ static void async_closed(uv_handle_t *h)
     free(q);
 }
 
+static void async_closed(uv_handle_t *h)
+{
+    struct ag_amqp *q = h->data;
+
+    uv_close((uv_handle_t *)&q->held_timer, timer_closed);
+}
+
 void ag_amqp_stop(struct ag_amqp *q)
 {
     uint64_t one = 1;
 
+    ag_amqp_stopping(q);
     uv_mutex_lock(&q->mu);
     q->stop = 1;
     uv_mutex_unlock(&q->mu);

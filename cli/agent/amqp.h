@@ -21,11 +21,19 @@ struct ag_amqp_config {
     const char *topic;     /* RPC topic (default "hotsnap") */
     const char *server;    /* RPC server name (default the host name) */
     const char *exchange;  /* control exchange (default "openstack") */
-    const char *state_dir; /* the outbox of notifications not yet confirmed */
+    int dirfd; /* <state-dir>/agent, borrowed: the outbox of notifications not confirmed */
 };
 
+/* Connect (and publish notifications) from now on; consume requests only
+ * once ag_amqp_serve() is called. */
 int ag_amqp_start(uv_loop_t *loop, struct ag_ops *ops, const struct ag_amqp_config *cfg,
                   struct ag_amqp **out, char *err, size_t errlen);
+/* The agent serves (recovery has run): declare and consume the RPC queues. */
+void ag_amqp_serve(struct ag_amqp *q);
+/* The agent stops: requests still waiting, and those that come, are left
+ * unacked (the broker gives them back when the connection closes) instead
+ * of being answered 503. */
+void ag_amqp_stopping(struct ag_amqp *q);
 /* Publish a notification (oslo messagingv2) about @job; kept in the outbox
  * file until the broker confirms it, across reconnects and restarts. */
 void ag_amqp_notify(struct ag_amqp *q, const char *event_type, const char *priority,

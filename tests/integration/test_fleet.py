@@ -4,13 +4,14 @@ its NotificationListener, as Nova drives its compute hosts; real libvirtd,
 QEMU guests and the local Glance."""
 import json
 import os
+import signal
 import threading
 import time
 import unittest
 
 import libvirt
 
-from hsfix import Agent, GlanceGuestTestCase, RabbitServer, TestPKI
+from hsfix import Agent, GlanceGuestTestCase, RabbitServer, TestPKI, gated_qemu_img
 
 import oslo_messaging as om  # noqa: E402 (after hsfix: it sets up nothing of oslo's)
 from oslo_config import cfg  # noqa: E402
@@ -222,8 +223,9 @@ class FleetTest(GlanceGuestTestCase):
         outbox = os.path.join(a.state, "agent", "outbox.jsonl")
         with open(outbox) as f:
             kept = [json.loads(line) for line in f]
-        self.assertTrue(any(job["id"] in k["body"] and "snapshot.end" in k["body"]
+        self.assertTrue(any(job["id"] in k.get("body", "") and "snapshot.end" in k["body"]
                             for k in kept), kept)
+        inode = os.stat(outbox).st_ino
         self.rabbit.start()
         # the end notification arrives once the broker is back, and leaves the outbox
         end = self.notes.wait(lambda e: e[2] == "hotsnap.snapshot.end" and
@@ -233,6 +235,8 @@ class FleetTest(GlanceGuestTestCase):
         while os.path.getsize(outbox):
             self.assertLess(time.time(), deadline, "the outbox was never emptied")
             time.sleep(0.2)
+        # a confirm is a line, or the emptying of the file: never a rewrite of it
+        self.assertEqual(os.stat(outbox).st_ino, inode)
         # the agent serves again, and counts the reconnect
         self.wait_served("host-a")
         _, text, _ = a.request("GET", "/metrics")
@@ -250,6 +254,57 @@ class FleetTest(GlanceGuestTestCase):
         jobs = self.rpc("host-a", "list", domain=g.name)
         self.assertEqual(len(jobs), 2, jobs)  # the first job and one more, not two
         self.ended("host-a", jobs[0]["id"])
+
+    def test_a_killed_agents_job_gets_its_error(self):
+        # every job that had its start gets one end: killed mid-job (held in
+        # extract), the agent's next start fails the job and says so on the bus
+        g = self.guest("fl-killed").start()
+        a = self.agents["host-a"]
+        a.stop()
+        a.env, gate = gated_qemu_img(a.state)
+        a.start()
+        self.wait_served("host-a")
+        job = self.rpc("host-a", "snapshot", domain=g.name, mode="cold")
+        self.notes.wait(lambda e: e[2] == "hotsnap.snapshot.start" and e[3]["id"] == job["id"])
+        deadline = time.time() + 120
+        while not os.path.exists(gate + ".waiting"):
+            self.assertLess(time.time(), deadline, "the convert never started")
+            time.sleep(0.05)
+        a.kill()
+        a.env = None
+        a.start()
+        err = self.notes.wait(lambda e: e[2] == "hotsnap.snapshot.error" and
+                              e[3]["id"] == job["id"])
+        self.assertEqual(err[0], "error")
+        self.assertIn("the agent stopped while this snapshot was in state 'extract'",
+                      err[3]["error"])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        # exactly one end for it
+        ends = [e for e in self.notes.events if e[3].get("id") == job["id"] and
+                e[2] in ("hotsnap.snapshot.end", "hotsnap.snapshot.error")]
+        self.assertEqual(len(ends), 1, ends)
+
+    def test_a_cast_that_comes_while_the_agent_stops_is_not_lost(self):
+        g1, g2 = self.guest("fl-stop-1").start(), self.guest("fl-stop-2").start()
+        a = self.agents["host-a"]
+        first = self.rpc("host-a", "snapshot", domain=g1.name, mode="cold")
+        self.wait_job("host-a", first["id"], lambda j: j["state"] in ("capture", "extract"))
+        a.p.send_signal(signal.SIGTERM)  # it cancels, restores, and goes
+        deadline = time.time() + 60
+        while "and stopping" not in a.read_log():
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.05)
+        self.client.prepare(server="host-a").cast({}, "snapshot", domain=g2.name)
+        self.assertEqual(a.p.wait(timeout=120), 0)
+        a.p.stderr.close()
+        a.start()
+        deadline = time.time() + 120
+        while not self.rpc("host-a", "list", domain=g2.name):
+            self.assertLess(time.time(), deadline, "the cast was lost with the agent's stop")
+            time.sleep(0.2)
+        [j] = self.rpc("host-a", "list", domain=g2.name)
+        self.assertEqual(self.ended("host-a", j["id"])["state"], "done")
+        self.assertEqual(g1.state(), libvirt.VIR_DOMAIN_RUNNING)
 
     def publish_twice(self, routing_key, msg):
         """The same oslo.messaging cast delivered twice, as a redelivery would be."""
