@@ -297,6 +297,7 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     snprintf(a->state_dir, sizeof(a->state_dir), "%s",
              cfg->eopts.state_dir ? cfg->eopts.state_dir : HS_DEFAULT_STATE_DIR);
     ag_metrics_init(&a->m);
+    uv_loop_init(&a->loop);
     if (cfg->log_path) {
         fd = open(cfg->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
         if (fd < 0) {
@@ -352,6 +353,7 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     oc.ntargets = cfg->ntargets + 1;
     oc.state_dir = a->state_dir;
     oc.history = cfg->history > 0 ? cfg->history : 1000;
+    oc.loop = &a->loop;
     oc.m = &a->m;
     oc.hooks = (struct ag_ops_hooks){ops_event, ops_news, ops_idle, a};
     if (lock_state_dir(a, err, sizeof(err)) < 0 ||
@@ -361,7 +363,6 @@ int hs_agent_main(const struct hs_agent_config *cfg)
         return 2;
     }
     free(targets); /* the operations keep their own copy */
-    uv_loop_init(&a->loop);
     a->eopts = cfg->eopts;
     a->eopts.on_event = on_engine_event;
     a->eopts.event_data = a;

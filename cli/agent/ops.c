@@ -178,8 +178,11 @@ static void jobs_trim(struct ag_ops *o)
             ended--;
         }
     }
-    if (ag_history_lines(o->hist) > (unsigned)(2 * o->cfg.history + 64))
-        history_compact(o);
+    if (ag_history_lines(o->hist) > (unsigned)(2 * o->cfg.history + 64)) {
+        struct hist_iter it = {o->jobs};
+
+        ag_history_compact_async(o->hist, hist_next, &it); /* no fsync on the loop */
+    }
 }
 
 /* One line of the history: the last line of a job wins. */
@@ -858,7 +861,7 @@ int ag_ops_new(const struct ag_ops_config *cfg, struct ag_ops **out, char *err, 
         free(o);
         return -ENOMEM;
     }
-    rc = ag_history_open(cfg->dirfd, &o->hist, err, errlen);
+    rc = ag_history_open(cfg->loop, cfg->dirfd, &o->hist, err, errlen);
     if (rc < 0) {
         targets_free(o);
         free(o);

@@ -53,7 +53,8 @@ struct ag_ops_config {
                                         whose spec NULL is the engine's own store */
     int ntargets;
     const char *state_dir;
-    int dirfd; /* <state-dir>/agent, borrowed: the history */
+    uv_loop_t *loop; /* the history's rewrites run on its worker pool */
+    int dirfd;       /* <state-dir>/agent, borrowed: the history */
     int history;
     struct ag_metrics *m;
     struct ag_ops_hooks hooks;

@@ -364,6 +364,7 @@ static void bus_request(const char *p, const char *end, int *answered)
 
 static int dirfd_ = -1;
 static struct ag_metrics m;
+static uv_loop_t loop; /* the history's rewrites */
 
 static void setup(void)
 {
@@ -372,6 +373,7 @@ static void setup(void)
     char dir[] = "/tmp/hs-fuzz-dispatch-XXXXXX", err[256];
 
     if (dirfd_ < 0) {
+        assert(uv_loop_init(&loop) == 0);
         assert(mkdtemp(dir));
         dirfd_ = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         assert(dirfd_ >= 0);
@@ -381,6 +383,7 @@ static void setup(void)
     oc.defaults = &defaults;
     oc.targets = targets;
     oc.ntargets = sizeof(targets) / sizeof(targets[0]);
+    oc.loop = &loop;
     oc.dirfd = dirfd_;
     oc.state_dir = "/var/lib/hotsnap";
     oc.history = 16;
@@ -421,6 +424,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         n++;
         if (p < stop && stop[-1] == '~')
             pump(stop - p > 1 && stop[-2] == '~'); /* "~~": libvirt fails the listings */
+        uv_run(&loop, UV_RUN_NOWAIT);
         p = sep ? sep + 4 : end;
     }
     pump(0);
