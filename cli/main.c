@@ -1071,6 +1071,9 @@ int main(int argc, char **argv)
     uv_signal_start(&cli.sigterm, on_signal, SIGTERM);
     uv_signal_start(&cli.sighup, on_signal, SIGHUP);
     cli.signals = 1;
+    /* a dead run's records at --to are removed with its credentials */
+    if (cli.sopts.target)
+        hs_engine_add_target(cli.eng, cli.sopts.target, cli.sopts.token);
     rc = hs_engine_recover(cli.eng, recovered, &cli);
     if (rc < 0) {
         fprintf(stderr, "hotsnap: cannot start recovery: %s\n", uv_strerror(rc));

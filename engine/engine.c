@@ -209,6 +209,7 @@ static void engine_virt_closed(void *data)
     hs_close_cb cb = eng->close_cb;
     void *cb_data = eng->close_data;
 
+    hs__engine_creds_free(eng);
     free(eng->state_dir);
     free(eng);
     if (cb)
@@ -244,6 +245,18 @@ void hs_engine_close(struct hs_engine *eng, hs_close_cb cb, void *data)
     eng->close_cb = cb;
     eng->close_data = data;
     eng->closing = 1; /* orphans left now wait for the next run */
+    if (eng->reclaims) {
+        /* their deletes finish (they are the way out); the rest waits */
+        eng->close_waits = 1;
+        hs__reclaim_cancel_all(eng);
+        return;
+    }
+    hs__engine_close_continue(eng);
+}
+
+void hs__engine_close_continue(struct hs_engine *eng)
+{
+    eng->close_waits = 0;
     eng->closing_timers = 2;
     uv_close((uv_handle_t *)&eng->stall_timer, engine_timer_closed);
     uv_close((uv_handle_t *)&eng->orphan_timer, engine_timer_closed);

@@ -19,6 +19,20 @@ typedef int (*hs_uploader_fn)(const struct hs_uploader_env *env, const char *spe
 
 #define HS_LATE_BUCKETS 3000
 
+struct hs_reclaim;
+struct hs_target_cred;
+
+/* One pass over the journals of dead runs (recover.c): its report, and the
+ * journals whose Glance records are looked at once it is over (reclaim.c);
+ * done runs when the last of those has ended. */
+struct hs_recovery_pass {
+    cJSON *report;
+    struct hs_reclaim *found; /* filled on the worker */
+    int pending;
+    int status;
+    void (*done)(struct hs_engine *eng, struct hs_recovery_pass *pass);
+};
+
 struct hs_engine {
     uv_loop_t *loop;
     struct hs_virt *virt;
@@ -44,7 +58,7 @@ struct hs_engine {
     hs_recover_cb recover_cb;
     void *recover_data;
     int recover_pending; /* asked for; waits for the connection */
-    cJSON *recover_report;
+    struct hs_recovery_pass recover_pass;
     /* journals the engine's own jobs had to leave (a release that could not
      * finish): recovered again by the engine, with backoff, once libvirt is
      * there, until each is undone (recover.c) */
@@ -53,8 +67,11 @@ struct hs_engine {
     uint64_t orphan_backoff_ms;
     uv_timer_t orphan_timer;
     struct hs_virt_call orphan_call;
-    cJSON *orphan_report;
+    struct hs_recovery_pass orphan_pass;
+    struct hs_reclaim *reclaims;    /* running (reclaim.c) */
+    struct hs_target_cred *creds;   /* hs_engine_add_target's */
     int closing;
+    int close_waits; /* for the reclaims to end */
     int closing_timers;
     hs_close_cb close_cb;
     void *close_data;
@@ -68,5 +85,19 @@ void hs__engine_recover_start(struct hs_engine *eng);
 void hs__engine_orphaned(struct hs_engine *eng);
 /* libvirt is back: orphans are looked at now (recover.c). */
 void hs__engine_orphans_reconnected(struct hs_engine *eng);
+/* The close, once what it waited for has ended (engine.c). */
+void hs__engine_close_continue(struct hs_engine *eng);
+
+/* reclaim.c: a journal of @pass whose records in Glance are looked at after
+ * the pass (its lock @lock_fd held till then; @entry is its report's). */
+void hs__reclaim_add(struct hs_recovery_pass *pass, cJSON *entry, const char *journal,
+                     const char *lock, int lock_fd, const cJSON *doc);
+/* Start those of @pass; pass->done runs when the last has ended (at once
+ * when there are none). */
+void hs__reclaim_start_all(struct hs_engine *eng, struct hs_recovery_pass *pass);
+/* Drop those of @pass unstarted: the journals stay for the next pass. */
+void hs__reclaim_discard(struct hs_recovery_pass *pass);
+void hs__reclaim_cancel_all(struct hs_engine *eng);
+void hs__engine_creds_free(struct hs_engine *eng);
 
 #endif

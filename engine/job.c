@@ -320,6 +320,8 @@ static void job_journal_images(struct hs_job *job)
     size_t i;
 
     cJSON_AddStringToObject(job->journal->doc, "target", job->target_shown);
+    /* how many records a Glance upload may make again (hs__uuid_next) */
+    cJSON_AddNumberToObject(job->journal->doc, "attempts", job->upload_attempts);
     for (i = 0; i < job->ndisks; i++) {
         struct hs_job_disk *d = &job->disks[i];
         cJSON *o = cJSON_CreateObject();
@@ -330,6 +332,7 @@ static void job_journal_images(struct hs_job *job)
             hs__uuid4(d->image_id);
         cJSON_AddStringToObject(o, "disk", d->img.disk);
         cJSON_AddStringToObject(o, "id", d->image_id);
+        cJSON_AddStringToObject(o, "name", d->img.name);
         cJSON_AddStringToObject(o, "format", d->img.format);
         cJSON_AddItemToArray(arr, o);
     }
@@ -1233,6 +1236,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     job->compress = opts->compress;
     job->quiesce = opts->quiesce;
     job->priority = opts->priority;
+    job->upload_attempts = opts->upload_attempts > 0 ? opts->upload_attempts : 5;
     job->all_disks = opts->all_disks;
     job->cb = cb;
     job->data = data;
@@ -1393,4 +1397,5 @@ void hs_engine_cancel_all(struct hs_engine *eng)
 
     for (job = eng->jobs; job; job = job->next)
         hs_job_cancel(job);
+    hs__reclaim_cancel_all(eng);
 }

@@ -66,6 +66,7 @@ struct hs_job {
     enum hs_format format;
     enum hs_quiesce quiesce;
     int priority;
+    int upload_attempts;
     int compress;
     int all_disks;
     struct hs_uploader *up;

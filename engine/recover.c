@@ -5,7 +5,9 @@
  * (backend->recover: a save image, backup or block copy hotsnap made, told by
  * its mark or its scratch directory; never another tool's), and the scratch
  * directory is removed. Runs on the worker pool; a backend may wait for a
- * libvirt job the dead run started (a save still in progress) to end.
+ * libvirt job the dead run started (a save still in progress) to end. A
+ * journal that names a glance target is then marked "undone" and kept, with
+ * its lock, for its records in Glance (reclaim.c, on the loop, after the pass).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -138,9 +140,34 @@ static void recover_store(const cJSON *doc, cJSON *entry)
     close(fd);
 }
 
-static int recover_one(struct hs_engine *eng, virConnectPtr conn, const char *dir,
-                       const char *file, cJSON *report)
+/* Its domain part undone, the journal says so: a pass that finds it again
+ * (its Glance records not removed yet) goes straight to them. */
+static int journal_mark_undone(const char *path, cJSON *doc)
 {
+    char *text;
+    int rc;
+
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "undone")))
+        return 0;
+    cJSON_AddTrueToObject(doc, "undone");
+    text = cJSON_PrintUnformatted(doc);
+    rc = text ? hs__write_atomic(path, text, strlen(text), 0600) : -ENOMEM;
+    free(text);
+    return rc;
+}
+
+static int journal_has_glance_images(const cJSON *doc)
+{
+    const char *target = hs__jstr(doc, "target");
+
+    return target && !strncmp(target, "glance", 6) &&
+           cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(doc, "images")) > 0;
+}
+
+static int recover_one(struct hs_engine *eng, virConnectPtr conn, const char *dir,
+                       const char *file, struct hs_recovery_pass *pass)
+{
+    cJSON *report = pass->report;
     const struct hs_backend_ops *ops;
     size_t i;
     char *path = hs__asprintf("%s/%s", dir, file);
@@ -168,23 +195,48 @@ static int recover_one(struct hs_engine *eng, virConnectPtr conn, const char *di
         cJSON_AddStringToObject(entry, "domain", hs__jstr(doc, "domain"));
     if (hs__jstr(doc, "job"))
         cJSON_AddStringToObject(entry, "job", hs__jstr(doc, "job"));
-    if (recover_kill_children(scratch) > 0)
-        cJSON_AddStringToObject(entry, "killed", "qemu-img children of the dead run");
-    ops = NULL;
-    for (i = 0; backend && eng->backends[i]; i++)
-        if (!strcmp(eng->backends[i]->name, backend))
-            ops = eng->backends[i];
-    if (ops && ops->recover)
-        ops->recover(conn, doc, entry);
-    else if (backend)
-        cJSON_AddStringToObject(entry, "action", "none: nothing to undo for this backend");
-    else
-        cJSON_AddStringToObject(entry, "action", "none: the job had not touched the domain");
-    recover_store(doc, entry);
-    /* the scratch goes once what used it is gone: a backup that could not be
-     * ended may still write its copy-before-write data there */
-    if (!cJSON_GetObjectItemCaseSensitive(entry, "error") && scratch && hs__rm_rf(scratch) == 0)
-        cJSON_AddStringToObject(entry, "removed", scratch);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "undone"))) {
+        cJSON_AddStringToObject(entry, "action", "none: undone before; its records in Glance "
+                                                 "are looked at");
+    } else {
+        if (recover_kill_children(scratch) > 0)
+            cJSON_AddStringToObject(entry, "killed", "qemu-img children of the dead run");
+        ops = NULL;
+        for (i = 0; backend && eng->backends[i]; i++)
+            if (!strcmp(eng->backends[i]->name, backend))
+                ops = eng->backends[i];
+        if (ops && ops->recover)
+            ops->recover(conn, doc, entry);
+        else if (backend)
+            cJSON_AddStringToObject(entry, "action", "none: nothing to undo for this backend");
+        else
+            cJSON_AddStringToObject(entry, "action", "none: the job had not touched the domain");
+        recover_store(doc, entry);
+        /* the scratch goes once what used it is gone: a backup that could not
+         * be ended may still write its copy-before-write data there */
+        if (!cJSON_GetObjectItemCaseSensitive(entry, "error") && scratch &&
+            hs__rm_rf(scratch) == 0)
+            cJSON_AddStringToObject(entry, "removed", scratch);
+    }
+    if (!cJSON_GetObjectItemCaseSensitive(entry, "error") && journal_has_glance_images(doc)) {
+        const cJSON *img;
+        cJSON *ids;
+
+        if (journal_mark_undone(path, doc) < 0) {
+            cJSON_AddStringToObject(entry, "error", "cannot mark the journal undone");
+        } else {
+            /* after the pass, on the loop; the lock stays taken till then */
+            ids = cJSON_AddArrayToObject(entry, "glance_pending");
+            cJSON_ArrayForEach(img, cJSON_GetObjectItemCaseSensitive(doc, "images"))
+                if (hs__jstr(img, "id"))
+                    cJSON_AddItemToArray(ids, cJSON_CreateString(hs__jstr(img, "id")));
+            hs__reclaim_add(pass, entry, path, lock, fd, doc);
+            fd = -1;
+            hs_log(HS_LOG_INFO, "recovered journal '%s'; its Glance records next", path);
+            cJSON_AddItemToArray(report, entry);
+            goto cleanup;
+        }
+    }
     if (!cJSON_GetObjectItemCaseSensitive(entry, "error")) {
         unlink(path);
         unlink(lock);
@@ -202,8 +254,9 @@ cleanup:
     return done;
 }
 
-/* Worker: every journal of a dead run (one whose lock can be taken) into @report. */
-static int recover_pass(struct hs_engine *eng, virConnectPtr conn, cJSON *report)
+/* Worker: every journal of a dead run (one whose lock can be taken) into
+ * @pass's report. */
+static int recover_pass(struct hs_engine *eng, virConnectPtr conn, struct hs_recovery_pass *pass)
 {
     char *dir = hs__journal_dir(eng->state_dir);
     DIR *d = opendir(dir);
@@ -217,7 +270,7 @@ static int recover_pass(struct hs_engine *eng, virConnectPtr conn, cJSON *report
     while ((de = readdir(d)) != NULL) {
         len = strlen(de->d_name);
         if (len > 5 && !strcmp(de->d_name + len - 5, ".json"))
-            recover_one(eng, conn, dir, de->d_name, report);
+            recover_one(eng, conn, dir, de->d_name, pass);
     }
     closedir(d);
     free(dir);
@@ -229,24 +282,54 @@ static int recover_work(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct hs_engine *eng = call->data;
 
-    eng->recover_report = cJSON_CreateArray();
-    return recover_pass(eng, conn, eng->recover_report);
+    eng->recover_pass.report = cJSON_CreateArray();
+    return recover_pass(eng, conn, &eng->recover_pass);
+}
+
+/* A journal the pass could not undo, and which can be read: tried again. */
+static int report_left(const cJSON *report)
+{
+    const cJSON *e;
+
+    cJSON_ArrayForEach(e, report) {
+        if (cJSON_GetObjectItemCaseSensitive(e, "error") &&
+            (cJSON_GetObjectItemCaseSensitive(e, "job") ||
+             cJSON_GetObjectItemCaseSensitive(e, "domain")))
+            return 1;
+    }
+    return 0;
+}
+
+static void recover_pass_done(struct hs_engine *eng, struct hs_recovery_pass *pass)
+{
+    cJSON *report = pass->report;
+
+    pass->report = NULL;
+    /* what this pass could not undo, the engine retries by itself */
+    if (report_left(report) && !eng->closing)
+        hs__engine_orphaned(eng);
+    eng->recover_cb(eng, pass->status, report, eng->recover_data);
+    cJSON_Delete(report);
 }
 
 static void recover_done(struct hs_virt_call *call, int status)
 {
     struct hs_engine *eng = call->data;
-    cJSON *report = eng->recover_report;
+    struct hs_recovery_pass *pass = &eng->recover_pass;
 
-    eng->recover_report = NULL;
     if (status == -ENOTCONN) {
         /* lost halfway: run it again once libvirt is back (journals stay until undone) */
-        cJSON_Delete(report);
+        hs__reclaim_discard(pass);
+        cJSON_Delete(pass->report);
+        pass->report = NULL;
         eng->recover_pending = 1;
         return;
     }
-    eng->recover_cb(eng, status, report, eng->recover_data);
-    cJSON_Delete(report);
+    /* the report is given once the dead runs' Glance records are looked at
+     * too (bounded: a few tries of a request each, Glance away or not) */
+    pass->status = status;
+    pass->done = recover_pass_done;
+    hs__reclaim_start_all(eng, pass);
 }
 
 void hs__engine_recover_start(struct hs_engine *eng)
@@ -280,8 +363,8 @@ static int orphan_work(struct hs_virt_call *call, virConnectPtr conn)
 {
     struct hs_engine *eng = call->data;
 
-    eng->orphan_report = cJSON_CreateArray();
-    return recover_pass(eng, conn, eng->orphan_report);
+    eng->orphan_pass.report = cJSON_CreateArray();
+    return recover_pass(eng, conn, &eng->orphan_pass);
 }
 
 static void orphan_schedule(struct hs_engine *eng, uint64_t ms)
@@ -290,13 +373,12 @@ static void orphan_schedule(struct hs_engine *eng, uint64_t ms)
         uv_timer_start(&eng->orphan_timer, orphan_timer_cb, ms, 0);
 }
 
-static void orphan_done(struct hs_virt_call *call, int status)
+static void orphan_pass_done(struct hs_engine *eng, struct hs_recovery_pass *pass)
 {
-    struct hs_engine *eng = call->data;
-    cJSON *report = eng->orphan_report, *e, *ev;
-    int left = status < 0;
+    cJSON *report = pass->report, *e, *ev;
+    int left = pass->status < 0;
 
-    eng->orphan_report = NULL;
+    pass->report = NULL;
     eng->orphan_busy = 0;
     cJSON_ArrayForEach(e, report) {
         /* what was undone, or why not yet: told like a job's news */
@@ -320,6 +402,16 @@ static void orphan_done(struct hs_virt_call *call, int status)
     if (eng->orphan_backoff_ms > HS_ORPHAN_BACKOFF_MAX_MS)
         eng->orphan_backoff_ms = HS_ORPHAN_BACKOFF_MAX_MS;
     orphan_schedule(eng, eng->orphan_backoff_ms);
+}
+
+static void orphan_done(struct hs_virt_call *call, int status)
+{
+    struct hs_engine *eng = call->data;
+    struct hs_recovery_pass *pass = &eng->orphan_pass;
+
+    pass->status = status;
+    pass->done = orphan_pass_done;
+    hs__reclaim_start_all(eng, pass); /* busy until its reclaims have ended */
 }
 
 static void orphan_timer_cb(uv_timer_t *t)

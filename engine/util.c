@@ -11,7 +11,19 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/sha.h>
+
 #include "util.h"
+
+static void uuid_format(unsigned char *b, char out[HS_UUID_LEN])
+{
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    snprintf(out, HS_UUID_LEN,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
+}
 
 void hs__uuid4(char out[HS_UUID_LEN])
 {
@@ -27,12 +39,17 @@ void hs__uuid4(char out[HS_UUID_LEN])
             abort();
         got += (size_t)n;
     }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    snprintf(out, HS_UUID_LEN,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-             b[15]);
+    uuid_format(b, out);
+}
+
+void hs__uuid_next(const char *base, int n, char out[HS_UUID_LEN])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char *s = hs__asprintf("hotsnap-record/%s/%d", base, n);
+
+    SHA256((const unsigned char *)s, strlen(s), md);
+    free(s);
+    uuid_format(md, out);
 }
 
 double hs__now(void)

@@ -13,6 +13,10 @@
 
 /* A random (version 4) UUID, lower case. */
 void hs__uuid4(char out[HS_UUID_LEN]);
+/* The @n-th UUID that follows @base, the same in every process (SHA-256 of
+ * both, in the form of a version 4 UUID): the ids an upload takes for the
+ * records it makes again can be found from the one journaled. */
+void hs__uuid_next(const char *base, int n, char out[HS_UUID_LEN]);
 /* Wall clock, seconds since the epoch with ms precision. */
 double hs__now(void);
 /* UTC "YYYY-MM-DDTHH:MM:SS.mmmZ" of @t. */

@@ -133,6 +133,16 @@ double hs_engine_loop_lateness_ms(const struct hs_engine *eng, double q);
  */
 cJSON *hs_engine_stats(const struct hs_engine *eng);
 
+/*
+ * A target this front end is configured for, with the token that goes with
+ * it (NULL: none): recovery deletes the image records a dead run made there
+ * and never published. A token is sent only to the target it is given with;
+ * a dead run's glance:URL not given here is asked without one ("glance",
+ * Keystone, uses the OS_* variables as a job does). Call before
+ * hs_engine_recover(); 0 or a negative errno.
+ */
+int hs_engine_add_target(struct hs_engine *eng, const char *target, const char *token);
+
 /* Cancel every running job (their callbacks still run). */
 void hs_engine_cancel_all(struct hs_engine *eng);
 

@@ -78,12 +78,13 @@ enum glance_step {
     G_IMPORT, /* import: run it */
     G_VERIFY,
     G_DELETE, /* the doomed records, one request each */
+    G_RECLAIM, /* a dead run's record: is it there, and ours? */
     G_DONE,
 };
 
 static const char *const step_names[] = {
     "authentication for the upload", "creation", "creation", "upload", "check", "import discovery",
-    "staging", "import", "check", "deletion", "upload",
+    "staging", "import", "check", "deletion", "lookup", "upload",
 };
 
 struct glance_up {
@@ -94,6 +95,9 @@ struct glance_up {
     enum glance_step resume;       /* what auth or a backoff leads back to */
     enum glance_step after_delete; /* where a pass over the doomed records leads */
     char id[64];                   /* the current record's id */
+    char base[64]; /* the first one's, journaled: the records made again take the ids
+                      that follow it (hs__uuid_next), which recovery finds */
+    int remade;    /* how many records were made again */
     int have;                      /* the current record exists: made or adopted */
     char doomed[GLANCE_MAX_DOOMED][64];
     int ndoomed;
@@ -103,6 +107,8 @@ struct glance_up {
     int reauthed;   /* a 401 renewed the token for this step already */
     int canceled;
     int importing; /* the data goes by glance-direct import, not by a plain upload */
+    int reclaim;   /* not an upload: a dead run's record to remove (glance_reclaim) */
+    int reclaimed; /* it was there, and ours: doomed */
     double import_deadline;
     char forbidden[512]; /* the 403 that sent us to import, reported if import is not offered */
     int streamed; /* the stream was read before: a retry rewinds it */
@@ -439,6 +445,7 @@ static void gu_step(struct glance_up *u)
     case G_ADOPT:
     case G_CHECK:
     case G_VERIFY:
+    case G_RECLAIM:
         url = hs__asprintf("%s/v2/images/%s", u->g->url, u->id);
         gu_request(u, "GET", url);
         free(url);
@@ -457,9 +464,12 @@ static void gu_step(struct glance_up *u)
                     u->doomed[i], req->name);
         if (u->ndoomed)
             snprintf(req->left_behind, sizeof(req->left_behind), "%s", u->doomed[0]);
-        hs__stream_reader(req->src, NULL, NULL);
+        if (req->src)
+            hs__stream_reader(req->src, NULL, NULL);
         hs__http_req_clear(&u->http);
-        if (code == 0) {
+        if (u->reclaim)
+            req->sent = u->reclaimed && !u->ndoomed; /* it was removed */
+        if (code == 0 && !u->reclaim) {
             snprintf(req->image_id, sizeof(req->image_id), "%s", u->id);
             char shown[1024];
 
@@ -628,7 +638,7 @@ static void gu_replace(struct glance_up *u, const char *why)
         gu_fail(u);
         return;
     }
-    hs__uuid4(u->id);
+    hs__uuid_next(u->base, ++u->remade, u->id);
     gu_retry(u, why, G_CREATE);
 }
 
@@ -694,7 +704,7 @@ static void gu_adopt(struct glance_up *u, long status, const cJSON *rec)
         gu_fail(u);
         return;
     }
-    hs__uuid4(u->id); /* a random id that was taken: draw again */
+    hs__uuid_next(u->base, ++u->remade, u->id); /* an id that was taken: the next */
     gu_go(u, G_CREATE);
 }
 
@@ -837,6 +847,21 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
         gu_go(u, G_ADOPT);
         return;
     }
+    if ((status == 200 || status == 404) && u->step == G_RECLAIM) {
+        j = status == 200 ? cJSON_Parse(hr->body) : NULL;
+        u->reauthed = 0;
+        if (j && record_is_ours(u, j)) {
+            u->have = 1;
+            u->reclaimed = 1;
+            gu_doom(u); /* deleted by the pass; one that cannot be is left behind */
+        } else if (j) {
+            hs_log(HS_LOG_WARN, "image record %s is not the one job %s made; left alone",
+                   u->id, u->req->name);
+        }
+        cJSON_Delete(j);
+        gu_delete_pass(u, G_DONE);
+        return;
+    }
     if ((status == 200 || status == 404) && (u->step == G_ADOPT || u->step == G_CHECK)) {
         j = status == 200 ? cJSON_Parse(hr->body) : NULL;
         u->reauthed = 0;
@@ -915,6 +940,7 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
     case G_ADOPT:
     case G_CHECK:
     case G_DELETE:
+    case G_RECLAIM:
     case G_DONE:
         break;
     }
@@ -933,7 +959,7 @@ static void gu_start_cb(uv_timer_t *t)
 {
     struct glance_up *u = t->data;
 
-    gu_go(u, G_CREATE);
+    gu_go(u, u->reclaim ? G_RECLAIM : G_CREATE);
 }
 
 static int glance_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb)
@@ -952,10 +978,32 @@ static int glance_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_up
         snprintf(u->id, sizeof(u->id), "%s", req->image_id); /* the job's, journaled */
     else
         hs__uuid4(u->id);
+    snprintf(u->base, sizeof(u->base), "%s", u->id);
     uv_timer_init(up->loop, &u->backoff);
     u->backoff.data = u;
     req->priv = u;
     /* the first request starts on the next iteration: cb never runs inside begin */
+    uv_timer_start(&u->backoff, gu_start_cb, 0, 0);
+    return 0;
+}
+
+/* A dead run's record req->image_id: deleted if it is still there and is
+ * the one that run made (its name and hotsnap_* properties, req->name and
+ * req->props); gone, or another's, is done too. */
+static int glance_reclaim(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb)
+{
+    struct glance *g = up->ctx;
+    struct glance_up *u = hs__calloc(1, sizeof(*u));
+
+    req->up = up;
+    req->cb = cb;
+    u->req = req;
+    u->g = g;
+    u->reclaim = 1;
+    snprintf(u->id, sizeof(u->id), "%s", req->image_id);
+    uv_timer_init(up->loop, &u->backoff);
+    u->backoff.data = u;
+    req->priv = u;
     uv_timer_start(&u->backoff, gu_start_cb, 0, 0);
     return 0;
 }
@@ -1035,6 +1083,7 @@ const struct hs_uploader_ops hs_uploader_glance = {
     .name = "glance",
     .check = glance_check,
     .begin = glance_begin,
+    .reclaim = glance_reclaim,
     .cancel = glance_cancel,
     .destroy = glance_destroy,
 };

@@ -54,7 +54,12 @@ struct hs_uploader_ops {
     /* Check the destination before any domain is touched. */
     int (*check)(struct hs_uploader *up, struct hs_err *err);
     int (*begin)(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb);
-    /* Stop a running upload; its cb still runs, with -ECANCELED. */
+    /* Optional: remove the record req->image_id a dead run made for the
+     * image req->name with req->props, unless it is gone or another's; then
+     * cb(req, 0), req->sent 1 when it was removed. One that could not be
+     * removed is req->left_behind. */
+    int (*reclaim)(struct hs_uploader *up, struct hs_upload_req *req, hs_upload_cb cb);
+    /* Stop a running upload (or reclaim); its cb still runs, with -ECANCELED. */
     void (*cancel)(struct hs_upload_req *req);
     void (*destroy)(struct hs_uploader *up);
 };

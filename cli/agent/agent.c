@@ -290,7 +290,7 @@ int hs_agent_main(const struct hs_agent_config *cfg)
     struct ag_http_hooks hooks = {http_health, http_metrics, a};
     struct ag_target *targets;
     char err[1024];
-    int fd;
+    int fd, i;
 
     a->cfg = cfg;
     a->lock_fd = a->dirfd = -1;
@@ -374,6 +374,15 @@ int hs_agent_main(const struct hs_agent_config *cfg)
         return 2;
     }
     ag_ops_attach(a->ops, a->eng);
+    /* what a dead run made at the operator's targets is reclaimed with the
+     * credentials the operator gave for each, and only there */
+    for (i = -1; i < cfg->ntargets; i++) {
+        const char *spec = i < 0 ? cfg->defaults.target : cfg->targets[i].spec;
+
+        if (spec)
+            hs_engine_add_target(a->eng, spec,
+                                 !strncmp(spec, "glance:", 7) ? cfg->defaults.token : NULL);
+    }
     hc.socket_path = cfg->socket_path ? cfg->socket_path : AG_DEFAULT_SOCKET;
     hc.socket_group = cfg->socket_group;
     hc.listen = cfg->listen;

@@ -1,5 +1,6 @@
 """Snapshots published to a real Glance (Debian's glance-api on 127.0.0.1)."""
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -182,6 +183,29 @@ class GlanceTest(GlanceGuestTestCase):
         self.assertIn(left, run.stderr)
         warnings = [ev for ev in run.events if ev.get("event") == "warning"]
         self.assertTrue(any(left in ev["message"] for ev in warnings), warnings)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
+
+    def test_records_of_a_killed_run_are_removed_by_the_next(self):
+        # the command SIGKILLed while its image is saving: its record is the
+        # dead run's to remove; `recover` (any next run) deletes it
+        g = self.guest("gl-killed", size_mb=128, data_mb=100).start()
+        other = self.glance.api("POST", "/v2/images", json.dumps({
+            "name": "not-ours", "disk_format": "raw", "container_format": "bare"}).encode())
+        run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--format", "raw",
+                  "--max-rate", "10M", g.name)
+        run.until(lambda ev: ev.get("phase") == "upload" and ev.get("percent", 0) > 5)
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        [dead] = [i for i in self.glance.images() if i["id"] != other["id"]]
+        self.assertIn(dead["status"], ("saving", "queued"))
+        rec = hotsnap(self.state, "recover")
+        self.assertEqual(rec.rc, 0, rec.stderr)
+        [entry] = [e for e in rec.events if e.get("event") == "recovered"]
+        self.assertEqual(entry["glance_removed"], [dead["id"]], entry)
+        self.assertNotIn("error", entry)
+        # the dead run's record is gone; another's, never touched, stays
+        self.assertEqual([i["id"] for i in self.glance.images()], [other["id"]])
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
         self.assert_nothing_left()
 

@@ -49,6 +49,24 @@ static void test_dir_writable_from_many_threads(void)
     CHECK(system(cmd) == 0);
 }
 
+/* The ids an upload takes for the records it makes again follow from the
+ * first: the same in every process, distinct, each a version 4 UUID. */
+static void test_uuid_next(void)
+{
+    const char *base = "0b4a7c2e-1f6d-4e3a-9c5b-2d8e7f6a1b3c";
+    char a[HS_UUID_LEN], b[HS_UUID_LEN], c[HS_UUID_LEN];
+
+    hs__uuid_next(base, 1, a);
+    hs__uuid_next(base, 1, b);
+    hs__uuid_next(base, 2, c);
+    CHECK(!strcmp(a, b));
+    CHECK(strcmp(a, c) != 0 && strcmp(a, base) != 0);
+    CHECK(strlen(a) == 36 && a[8] == '-' && a[14] == '4');
+    CHECK(strchr("89ab", a[19]) != NULL);
+    hs__uuid_next("another-base", 1, b);
+    CHECK(strcmp(a, b) != 0);
+}
+
 /* A URL with credentials is never echoed as it is. */
 static void test_url_redact(void)
 {
@@ -190,6 +208,7 @@ static void test_dir_safe(void)
 int main(void)
 {
     RUN(test_url_redact);
+    RUN(test_uuid_next);
     RUN(test_write_atomic_follows_no_symlink);
     RUN(test_noreplace);
     RUN(test_rm_rf_keeps_what_links_point_to);
