@@ -453,6 +453,15 @@ class WriterGuest(Guest):
     def heartbeats(self):
         return [int(l.split()[2]) for l in self.console_lines("HSW hb ")]
 
+    def assert_beats_after(self, before, timeout=60):
+        """The guest writes on: a heartbeat newer than @before comes."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.heartbeats()[-1] > before:
+                return
+            time.sleep(0.2)
+        raise AssertionError("%s: no heartbeat after %d (stopped or paused?)" % (self.name, before))
+
     def fs_heartbeats(self):
         """The heartbeat written to the freezable filesystem."""
         return [int(l.split()[2]) for l in self.console_lines("HSW fshb ")]

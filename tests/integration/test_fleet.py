@@ -250,7 +250,16 @@ class FleetTest(GlanceGuestTestCase):
         while len(self.rpc("host-a", "list", domain=g.name)) < 2:
             self.assertLess(time.time(), deadline, "the request started no job")
             time.sleep(0.2)
-        time.sleep(2)  # the second delivery has been handled too
+        # both deliveries acked (a snapshot's only once it is accepted and
+        # in the history): the second has been handled too
+        while True:
+            out = self.rabbit.ctl("list_queues", "-q", "--no-table-headers", "name",
+                                  "messages_ready", "messages_unacknowledged").stdout
+            row = [l.split() for l in out.splitlines() if l.split()[:1] == ["hotsnap.host-a"]]
+            if row and row[0][1:] == ["0", "0"]:
+                break
+            self.assertLess(time.time(), deadline, "the deliveries were never acked: %s" % out)
+            time.sleep(0.2)
         jobs = self.rpc("host-a", "list", domain=g.name)
         self.assertEqual(len(jobs), 2, jobs)  # the first job and one more, not two
         self.ended("host-a", jobs[0]["id"])

@@ -125,8 +125,7 @@ class GlanceTest(GlanceGuestTestCase):
         g = self.guest("gl-restart", size_mb=256, data_mb=200)
         run = Run(self.state, "snapshot", "--to", "glance:" + self.glance.url, "--format", "raw",
                   "--max-rate", "40M", "--attempts", "8", g.name)
-        run.until(state_event("upload"))
-        time.sleep(1.5)
+        run.until(lambda ev: ev.get("phase") == "upload" and ev.get("percent", 0) > 5)
         self.glance.stop()
         time.sleep(1.0)
         self.glance.start()
