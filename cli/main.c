@@ -4,6 +4,7 @@
  * when every snapshot succeeded (1 when one failed, 2 for bad input).
  */
 #include <errno.h>
+#include <limits.h>
 #include <fnmatch.h>
 #include <getopt.h>
 #include <math.h>
@@ -62,6 +63,7 @@ static void usage(FILE *f)
         "usage: hotsnap [options] snapshot DOMAIN... | snapshot --all\n"
         "       hotsnap [options] list\n"
         "       hotsnap [options] recover\n"
+        "       hotsnap [--to dir:PATH] verify\n"
         "       hotsnap [options] agent\n"
         "\n"
         "  -c, --connect URI      libvirt URI (default " HS_DEFAULT_URI ")\n"
@@ -104,6 +106,8 @@ static void usage(FILE *f)
         "                         (default 180; 0: they are)\n"
         "      --store-mode MODE  file mode of images in a dir: store, octal (default 0600:\n"
         "                         root only; e.g. 0640 to serve the store to a group)\n"
+        "      --store-digest ALG the digest a dir: store's sidecar records, each byte\n"
+        "                         hashed once: xxh128 (default), sha256 or sha512\n"
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
         "\n"
         "limits on what snapshots share (a job holds each only while it uses it):\n"
@@ -228,6 +232,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_STALL_TIMEOUT,
         OPT_GLANCE_OUTAGE,
         OPT_STORE_MODE,
+        OPT_STORE_DIGEST,
         OPT_SOCKET,
         OPT_SOCKET_GROUP,
         OPT_LISTEN,
@@ -270,6 +275,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT},
         {"glance-outage", required_argument, NULL, OPT_GLANCE_OUTAGE},
         {"store-mode", required_argument, NULL, OPT_STORE_MODE},
+        {"store-digest", required_argument, NULL, OPT_STORE_DIGEST},
         {"max-captures", required_argument, NULL, OPT_MAX_CAPTURES},
         {"max-extracts", required_argument, NULL, OPT_MAX_EXTRACTS},
         {"max-uploads", required_argument, NULL, OPT_MAX_UPLOADS},
@@ -444,6 +450,11 @@ static void parse_args(struct cli *cli, int argc, char **argv)
                           optarg);
             cli->sopts.store_mode = (unsigned)v;
             break;
+        case OPT_STORE_DIGEST:
+            if (strcmp(optarg, "xxh128") && strcmp(optarg, "sha256") && strcmp(optarg, "sha512"))
+                die_usage("--store-digest '%s' is not one of xxh128, sha256 or sha512", optarg);
+            cli->sopts.store_digest = optarg;
+            break;
         case OPT_SCRATCH:
             cli->sopts.scratch_dir = optarg;
             break;
@@ -513,7 +524,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         }
     }
     if (optind >= argc)
-        die_usage("no command given (snapshot, list or recover); see --help");
+        die_usage("no command given (snapshot, list, recover, verify or agent); see --help");
     cli->command = argv[optind++];
     cli->domains = argv + optind;
     cli->ndomains = argc - optind;
@@ -525,11 +536,11 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         if (cli->sopts.compress && cli->sopts.format == HS_FORMAT_RAW)
             die_usage("--compress needs --format qcow2");
     } else if (!strcmp(cli->command, "list") || !strcmp(cli->command, "recover") ||
-               !strcmp(cli->command, "agent")) {
+               !strcmp(cli->command, "agent") || !strcmp(cli->command, "verify")) {
         if (cli->ndomains > 0)
             die_usage("'%s' takes no arguments", cli->command);
     } else {
-        die_usage("unknown command '%s' (expected snapshot, list, recover or agent)",
+        die_usage("unknown command '%s' (expected snapshot, list, recover, verify or agent)",
                   cli->command);
     }
     if (agent_opt && strcmp(cli->command, "agent"))
@@ -627,6 +638,10 @@ static void print_summary(struct cli *cli)
                 cJSON_AddStringToObject(o, "name", img->name);
                 cJSON_AddStringToObject(o, "location", img->location);
                 cJSON_AddNumberToObject(o, "size", (double)img->size);
+                if (img->hash) {
+                    cJSON_AddStringToObject(o, "hash_algo", img->hash_algo);
+                    cJSON_AddStringToObject(o, "hash", img->hash);
+                }
                 cJSON_AddItemToArray(imgs, o);
             }
             cJSON_AddItemToObject(r, "images", imgs);
@@ -1030,6 +1045,82 @@ static void recovered(struct hs_engine *eng, int status, const cJSON *report, vo
     }
 }
 
+/* ---- verify: a store's images against their sidecars, no libvirt ---- */
+
+static void verified_one(const char *id, const char *file, const char *why, void *data)
+{
+    struct cli *cli = data;
+
+    if (cli->out.json) {
+        cJSON *ev = cJSON_CreateObject();
+
+        cJSON_AddStringToObject(ev, "event", "verified");
+        cJSON_AddStringToObject(ev, "id", id);
+        if (file)
+            cJSON_AddStringToObject(ev, "file", file);
+        cJSON_AddBoolToObject(ev, "ok", !why);
+        if (why)
+            cJSON_AddStringToObject(ev, "error", why);
+        hs_cli_out_event(&cli->out, ev);
+        cJSON_Delete(ev);
+    } else if (why) {
+        hs_cli_out_line(&cli->out, stderr, "hotsnap: image %s: %s\n", id, why);
+    } else {
+        hs_cli_out_line(&cli->out, stdout, "%s  ok  %s\n", id, file);
+    }
+}
+
+static void verified_all(int checked, int bad, int status, const char *error, void *data)
+{
+    struct cli *cli = data;
+
+    if (status < 0) {
+        fprintf(stderr, "hotsnap: %s\n", error);
+        cli->exit_code = EXIT_USAGE;
+    } else {
+        if (cli->out.json) {
+            cJSON *ev = cJSON_CreateObject();
+
+            cJSON_AddStringToObject(ev, "event", "summary");
+            cJSON_AddNumberToObject(ev, "checked", checked);
+            cJSON_AddNumberToObject(ev, "bad", bad);
+            hs_cli_out_event(&cli->out, ev);
+            cJSON_Delete(ev);
+        } else {
+            hs_cli_out_line(&cli->out, bad ? stderr : stdout,
+                            "hotsnap: %d image%s checked, %d bad\n", checked,
+                            checked == 1 ? "" : "s", bad);
+        }
+        cli->exit_code = bad ? EXIT_FAILED : 0;
+    }
+    hs_cli_out_stop(&cli->out);
+}
+
+static int do_verify(struct cli *cli)
+{
+    char err[512], target[PATH_MAX + 16];
+    int rc;
+
+    /* the store a snapshot with the same options publishes to */
+    if (cli->sopts.target)
+        snprintf(target, sizeof(target), "%s", cli->sopts.target);
+    else
+        snprintf(target, sizeof(target), "dir:%s/images",
+                 cli->eopts.state_dir ? cli->eopts.state_dir : HS_DEFAULT_STATE_DIR);
+    uv_loop_init(&cli->loop);
+    hs_cli_out_start(&cli->out, &cli->loop);
+    rc = hs_store_verify(&cli->loop, target, verified_one, verified_all, cli, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "hotsnap: %s\n", err);
+        hs_cli_out_stop(&cli->out);
+        cli->exit_code = EXIT_USAGE;
+    }
+    uv_run(&cli->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&cli->loop);
+    hs_cli_out_free(&cli->out);
+    return cli->exit_code;
+}
+
 int main(int argc, char **argv)
 {
     static struct cli cli;
@@ -1049,6 +1140,8 @@ int main(int argc, char **argv)
         cli.agent.verbose = cli.verbose;
         return hs_agent_main(&cli.agent);
     }
+    if (!strcmp(cli.command, "verify"))
+        return do_verify(&cli);
     cli.eopts.on_event = on_event;
     cli.eopts.event_data = &cli;
     /* warnings always reach the operator; -v adds the rest */

@@ -623,7 +623,7 @@ static int job_stream_open(struct hs_job *job, struct hs_job_disk *d, struct hs_
     int rc;
 
     rc = hs__nbd_source_open(job->eng->loop, &ex, job->format == HS_FORMAT_QCOW2,
-                             job_stream_opened, NULL, job, &src, &job->err);
+                             job->up->digest, job_stream_opened, NULL, job, &src, &job->err);
     if (rc < 0) {
         job->err_from_stream = 1; /* e.g. refused: QEMU may be on its way out */
         return rc;
@@ -820,9 +820,12 @@ static void job_uploaded(struct hs_upload_req *req, int status)
     job->uploading = 0;
     cJSON_Delete((cJSON *)req->props);
     req->props = NULL;
-    if (status == 0 && d->src && hs__stream_sha512(d->src)) {
-        snprintf(d->sha512, sizeof(d->sha512), "%s", hs__stream_sha512(d->src));
-        d->img.sha512 = d->sha512;
+    if (status == 0 && d->src && hs__stream_digest(d->src)) {
+        snprintf(d->digest, sizeof(d->digest), "%s", hs__stream_digest(d->src));
+        d->img.hash_algo = hs__digest_name(d->src->algo);
+        d->img.hash = d->digest;
+        if (d->src->algo == HS_DIGEST_SHA512)
+            d->img.sha512 = d->digest;
     }
     hs__stream_close(d->src);
     d->src = NULL;
@@ -862,7 +865,8 @@ static int job_upload_next(struct hs_job *job)
     if (!d->src) {
         struct hs_source *file;
 
-        rc = hs__source_open(job->eng->loop, d->out_path, d->img.size, NULL, NULL, &file,
+        rc = hs__source_open(job->eng->loop, d->out_path, d->img.size, job->up->digest, NULL,
+                             NULL, &file,
                              &job->err);
         if (rc < 0)
             return rc;
@@ -1278,6 +1282,14 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
                    : opts->upload_outage == 0 ? HS_DEFAULT_OUTAGE
                                               : 0;
     env.store_mode = opts->store_mode ? opts->store_mode : 0600;
+    env.store_digest = HS_DIGEST_XXH128;
+    if (opts->store_digest && hs__digest_parse(opts->store_digest, &env.store_digest) < 0) {
+        hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                   "store digest '%.64s' is not one of xxh128, sha256 or sha512",
+                   opts->store_digest);
+        free(target);
+        return job_fail_start(job, errbuf, errlen);
+    }
     rc = eng->new_uploader(&env, opts->target ? opts->target : target, &job->up, &job->err);
     {
         char shown[1024];

@@ -112,6 +112,10 @@ static cJSON *job_images_json(const struct hs_job *job)
         cJSON_AddNumberToObject(o, "virtual_size", (double)img->virtual_size);
         if (img->sha512)
             cJSON_AddStringToObject(o, "sha512", img->sha512);
+        if (img->hash) {
+            cJSON_AddStringToObject(o, "hash_algo", img->hash_algo);
+            cJSON_AddStringToObject(o, "hash", img->hash);
+        }
         cJSON_AddItemToArray(arr, o);
     }
     return arr;

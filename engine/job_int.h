@@ -46,7 +46,7 @@ struct hs_job_disk {
     char *out_path;
     char *location;
     char image_id[64];
-    char sha512[129]; /* hex, of the bytes published */
+    char digest[HS_DIGEST_HEX]; /* hex, of the bytes published */
     struct hs_stream *src; /* the image as the upload reads it, while open */
 };
 

@@ -2,7 +2,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <libnbd.h>
-#include <openssl/evp.h>
 
 #include "nbd.h"
 #include "nbd_source.h"
@@ -44,11 +43,11 @@ struct hs_nbd_source {
     int reads;         /* in flight, all chunks */
     /* hashing, on the worker pool, chunk after chunk in order */
     uv_work_t work;
-    EVP_MD_CTX *sha512;
+    struct hs_digest digest;
     int hashing;
     int hash_i; /* the chunk hashed next */
-    char w_hex[129];
-    char hex[129];
+    char w_hex[HS_DIGEST_HEX];
+    char hex[HS_DIGEST_HEX];
     int hashed_all;
     int waiting;
     int rewinding;
@@ -66,7 +65,7 @@ static void ns_free(struct hs_nbd_source *s)
     for (i = 0; i < NS_NBUF; i++)
         free(s->ch[i].buf);
     hs__qcow2_free(s->q);
-    EVP_MD_CTX_free(s->sha512);
+    hs__digest_free(&s->digest);
     free(s);
 }
 
@@ -103,7 +102,7 @@ static void ns_reset(struct hs_nbd_source *s)
     s->hashed_all = 0;
     s->rc = 0;
     hs_err_clear(&s->err);
-    EVP_DigestInit_ex(s->sha512, EVP_sha512(), NULL);
+    hs__digest_reset(&s->digest);
 }
 
 static int ns_settle_rewind(struct hs_nbd_source *s)
@@ -123,14 +122,10 @@ static void ns_hash_work(uv_work_t *w)
 {
     struct hs_nbd_source *s = hs_container_of(w, struct hs_nbd_source, work);
     struct ns_chunk *c = &s->ch[s->hash_i];
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned len;
 
-    EVP_DigestUpdate(s->sha512, c->buf, c->len);
-    if (c->off + c->len == s->size) {
-        EVP_DigestFinal_ex(s->sha512, md, &len);
-        hs__hex(md, len, s->w_hex);
-    }
+    hs__digest_update(&s->digest, c->buf, c->len);
+    if (c->off + c->len == s->size)
+        hs__digest_final(&s->digest, s->w_hex);
 }
 
 static void ns_hash_done(uv_work_t *w, int status);
@@ -385,7 +380,7 @@ static void ns_connected(struct hs_nbd *n, int status, void *data)
 static const struct hs_stream_ops ns_ops;
 
 int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qcow2,
-                        hs_nbd_source_open_cb opened, hs_stream_ready_cb ready, void *data,
+                        enum hs_digest_algo algo, hs_nbd_source_open_cb opened, hs_stream_ready_cb ready, void *data,
                         struct hs_nbd_source **out, struct hs_err *err)
 {
     struct hs_nbd_source *s = hs__calloc(1, sizeof(*s));
@@ -397,16 +392,14 @@ int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qco
     s->qcow2 = qcow2;
     s->opened = opened;
     s->data = data;
-    s->sha512 = EVP_MD_CTX_new();
-    if (!s->sha512)
-        abort();
+    s->st.algo = algo;
+    hs__digest_init(&s->digest, algo);
     for (i = 0; i < NS_NBUF; i++) {
         s->ch[i].s = s;
         s->ch[i].buf = malloc(NS_CHUNK);
         if (!s->ch[i].buf)
             abort();
     }
-    EVP_DigestInit_ex(s->sha512, EVP_sha512(), NULL);
     if (ex->socket)
         rc = hs__nbd_open(loop, ex->socket, ex->name, ns_connected, s, &s->n, err);
     else
@@ -470,7 +463,7 @@ void hs__nbd_source_rewind(struct hs_nbd_source *s)
     ns_settle_rewind(s);
 }
 
-const char *hs__nbd_source_sha512(const struct hs_nbd_source *s)
+const char *hs__nbd_source_digest(const struct hs_nbd_source *s)
 {
     return s->hashed_all ? s->hex : NULL;
 }
@@ -498,9 +491,9 @@ static void ns_st_rewind(struct hs_stream *st)
     hs__nbd_source_rewind((struct hs_nbd_source *)st);
 }
 
-static const char *ns_st_sha512(const struct hs_stream *st)
+static const char *ns_st_digest(const struct hs_stream *st)
 {
-    return hs__nbd_source_sha512((const struct hs_nbd_source *)st);
+    return hs__nbd_source_digest((const struct hs_nbd_source *)st);
 }
 
 static void ns_st_close(struct hs_stream *st)
@@ -511,7 +504,7 @@ static void ns_st_close(struct hs_stream *st)
 static const struct hs_stream_ops ns_ops = {
     .read = ns_st_read,
     .rewind = ns_st_rewind,
-    .sha512 = ns_st_sha512,
+    .digest = ns_st_digest,
     .close = ns_st_close,
 };
 

@@ -3,7 +3,7 @@
  * status), then, for qcow2, the layout of engine/qcow2.c (so the size is
  * known before the first byte: a Content-Length), then the bytes in one
  * sequential pass, read from the export with several reads in flight and
- * hashed (sha512) on the worker pool. raw streams the whole disk, holes as
+ * hashed (its one digest) on the worker pool. raw streams the whole disk, holes as
  * zeros without reading them. Same reading contract as engine/source.h.
  */
 #ifndef HS_NBD_SOURCE_H
@@ -30,10 +30,12 @@ struct hs_nbd_export {
     const char *name;
 };
 
-/* @qcow2: a qcow2 image, else raw. @ready: as for engine/stream.h. */
+/* @qcow2: a qcow2 image, else raw; hashed with @algo. @ready: as for
+ * engine/stream.h. */
 int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qcow2,
-                        hs_nbd_source_open_cb opened, hs_stream_ready_cb ready, void *data,
-                        struct hs_nbd_source **out, struct hs_err *err);
+                        enum hs_digest_algo algo, hs_nbd_source_open_cb opened,
+                        hs_stream_ready_cb ready, void *data, struct hs_nbd_source **out,
+                        struct hs_err *err);
 /* The image's size in bytes, once opened; and the disk's. */
 uint64_t hs__nbd_source_size(const struct hs_nbd_source *s);
 uint64_t hs__nbd_source_virtual_size(const struct hs_nbd_source *s);
@@ -42,8 +44,8 @@ uint64_t hs__nbd_source_virtual_size(const struct hs_nbd_source *s);
 ssize_t hs__nbd_source_read(struct hs_nbd_source *s, void *buf, size_t len, struct hs_err *err);
 /* From byte 0 again (a retried upload). */
 void hs__nbd_source_rewind(struct hs_nbd_source *s);
-/* The sha512 (hex) of every byte, once all were read and hashed; else NULL. */
-const char *hs__nbd_source_sha512(const struct hs_nbd_source *s);
+/* The digest (hex) of every byte, once all were read and hashed; else NULL. */
+const char *hs__nbd_source_digest(const struct hs_nbd_source *s);
 /* Done: disconnects; freed once nothing is in flight. */
 void hs__nbd_source_close(struct hs_nbd_source *s);
 /* The same source as an image stream (size known once opened). */

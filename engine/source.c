@@ -5,7 +5,6 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <openssl/evp.h>
 
 #include "source.h"
 #include "util.h"
@@ -41,9 +40,9 @@ struct hs_source {
     int rc;         /* a read failed: negative errno */
     size_t w_len;   /* worker: bytes read */
     int w_rc;       /* worker: 0 or negative errno */
-    EVP_MD_CTX *sha512;
-    char w_hex[129]; /* worker: the digest, once the last chunk is in */
-    char hex[129];
+    struct hs_digest digest;
+    char w_hex[HS_DIGEST_HEX]; /* worker: the digest, once the last chunk is in */
+    char hex[HS_DIGEST_HEX];
     int hashed;
 };
 
@@ -55,18 +54,14 @@ static void src_free(struct hs_source *s)
         free(s->buf[i].data);
     if (s->fd >= 0)
         close(s->fd);
-    EVP_MD_CTX_free(s->sha512);
+    hs__digest_free(&s->digest);
     free(s->path);
     free(s);
 }
 
 static void src_hash_final(struct hs_source *s, char *hex)
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned len;
-
-    EVP_DigestFinal_ex(s->sha512, md, &len);
-    hs__hex(md, len, hex);
+    hs__digest_final(&s->digest, hex);
 }
 
 /* Hashing is background work: a pool thread that hashes yields to the loop
@@ -102,7 +97,7 @@ static void src_work(uv_work_t *w)
         }
         got += (size_t)n;
     }
-    EVP_DigestUpdate(s->sha512, b->data, got);
+    hs__digest_update(&s->digest, b->data, got);
     s->w_len = got;
     if (s->fill_off + got == s->size)
         src_hash_final(s, s->w_hex);
@@ -132,7 +127,7 @@ static void src_reset(struct hs_source *s)
     s->fill_off = 0;
     s->rc = 0;
     s->hashed = 0;
-    EVP_DigestInit_ex(s->sha512, EVP_sha512(), NULL);
+    hs__digest_reset(&s->digest);
     if (s->size == 0) {
         src_hash_final(s, s->hex);
         s->hashed = 1;
@@ -173,8 +168,9 @@ static void src_after_work(uv_work_t *w, int status)
 
 static const struct hs_stream_ops src_ops;
 
-int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, hs_stream_ready_cb ready,
-                    void *data, struct hs_source **out, struct hs_err *err)
+int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, enum hs_digest_algo algo,
+                    hs_stream_ready_cb ready, void *data, struct hs_source **out,
+                    struct hs_err *err)
 {
     struct hs_source *s = hs__calloc(1, sizeof(*s));
     int i;
@@ -193,9 +189,8 @@ int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, hs_stream_
     s->st.ops = &src_ops;
     s->st.size = size;
     hs__stream_reader(&s->st, ready, data);
-    s->sha512 = EVP_MD_CTX_new();
-    if (!s->sha512)
-        abort();
+    s->st.algo = algo;
+    hs__digest_init(&s->digest, algo);
     for (i = 0; i < SRC_NBUF; i++) {
         s->buf[i].data = malloc(SRC_CHUNK);
         if (!s->buf[i].data)
@@ -248,7 +243,7 @@ void hs__source_rewind(struct hs_source *s)
     src_kick(s);
 }
 
-const char *hs__source_sha512(const struct hs_source *s)
+const char *hs__source_digest(const struct hs_source *s)
 {
     return s->hashed ? s->hex : NULL;
 }
@@ -276,9 +271,9 @@ static void src_st_rewind(struct hs_stream *st)
     hs__source_rewind((struct hs_source *)st);
 }
 
-static const char *src_st_sha512(const struct hs_stream *st)
+static const char *src_st_digest(const struct hs_stream *st)
 {
-    return hs__source_sha512((const struct hs_source *)st);
+    return hs__source_digest((const struct hs_source *)st);
 }
 
 static void src_st_close(struct hs_stream *st)
@@ -289,7 +284,7 @@ static void src_st_close(struct hs_stream *st)
 static const struct hs_stream_ops src_ops = {
     .read = src_st_read,
     .rewind = src_st_rewind,
-    .sha512 = src_st_sha512,
+    .digest = src_st_digest,
     .close = src_st_close,
 };
 

@@ -1,7 +1,8 @@
 /*
  * An image as a stream: what an uploader reads, whatever the mode made it
  * from. A stream has a known length, hands out its bytes in order from the
- * loop thread, hashes them (sha512) off the loop, and starts again from
+ * loop thread, hashes them (one digest, engine/digest.h: the one its
+ * uploader records) off the loop, and starts again from
  * byte 0 on request (a retried upload). Two kinds: a file read ahead on the
  * worker pool (engine/source.c: cold, offline with compression, mirror,
  * push) and an NBD export laid out as an image while it is read
@@ -17,6 +18,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "digest.h"
 #include "err.h"
 
 struct hs_stream;
@@ -25,13 +27,14 @@ typedef void (*hs_stream_ready_cb)(struct hs_stream *st, void *data);
 struct hs_stream_ops {
     ssize_t (*read)(struct hs_stream *st, void *buf, size_t len, struct hs_err *err);
     void (*rewind)(struct hs_stream *st);
-    const char *(*sha512)(const struct hs_stream *st);
+    const char *(*digest)(const struct hs_stream *st);
     void (*close)(struct hs_stream *st);
 };
 
 struct hs_stream {
     const struct hs_stream_ops *ops;
     uint64_t size; /* bytes, known before the first is read */
+    enum hs_digest_algo algo; /* of its digest */
     hs_stream_ready_cb ready;
     void *data;
 };
@@ -58,10 +61,11 @@ static inline void hs__stream_rewind(struct hs_stream *st)
     st->ops->rewind(st);
 }
 
-/* The sha512 (hex) of every byte, once all were handed out and hashed; else NULL. */
-static inline const char *hs__stream_sha512(const struct hs_stream *st)
+/* The digest (hex, of st->algo) of every byte, once all were handed out
+ * and hashed; else NULL. */
+static inline const char *hs__stream_digest(const struct hs_stream *st)
 {
-    return st->ops->sha512(st);
+    return st->ops->digest(st);
 }
 
 /* Done with it: freed now, or once what is in flight has ended. NULL-safe. */

@@ -175,6 +175,9 @@ struct hs_snapshot_opts {
        502/503/504, as in a restart) before an upload fails, such tries not
        counting as attempts; 0: HS_DEFAULT_OUTAGE; < 0: none (they count) */
     int upload_outage;
+    /* dir: targets: the digest each image's sidecar records, its bytes hashed
+       once as they stream: "xxh128" (NULL: the default), "sha256" or "sha512" */
+    const char *store_digest;
 };
 
 typedef void (*hs_job_cb)(struct hs_job *job, int status, void *data);
@@ -198,7 +201,13 @@ struct hs_image {
     const char *format;   /* "qcow2" or "raw" */
     uint64_t size;        /* bytes published */
     uint64_t virtual_size;
-    const char *sha512; /* hex digest of the published bytes; NULL until published */
+    const char *sha512; /* hex digest of the published bytes; NULL until published, and
+                           when they were hashed with another algorithm */
+    /* the one digest of the published bytes, as recorded with the image
+       (Glance's os_hash_value, a store's sidecar), and its algorithm
+       ("sha512", "sha256", "xxh128"); NULL until published */
+    const char *hash_algo;
+    const char *hash;
 };
 
 const char *hs_job_id(const struct hs_job *job);
@@ -212,6 +221,22 @@ double hs_job_seconds(const struct hs_job *job);
 double hs_job_stall_ms(const struct hs_job *job);
 size_t hs_job_image_count(const struct hs_job *job);
 const struct hs_image *hs_job_image(const struct hs_job *job, size_t i);
+
+/*
+ * A store's images checked against their sidecars (`hotsnap verify`): for
+ * each <id>.json of the dir:PATH @target, its image is read again and its
+ * size and digest compared with what the sidecar records. On @loop's worker
+ * pool, two images at a time; no engine or libvirt needed. @each runs once
+ * per image (loop thread) with @why NULL when it is intact, else the reason;
+ * @done once at the end with the counts, or status < 0 and the reason when
+ * the store cannot be read. 0, or -EINVAL with a message in @errbuf.
+ */
+typedef void (*hs_verify_image_cb)(const char *id, const char *file, const char *why,
+                                   void *data);
+typedef void (*hs_verify_done_cb)(int checked, int bad, int status, const char *error,
+                                  void *data);
+int hs_store_verify(uv_loop_t *loop, const char *target, hs_verify_image_cb each,
+                    hs_verify_done_cb done, void *data, char *errbuf, size_t errlen);
 
 /* Validation helpers shared with front ends; 0 or -EINVAL with a message. */
 int hs_name_template_check(const char *tmpl, char *errbuf, size_t errlen);

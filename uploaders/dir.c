@@ -2,10 +2,14 @@
  * The local image store, "dir:PATH": PATH/<id>.<format> and PATH/<id>.json.
  * The image stream (engine/stream.h) is written straight into
  * PATH/.<id>.<format>.part: the loop takes its bytes into one of two 4 MiB
- * buffers while a worker writes the other (and updates the sidecar's
- * sha256); the sha512 is the stream's own. Then fsync and rename, and the
- * metadata the same way, so a reader never sees half an image, and an image
- * whose .json exists is complete. Both are root's alone (0600) unless the
+ * buffers while a worker writes the other. Each byte is hashed once, by the
+ * stream (the store's digest, --store-digest); the sidecar records it with
+ * its algorithm (os_hash_algo, os_hash_value, as Glance names them). Each
+ * buffer's writeback is started as soon as it is written and its pages are
+ * dropped once written back (sync_file_range, POSIX_FADV_DONTNEED), so a
+ * night of snapshots does not evict the guests' page cache. Then fsync and
+ * rename, and the metadata the same way, so a reader never sees half an
+ * image, and an image whose .json exists is complete. Both are root's alone (0600) unless the
  * operator chose a store mode to serve the store to a group.
  *
  * Every file is made relative to the store's directory fd, opened once per
@@ -20,7 +24,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <openssl/evp.h>
 
 #include "stream.h"
 #include "uploader.h"
@@ -45,8 +48,9 @@ struct dir_upload {
     char *final_name, *part_name, *meta_name;
     int renamed, meta_written; /* what is ours to remove on a failure */
     int dst_fd;
-    EVP_MD_CTX *sha256; /* worker */
-    char h512[129];     /* the stream's, once every byte was taken */
+    uint64_t w_off;          /* worker: where the next write goes */
+    uint64_t w_prev, w_plen; /* worker: the last range whose writeback was started */
+    char digest[HS_DIGEST_HEX]; /* the stream's, once every byte was taken */
     unsigned char *buf[2];
     size_t len[2];
     int fill;     /* the buffer the loop fills */
@@ -111,15 +115,11 @@ static int write_all(int fd, const unsigned char *p, size_t n)
 static int dir_write_meta(struct dir_upload *u)
 {
     struct hs_upload_req *req = u->req;
-    unsigned char md[EVP_MAX_MD_SIZE];
-    char h256[2 * 32 + 1], now[40];
-    unsigned len;
+    char now[40];
     cJSON *m = cJSON_CreateObject(), *it;
     char *text;
     int rc;
 
-    EVP_DigestFinal_ex(u->sha256, md, &len);
-    hs__hex(md, len, h256);
     hs__iso8601(hs__now(), now, sizeof(now));
     cJSON_AddStringToObject(m, "id", req->image_id);
     cJSON_AddStringToObject(m, "name", req->name);
@@ -128,9 +128,8 @@ static int dir_write_meta(struct dir_upload *u)
     cJSON_AddStringToObject(m, "container_format", "bare");
     cJSON_AddNumberToObject(m, "size", (double)req->size);
     cJSON_AddNumberToObject(m, "virtual_size", (double)req->virtual_size);
-    cJSON_AddStringToObject(m, "sha256", h256);
-    cJSON_AddStringToObject(m, "os_hash_algo", "sha512");
-    cJSON_AddStringToObject(m, "os_hash_value", u->h512);
+    cJSON_AddStringToObject(m, "os_hash_algo", hs__digest_name(req->src->algo));
+    cJSON_AddStringToObject(m, "os_hash_value", u->digest);
     cJSON_AddStringToObject(m, "created_at", now);
     cJSON_AddStringToObject(m, "file", strrchr(u->final_path, '/') + 1);
     /* the properties a Nova snapshot carries, next to the image's own fields */
@@ -155,12 +154,24 @@ static void dir_work_cb(uv_work_t *w)
     /* the worker's results go in w_rc (and err_what), which the loop reads
      * only once the work is done */
     if (u->w_len) {
-        EVP_DigestUpdate(u->sha256, p, u->w_len);
         u->w_rc = write_all(u->dst_fd, p, u->w_len);
         if (u->w_rc < 0) {
             u->err_what = "write";
             return;
         }
+        /* the previous buffer is written back by now (or soon: wait for
+         * it), and its pages are of no more use to anyone; this one's
+         * writeback starts */
+        if (u->w_plen) {
+            sync_file_range(u->dst_fd, (off_t)u->w_prev, (off_t)u->w_plen,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER);
+            posix_fadvise(u->dst_fd, (off_t)u->w_prev, (off_t)u->w_plen, POSIX_FADV_DONTNEED);
+        }
+        sync_file_range(u->dst_fd, (off_t)u->w_off, (off_t)u->w_len, SYNC_FILE_RANGE_WRITE);
+        u->w_prev = u->w_off;
+        u->w_plen = u->w_len;
+        u->w_off += u->w_len;
     }
     if (!u->w_final)
         return;
@@ -168,6 +179,7 @@ static void dir_work_cb(uv_work_t *w)
         u->w_rc = -errno, u->err_what = "fsync";
         return;
     }
+    posix_fadvise(u->dst_fd, 0, 0, POSIX_FADV_DONTNEED); /* the last buffer's too */
     close(u->dst_fd);
     u->dst_fd = -1;
     u->w_rc = hs__rename_noreplace_at(u->dirfd, u->part_name, u->final_name);
@@ -187,7 +199,6 @@ static void dir_free(struct dir_upload *u)
         close(u->dst_fd);
     if (u->dirfd >= 0)
         close(u->dirfd);
-    EVP_MD_CTX_free(u->sha256);
     free(u->buf[0]);
     free(u->buf[1]);
     free(u->final_path);
@@ -273,9 +284,9 @@ static void dir_pump(struct dir_upload *u)
     u->w_len = u->len[u->fill];
     u->w_final = u->eof;
     if (u->eof) {
-        const char *h512 = hs__stream_sha512(req->src); /* final: every byte was taken */
+        const char *hex = hs__stream_digest(req->src); /* final: every byte was taken */
 
-        snprintf(u->h512, sizeof(u->h512), "%s", h512 ? h512 : "");
+        snprintf(u->digest, sizeof(u->digest), "%s", hex ? hex : "");
     }
     u->fill = !u->fill;
     u->len[u->fill] = 0;
@@ -378,11 +389,9 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
         dir_free(u);
         return rc;
     }
-    u->sha256 = EVP_MD_CTX_new();
     u->buf[0] = malloc(DIR_CHUNK);
     u->buf[1] = malloc(DIR_CHUNK);
-    if (!u->sha256 || !EVP_DigestInit_ex(u->sha256, EVP_sha256(), NULL) || !u->buf[0] ||
-        !u->buf[1])
+    if (!u->buf[0] || !u->buf[1])
         abort();
     rc = dir_kick(u);
     if (rc < 0) {

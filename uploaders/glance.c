@@ -335,7 +335,7 @@ static int gu_start_upload(struct glance_up *u)
 
 static void gu_hash_done(struct glance_up *u)
 {
-    const char *hex = hs__stream_sha512(u->req->src);
+    const char *hex = hs__stream_digest(u->req->src); /* sha512: up->digest */
 
     snprintf(u->sha512_hex, sizeof(u->sha512_hex), "%s", hex ? hex : "");
 }

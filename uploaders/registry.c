@@ -15,9 +15,11 @@ int hs__uploader_new(const struct hs_uploader_env *env, const char *spec, struct
     up->loop = env->loop;
     if (!strncmp(spec, "dir:", 4) && spec[4]) {
         up->ops = &hs_uploader_dir;
+        up->digest = env->store_digest;
         rc = hs__dir_new(env, spec + 4, up, err);
     } else if (!strcmp(spec, "glance") || (!strncmp(spec, "glance:", 7) && spec[7])) {
         up->ops = &hs_uploader_glance;
+        up->digest = HS_DIGEST_SHA512; /* what Glance reports by default */
         rc = hs__glance_new(env, spec[6] ? spec + 7 : NULL, up, err);
     } else {
         char shown[512];

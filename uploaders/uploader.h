@@ -11,6 +11,7 @@
 #include <uv.h>
 #include <cjson/cJSON.h>
 
+#include "digest.h"
 #include "err.h"
 #include "stream.h"
 
@@ -75,12 +76,16 @@ struct hs_uploader_env {
     int stall_s;          /* seconds without progress before a transfer is retried */
     int outage_s;         /* seconds the store may be away before it fails; 0: none */
     unsigned store_mode;  /* dir: file mode of images and sidecars */
+    enum hs_digest_algo store_digest; /* dir: the one digest a sidecar records */
 };
 
 struct hs_uploader {
     const struct hs_uploader_ops *ops;
     uv_loop_t *loop;
     void *ctx;
+    /* what its images' streams hash with: the digest it records (Glance:
+     * its own os_hash_algo, sha512) */
+    enum hs_digest_algo digest;
 };
 
 extern const struct hs_uploader_ops hs_uploader_dir;

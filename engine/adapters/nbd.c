@@ -211,6 +211,11 @@ static int nbd_open(uv_loop_t *loop, const char *path, char *const *argv, const 
     n->connected = connected;
     n->data = data;
     n->h = nbd_create();
+    /* libnbd zeroes each read's buffer first, by default: a failed read here
+     * fails its stream before any byte of the buffer is used, so that pass
+     * over every byte is saved */
+    if (n->h)
+        nbd_set_pread_initialize(n->h, false);
     if (!n->h || nbd_set_export_name(n->h, export_name) < 0 ||
         nbd_add_meta_context(n->h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
         (path ? nbd_aio_connect_unix(n->h, path)

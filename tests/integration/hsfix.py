@@ -290,6 +290,25 @@ def job_active(dom):
             return False
 
 
+def file_digest(path, algo):
+    """A file's digest as a store records it, computed by another tool:
+    xxhsum (Debian's xxhash) for xxh128, Python's hashlib for the others."""
+    if algo == "xxh128":
+        return sh("xxhsum", "-H2", path).stdout.split()[0]
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assert_sidecar_digest(tc, meta, path, algo="xxh128"):
+    """The sidecar records the one digest, of @algo, and it is the file's."""
+    tc.assertEqual(meta["os_hash_algo"], algo)
+    tc.assertNotIn("sha256", meta)  # one digest per image, not two
+    tc.assertEqual(meta["os_hash_value"], file_digest(path, algo))
+
+
 def images_identical(a, b):
     r = sh("qemu-img", "compare", "-U", a, b, check=False)
     return r.returncode == 0, r.stdout + r.stderr

@@ -2,11 +2,23 @@
 import hashlib
 import json
 import os
+import subprocess
+import time
 import unittest
 
 import libvirt
 
-from hsfix import GuestTestCase, hotsnap, images_identical, job_active, sh
+from hsfix import (HOTSNAP, GuestTestCase, assert_sidecar_digest, hotsnap, images_identical,
+                   job_active, sh)
+
+
+def alive(pid):
+    """Running, not a zombie nobody reaped."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 class OfflineTest(GuestTestCase):

@@ -157,7 +157,7 @@ static void fake_pump(struct hs_stream *st, void *data)
     CHECK(n == 0 || n == -EAGAIN);
     if (n == 0) {
         CHECK(t.streamed == fake_req->size);
-        CHECK(hs__stream_sha512(st) != NULL);
+        CHECK(hs__stream_digest(st) != NULL);
         hs__stream_reader(st, NULL, NULL);
         later(upload_done);
     }

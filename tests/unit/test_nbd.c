@@ -318,7 +318,7 @@ static void stream_format(const struct hs_nbd_export *ex, int qcow2)
     uint64_t size, got;
     int fd;
 
-    CHECK(hs__nbd_source_open(&loop, ex, qcow2, src_opened, src_ready, &p, &src, &err) == 0);
+    CHECK(hs__nbd_source_open(&loop, ex, qcow2, HS_DIGEST_SHA512, src_opened, src_ready, &p, &src, &err) == 0);
     while (!p.opened)
         uv_run(&loop, UV_RUN_ONCE);
     CHECK(p.status == 0);
@@ -329,16 +329,16 @@ static void stream_format(const struct hs_nbd_export *ex, int qcow2)
     /* a retry: part of it, then from byte 0 again */
     CHECK(pull_into(src, &p, -1, 65536, 3u << 20) >= 3u << 20);
     hs__nbd_source_rewind(src);
-    CHECK(hs__nbd_source_sha512(src) == NULL);
+    CHECK(hs__nbd_source_digest(src) == NULL);
     fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     got = pull_into(src, &p, fd, 12345, UINT64_MAX);
     CHECK(got == size); /* the Content-Length held */
     close(fd);
     /* every byte hashed in order, off the loop */
-    while (!hs__nbd_source_sha512(src))
+    while (!hs__nbd_source_digest(src))
         uv_run(&loop, UV_RUN_ONCE);
     file_sha512(out, hex);
-    CHECK(!strcmp(hs__nbd_source_sha512(src), hex));
+    CHECK(!strcmp(hs__nbd_source_digest(src), hex));
     hs__nbd_source_close(src);
     uv_run(&loop, UV_RUN_DEFAULT);
     if (qcow2) {
@@ -379,7 +379,7 @@ static void test_close_mid_stream(void)
     struct hs_nbd_source *src;
     struct hs_err err = {0};
 
-    CHECK(hs__nbd_source_open(&loop, &served, 1, src_opened, src_ready, &p, &src, &err) == 0);
+    CHECK(hs__nbd_source_open(&loop, &served, 1, HS_DIGEST_SHA512, src_opened, src_ready, &p, &src, &err) == 0);
     while (!p.opened)
         uv_run(&loop, UV_RUN_ONCE);
     CHECK(pull_into(src, &p, -1, 65536, 2u << 20) >= 2u << 20);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <openssl/evp.h>
 #include <uv.h>
+#include <xxhash.h>
 
 #include "check.h"
 #include "source.h"
@@ -78,23 +79,60 @@ static void test_every_byte_and_the_hash(void)
     char want[129];
 
     sha512_hex(data, size, want);
-    CHECK(hs__source_open(&loop, path, size, ready, NULL, &src, &err) == 0);
-    CHECK(hs__source_sha512(src) == NULL);
+    CHECK(hs__source_open(&loop, path, size, HS_DIGEST_SHA512, ready, NULL, &src, &err) == 0);
+    CHECK(hs__source_digest(src) == NULL);
     CHECK(drain(src, out, 65536, size + 1) == size);
     CHECK(!memcmp(out, data, size));
-    CHECK(hs__source_sha512(src) && !strcmp(hs__source_sha512(src), want));
+    CHECK(hs__source_digest(src) && !strcmp(hs__source_digest(src), want));
     /* again from the start, after an odd partial read and a rewind */
     hs__source_rewind(src);
     CHECK(drain(src, out, 1000, 300000) >= 300000);
     hs__source_rewind(src);
-    CHECK(hs__source_sha512(src) == NULL);
+    CHECK(hs__source_digest(src) == NULL);
     CHECK(drain(src, out, 7777, size + 1) == size);
     CHECK(!memcmp(out, data, size));
-    CHECK(!strcmp(hs__source_sha512(src), want));
+    CHECK(!strcmp(hs__source_digest(src), want));
     /* closed with a read in flight: freed once it ends (ASan watches) */
     hs__source_rewind(src);
     hs__source_close(src);
     uv_run(&loop, UV_RUN_DEFAULT);
+    free(out);
+}
+
+/* Each algorithm a store may choose gives what its library computes in one
+ * call, in the spelling its own tool prints (xxhsum -H2: big-endian). */
+static void test_each_digest(void)
+{
+    struct hs_source *src;
+    struct hs_err err = {0};
+    unsigned char *out = malloc(size + 1), md[EVP_MAX_MD_SIZE];
+    XXH128_canonical_t c;
+    char want[129];
+    unsigned len;
+    enum hs_digest_algo a;
+
+    XXH128_canonicalFromHash(&c, XXH3_128bits(data, size));
+    hs__hex(c.digest, sizeof(c.digest), want);
+    CHECK(hs__source_open(&loop, path, size, HS_DIGEST_XXH128, ready, NULL, &src, &err) == 0);
+    CHECK(drain(src, out, 65536, size + 1) == size);
+    CHECK(!strcmp(hs__source_digest(src), want) && strlen(want) == 32);
+    hs__source_rewind(src); /* the hash starts again too */
+    CHECK(drain(src, out, 5000, size + 1) == size);
+    CHECK(!strcmp(hs__source_digest(src), want));
+    hs__source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    EVP_Digest(data, size, md, &len, EVP_sha256(), NULL);
+    hs__hex(md, len, want);
+    CHECK(hs__source_open(&loop, path, size, HS_DIGEST_SHA256, ready, NULL, &src, &err) == 0);
+    CHECK(drain(src, out, 65536, size + 1) == size);
+    CHECK(!strcmp(hs__source_digest(src), want));
+    hs__source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    CHECK(hs__digest_parse("xxh128", &a) == 0 && a == HS_DIGEST_XXH128);
+    CHECK(hs__digest_parse("sha256", &a) == 0 && !strcmp(hs__digest_name(a), "sha256"));
+    CHECK(hs__digest_parse("md5", &a) == -EINVAL && hs__digest_parse(NULL, &a) == -EINVAL);
     free(out);
 }
 
@@ -105,11 +143,11 @@ static void test_missing_and_shrunk_files(void)
     unsigned char *out = malloc(size + 1);
     ssize_t n = 0;
 
-    CHECK(hs__source_open(&loop, "/nonexistent/x", 10, ready, NULL, &src, &err) < 0);
+    CHECK(hs__source_open(&loop, "/nonexistent/x", 10, HS_DIGEST_SHA512, ready, NULL, &src, &err) < 0);
     CHECK(strstr(err.msg, "/nonexistent/x"));
     hs_err_clear(&err);
     /* a file shorter than announced is an error, not a short image */
-    CHECK(hs__source_open(&loop, path, size + 100, ready, NULL, &src, &err) == 0);
+    CHECK(hs__source_open(&loop, path, size + 100, HS_DIGEST_SHA512, ready, NULL, &src, &err) == 0);
     for (;;) {
         n = hs__source_read(src, out, 65536, &err);
         if (n == -EAGAIN)
@@ -118,7 +156,7 @@ static void test_missing_and_shrunk_files(void)
             break;
     }
     CHECK(n < 0 && strstr(err.msg, "changed while it was read"));
-    CHECK(hs__source_sha512(src) == NULL);
+    CHECK(hs__source_digest(src) == NULL);
     hs__source_close(src);
     uv_run(&loop, UV_RUN_DEFAULT);
     free(out);
@@ -129,6 +167,7 @@ int main(void)
     uv_loop_init(&loop);
     make_file(5 * 1024 * 1024 + 12345);
     RUN(test_every_byte_and_the_hash);
+    RUN(test_each_digest);
     RUN(test_missing_and_shrunk_files);
     unlink(path);
     free(data);
