@@ -49,8 +49,12 @@ static int offline_check(struct hs_virt_call *call, virConnectPtr conn)
 }
 
 /* Each disk as an export of a qemu-nbd of its own, its stderr kept in the
- * job's out/ directory for the error message (sh execs qemu-nbd, so the
- * pid socket activation names is qemu-nbd's). */
+ * job's out/ directory for the error message (sh execs setpriv, which execs
+ * qemu-nbd, so the pid socket activation names is qemu-nbd's). qemu-nbd
+ * ends with its client's connection, but one never connected to (the
+ * process killed during the handshake) would wait for its first client
+ * forever: it is SIGKILLed when hotsnap dies (setpriv --pdeathsig, from
+ * util-linux). */
 static void offline_export(struct hs_capture *cap)
 {
     size_t i;
@@ -58,7 +62,7 @@ static void offline_export(struct hs_capture *cap)
 
     for (i = 0; i < cap->ndisks; i++) {
         const struct hs_disk *d = cap->disks[i].disk;
-        char **argv = hs__calloc(16, sizeof(char *));
+        char **argv = hs__calloc(20, sizeof(char *));
 
         cap->disks[i].nbd_log = hs__asprintf("%s/out/%s.nbd.log", cap->scratch, d->target);
         n = 0;
@@ -67,6 +71,9 @@ static void offline_export(struct hs_capture *cap)
         argv[n++] = hs__strdup("log=$1; shift; exec \"$@\" 2>\"$log\"");
         argv[n++] = hs__strdup("sh");
         argv[n++] = hs__strdup(cap->disks[i].nbd_log);
+        argv[n++] = hs__strdup("setpriv");
+        argv[n++] = hs__strdup("--pdeathsig");
+        argv[n++] = hs__strdup("KILL");
         argv[n++] = hs__strdup("qemu-nbd");
         argv[n++] = hs__strdup("--read-only");
         argv[n++] = hs__strdup("--export-name");

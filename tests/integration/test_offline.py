@@ -41,6 +41,90 @@ class OfflineTest(GuestTestCase):
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)
         self.assert_nothing_left()
 
+    def test_a_run_killed_before_its_export_is_read_leaves_no_server(self):
+        # hotsnap SIGKILLed while its qemu-nbd starts, before the connection:
+        # a qemu-nbd that never had a client would wait for one forever, so
+        # it dies with hotsnap. The qemu-nbd here is held at its start.
+        g = self.guest("off-orphan")
+        bindir = os.path.join(self.state, "bin")
+        os.makedirs(bindir)
+        pidf = os.path.join(self.state, "nbd.pid")
+        with open(os.path.join(bindir, "qemu-nbd"), "w") as f:
+            f.write('#!/bin/sh\necho $$ > "%s.tmp" && mv "%s.tmp" "%s"\n'
+                    'while :; do sleep 0.05; done\n' % (pidf, pidf, pidf))
+        os.chmod(os.path.join(bindir, "qemu-nbd"), 0o755)
+        env = dict(os.environ, PATH=bindir + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
+        p = subprocess.Popen([HOTSNAP, "--state-dir", self.state, "snapshot", "--to",
+                              "dir:" + self.store, g.name], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not os.path.exists(pidf):
+            self.assertLess(time.time(), deadline, "the export server never started")
+            self.assertIsNone(p.poll(), "hotsnap ended first")
+            time.sleep(0.05)
+        with open(pidf) as f:
+            pid = int(f.read())
+        p.kill()
+        p.wait()
+        deadline = time.time() + 30
+        while alive(pid):
+            if time.time() > deadline:
+                os.kill(pid, 9)
+                self.fail("the export server outlived hotsnap")
+            time.sleep(0.05)
+        self.assertEqual(hotsnap(self.state, "recover").rc, 0)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_SHUTOFF)
+        self.assert_nothing_left()
+
+    def test_each_byte_hashed_once_and_verify_finds_what_changed(self):
+        g = self.guest("off-verify", disks=3)
+        # the default digest, and each one a store may choose instead
+        run = self.snapshot("--all-disks", g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        imgs = self.image_files(run)
+        self.assertEqual(len(imgs), 3)
+        for img, meta in imgs:
+            path = os.path.join(self.store, meta["file"])
+            assert_sidecar_digest(self, meta, path, "xxh128")
+            self.assertEqual((img["hash_algo"], img["hash"]), ("xxh128", meta["os_hash_value"]))
+            self.assertNotIn("sha512", img)
+        for algo in ("sha256", "sha512"):
+            run = self.snapshot("--store-digest", algo, "--format", "raw", g.name)
+            self.assertEqual(run.rc, 0, run.stderr)
+            [(img, meta)] = self.image_files(run)
+            assert_sidecar_digest(self, meta, os.path.join(self.store, meta["file"]), algo)
+        bad = hotsnap(self.state, "snapshot", "--to", "dir:" + self.store, "--store-digest",
+                      "md5", g.name)
+        self.assertEqual(bad.rc, 2)
+        self.assertIn("--store-digest 'md5' is not one of xxh128, sha256 or sha512", bad.stderr)
+        # intact: all five pass
+        ok = hotsnap(self.state, "--to", "dir:" + self.store, "verify")
+        self.assertEqual(ok.rc, 0, ok.stderr)
+        self.assertEqual(sorted(e["ok"] for e in ok.events if e.get("event") == "verified"),
+                         [True] * 5)
+        # one byte flipped in one image, another image cut short
+        (flip, fmeta), (cut, cmeta) = imgs[0], imgs[1]
+        with open(os.path.join(self.store, fmeta["file"]), "r+b") as f:
+            f.seek(fmeta["size"] // 2)
+            b = f.read(1)
+            f.seek(fmeta["size"] // 2)
+            f.write(bytes([b[0] ^ 0x01]))
+        os.truncate(os.path.join(self.store, cmeta["file"]), cmeta["size"] - 1)
+        res = hotsnap(self.state, "--to", "dir:" + self.store, "verify")
+        self.assertEqual(res.rc, 1)
+        got = {e["id"]: e for e in res.events if e.get("event") == "verified"}
+        self.assertEqual(len(got), 5)
+        self.assertIn("xxh128 of '%s' is not the one its sidecar records" % fmeta["file"],
+                      got[flip["id"]]["error"])
+        self.assertIn("has %d bytes, its sidecar says %d" % (cmeta["size"] - 1, cmeta["size"]),
+                      got[cut["id"]]["error"])
+        self.assertEqual(sum(1 for e in got.values() if e["ok"]), 3)
+        self.assertEqual([e for e in res.events if e.get("event") == "summary"][0]["bad"], 2)
+        # what is not a store is named
+        res = hotsnap(self.state, "--to", "dir:" + self.store + "/none", "verify")
+        self.assertEqual(res.rc, 2)
+        self.assertIn("cannot open image store", res.stderr)
+
     def test_managed_saved_guest_stays_suspended(self):
         g = self.guest("off-saved").start()
         g.dom.managedSave()
