@@ -4,10 +4,13 @@
  * PATH/.<id>.<format>.part: the loop takes its bytes into one of two 4 MiB
  * buffers while a worker writes the other. Each byte is hashed once, by the
  * stream (the store's digest, --store-digest); the sidecar records it with
- * its algorithm (os_hash_algo, os_hash_value, as Glance names them). Each
- * buffer's writeback is started as soon as it is written and its pages are
- * dropped once written back (sync_file_range, POSIX_FADV_DONTNEED), so a
- * night of snapshots does not evict the guests' page cache. Then fsync and
+ * its algorithm (os_hash_algo, os_hash_value, as Glance names them). The
+ * writes bypass the page cache (O_DIRECT, the buffers aligned; the tail
+ * that is not a multiple of the alignment written buffered) where the
+ * filesystem takes it; elsewhere each buffer's writeback is started as
+ * soon as it is written and its pages are dropped once written back
+ * (sync_file_range, POSIX_FADV_DONTNEED). Either way a night of snapshots
+ * does not evict the guests' page cache. Then fsync and
  * rename, and the metadata the same way, so a reader never sees half an
  * image, and an image whose .json exists is complete. Both are root's alone (0600) unless the
  * operator chose a store mode to serve the store to a group.
@@ -32,6 +35,7 @@
 #include "log.h"
 
 #define DIR_CHUNK (4u << 20)
+#define DIR_ALIGN 4096u /* for O_DIRECT: any logical block size up to a page */
 
 struct dir_store {
     char *dir;
@@ -48,6 +52,7 @@ struct dir_upload {
     char *final_name, *part_name, *meta_name;
     int renamed, meta_written; /* what is ours to remove on a failure */
     int dst_fd;
+    int direct;              /* dst_fd has O_DIRECT */
     uint64_t w_off;          /* worker: where the next write goes */
     uint64_t w_prev, w_plen; /* worker: the last range whose writeback was started */
     char digest[HS_DIGEST_HEX]; /* the stream's, once every byte was taken */
@@ -95,18 +100,19 @@ static int dir_check(struct hs_uploader *up, struct hs_err *err)
     return 0;
 }
 
-static int write_all(int fd, const unsigned char *p, size_t n)
+static int write_all(int fd, const unsigned char *p, size_t n, uint64_t off)
 {
     ssize_t w;
 
     while (n > 0) {
-        w = write(fd, p, n);
+        w = pwrite(fd, p, n, (off_t)off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0)
             return -errno;
         p += w;
         n -= (size_t)w;
+        off += (uint64_t)w;
     }
     return 0;
 }
@@ -150,11 +156,39 @@ static void dir_work_cb(uv_work_t *w)
 {
     struct dir_upload *u = hs_container_of(w, struct dir_upload, work);
     const unsigned char *p = u->buf[!u->fill];
+    int written = 0;
 
     /* the worker's results go in w_rc (and err_what), which the loop reads
      * only once the work is done */
-    if (u->w_len) {
-        u->w_rc = write_all(u->dst_fd, p, u->w_len);
+    if (u->w_len && u->direct) {
+        size_t head = u->w_len & ~(size_t)(DIR_ALIGN - 1);
+
+        u->w_rc = head ? write_all(u->dst_fd, p, head, u->w_off) : 0;
+        if (u->w_rc == -EINVAL && u->w_off == 0) {
+            /* a filesystem that takes the flag but not the writes: buffered */
+            fcntl(u->dst_fd, F_SETFL, fcntl(u->dst_fd, F_GETFL) & ~O_DIRECT);
+            u->direct = 0;
+        } else if (u->w_rc < 0) {
+            u->err_what = "write";
+            return;
+        } else {
+            if (head < u->w_len) {
+                /* the tail (only the last buffer is not full): through the
+                 * cache, and whatever would follow too */
+                fcntl(u->dst_fd, F_SETFL, fcntl(u->dst_fd, F_GETFL) & ~O_DIRECT);
+                u->direct = 0;
+                u->w_rc = write_all(u->dst_fd, p + head, u->w_len - head, u->w_off + head);
+                if (u->w_rc < 0) {
+                    u->err_what = "write";
+                    return;
+                }
+            }
+            u->w_off += u->w_len;
+            written = 1;
+        }
+    }
+    if (u->w_len && !written) {
+        u->w_rc = write_all(u->dst_fd, p, u->w_len, u->w_off);
         if (u->w_rc < 0) {
             u->err_what = "write";
             return;
@@ -389,10 +423,11 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
         dir_free(u);
         return rc;
     }
-    u->buf[0] = malloc(DIR_CHUNK);
-    u->buf[1] = malloc(DIR_CHUNK);
-    if (!u->buf[0] || !u->buf[1])
+    if (posix_memalign((void **)&u->buf[0], DIR_ALIGN, DIR_CHUNK) ||
+        posix_memalign((void **)&u->buf[1], DIR_ALIGN, DIR_CHUNK))
         abort();
+    /* past the page cache where the filesystem can (not tmpfs before 6.6) */
+    u->direct = fcntl(u->dst_fd, F_SETFL, fcntl(u->dst_fd, F_GETFL) | O_DIRECT) == 0;
     rc = dir_kick(u);
     if (rc < 0) {
         hs_err_set(&req->err, rc, HS_ERR_SYS, -rc, "cannot queue work: %s", uv_strerror(rc));
