@@ -55,6 +55,7 @@ struct hs_capture {
     struct hs_err *err; /* the job's error record */
     enum hs_quiesce quiesce;
     char warning[256]; /* for the job's events (e.g. "not quiesced: ..."); set by the backend */
+    char release_warning[256]; /* what release did that the operator must hear, or "" */
     double frozen_ms;  /* freeze-to-thaw time; < 0 when not frozen */
     /* How long hotsnap kept the guest from running or writing: cold, save to
      * restore; live, freeze (or the backup call) to thaw; mirror, the block

@@ -85,6 +85,8 @@ struct live {
     int look_active; /* the look found our backup running (worker writes) */
     int look_done;   /* the look found that it completed (worker writes) */
     int abort_owed;  /* release's call aborts our backup if it runs */
+    int ioerror;     /* QEMU paused the guest on a write error (the event) */
+    int resumed;     /* release resumed it (worker writes) */
     size_t disks_done;
     unsigned long long processed, total;
     int end_status;
@@ -197,6 +199,22 @@ static int backup_abort(virDomainPtr dom, const char *scratch)
     if (in != 0)
         return in < 0 ? -EAGAIN : -EIO; /* still there, or cannot tell: not done */
     return rc < 0 ? rc : 1;
+}
+
+/* Worker: a guest hotsnap found running that QEMU paused on a write error
+ * while our backup was on it: a copy-before-write into a scratch whose
+ * filesystem filled (QEMU 7.2's copy-before-write breaks the guest's write
+ * then, and the disk's error policy pauses the guest). Once the backup is
+ * gone its writes go to its own disk again: resumed, and QEMU retries the
+ * write it held. 1 resumed, 0 nothing to do. */
+static int resume_if_ioerror(virDomainPtr dom)
+{
+    int state, reason;
+
+    if (virDomainGetState(dom, &state, &reason, 0) < 0 || state != VIR_DOMAIN_PAUSED ||
+        reason != VIR_DOMAIN_PAUSED_IOERROR)
+        return 0;
+    return virDomainResume(dom) == 0;
 }
 
 /* Worker: thaw what may be frozen (a thaw of nothing frozen is harmless). */
@@ -358,16 +376,30 @@ static int live_abort(struct hs_virt_call *call, virConnectPtr conn)
     if (l->pull && backup_abort(call->dom, l->cap->scratch) < 0)
         return hs_err_virt(&call->err, -EIO, "cannot abort the backup of domain '%s'",
                            l->cap->info->name);
+    if (l->pull && l->cap->dom_state == VIR_DOMAIN_RUNNING && resume_if_ioerror(call->dom))
+        l->resumed = 1; /* the watch ended it: the guest's writes go to its disk again */
     if (!l->pull && live_ours_active(l->cap, call->dom) == 1 && virDomainAbortJob(call->dom) < 0)
         return hs_err_virt(&call->err, -EIO, "cannot abort the backup of domain '%s'",
                            l->cap->info->name);
     return 0;
 }
 
+/* Loop: a resume by a call of ours, told once the job releases. */
+static void live_tell_resumed(struct live *l)
+{
+    if (!l->resumed)
+        return;
+    l->resumed = l->ioerror = 0;
+    snprintf(l->cap->release_warning, sizeof(l->cap->release_warning),
+             "paused by QEMU on a write error of the backup's scratch; resumed once the "
+             "backup ended");
+}
+
 static void live_aborted(struct hs_virt_call *call, int status)
 {
     struct live *l = call->data;
 
+    live_tell_resumed(l);
     if (status < 0)
         hs_log(HS_LOG_DEBUG, "job %s: abort: %s", l->cap->job_id, call->err.msg);
     else
@@ -465,6 +497,7 @@ static int live_start(struct hs_capture *cap, hs_capture_cb cb, int pull)
     cJSON_AddStringToObject(cap->journal->doc, "backend", pull ? "stream" : "live");
     cJSON_AddStringToObject(cap->journal->doc, "step", "backup");
     cJSON_AddBoolToObject(cap->journal->doc, "quiesce", cap->quiesce != HS_QUIESCE_OFF);
+    cJSON_AddBoolToObject(cap->journal->doc, "running", cap->dom_state == VIR_DOMAIN_RUNNING);
     l->journal_text = hs__journal_render(cap->journal);
     cJSON_AddBoolToObject(cap->journal->doc, "thawed", 1);
     l->journal_thawed = hs__journal_render(cap->journal);
@@ -531,6 +564,8 @@ static void live_lifecycle(struct hs_capture *cap, int event, int detail)
 {
     struct live *l = cap->priv;
 
+    if (l && event == VIR_DOMAIN_EVENT_SUSPENDED && detail == VIR_DOMAIN_EVENT_SUSPENDED_IOERROR)
+        l->ioerror = 1; /* release looks, and resumes it once the backup is gone */
     if (!hs__backend_domain_gone(cap, event, detail) || !l)
         return;
     /* QEMU is gone and with it the backup and any freeze: no end event may come */
@@ -711,6 +746,8 @@ static int live_cleanup(struct hs_virt_call *call, virConnectPtr conn)
     }
     if (live_thaw(call, l) < 0 && rc == 0)
         rc = call->err.code;
+    if (rc == 0 && l->cap->dom_state == VIR_DOMAIN_RUNNING && resume_if_ioerror(call->dom))
+        l->resumed = 1;
     /* the domain stopped meanwhile: with QEMU gone, so are the backup and any
      * freeze. An abort that failed may have met a QEMU on its way out: give
      * it a moment to be gone before calling the failure ours. */
@@ -734,6 +771,7 @@ static void live_cleaned(struct hs_virt_call *call, int status)
     struct hs_capture *cap = l->cap;
 
     l->calling = 0;
+    live_tell_resumed(l);
     if (l->gone_reason >= 0 && !cap->domain_gone)
         hs__backend_gone(cap, hs__shutoff_reason(l->gone_reason), l->gone_reason);
     if (status == 0 || status == -ESRCH || (status < 0 && cap->domain_gone)) {
@@ -758,7 +796,7 @@ static int live_release_send(struct live *l)
     /* the whole rule: abort what runs or may run, thaw what may be frozen */
     l->abort_owed = l->state == LIVE_RUNNING || l->state == LIVE_LOOKING ||
                     l->state == LIVE_UNKNOWN;
-    if (!l->abort_owed && !l->thaw_owed)
+    if (!l->abort_owed && !l->thaw_owed && !l->ioerror)
         return 1;
     rc = hs__virt_queue(cap->virt, &l->call, cap->info->uuid, live_cleanup, live_cleaned);
     if (rc == 0)
@@ -859,6 +897,12 @@ static void live_recover(virConnectPtr conn, const cJSON *doc, cJSON *entry)
             hs_err_virt(&err, -EIO, "cannot abort the backup job");
         else if (rc > 0)
             snprintf(action, sizeof(action), "backup job aborted");
+        /* found running, paused by QEMU on our scratch's write error */
+        if (rc >= 0 && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "running")) &&
+            resume_if_ioerror(dom))
+            snprintf(action + strlen(action), sizeof(action) - strlen(action),
+                     "%sresumed (paused on a write error of the backup's scratch)",
+                     action[0] ? ", " : "");
         /* a freeze with no thaw recorded: thaw (harmless when nothing is frozen) */
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "quiesce")) &&
             !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "thawed"))) {

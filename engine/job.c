@@ -478,6 +478,7 @@ static int job_capture(struct hs_job *job)
     cap->virt = job->eng->virt;
     cap->job_id = job->id;
     cap->info = &job->info;
+    cap->dom_state = job->dom_state;
     cap->scratch = job->scratch;
     cap->journal = job->journal;
     cap->err = &job->err;
@@ -758,6 +759,10 @@ static void job_released(struct hs_capture *cap, int status)
         return;
     }
     job->released = status == 0;
+    if (cap->release_warning[0]) {
+        hs__job_warn(job, "%s", cap->release_warning);
+        cap->release_warning[0] = 0;
+    }
     if (status == -EAGAIN)
         hs_err_set(&job->err, -EAGAIN, HS_ERR_LIBVIRT, 0,
                    "libvirt could not tell whether the backup of domain '%s' still runs; "

@@ -1,5 +1,6 @@
 """Live snapshots streamed from QEMU's pull-mode backup over NBD into the store:
 the default for running guests. One read of the data, no image in scratch."""
+import contextlib
 import hashlib
 import os
 import signal
@@ -15,6 +16,25 @@ from hsfix import (IMAGES, EventLogMixin, GlanceGuestTestCase, Run, assert_sidec
                    check_images, job_active, sh)
 
 STOPS = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_STOPPED)
+
+
+@contextlib.contextmanager
+def small_fs(name, size):
+    """A fresh ext4 of @size (e.g. "24M") mounted below IMAGES, where QEMU can
+    reach it; unmounted and removed after."""
+    mnt = os.path.join(IMAGES, name)
+    img = mnt + ".img"
+    os.makedirs(mnt, exist_ok=True)
+    sh("truncate", "-s", size, img)
+    sh("mkfs.ext4", "-q", "-F", img)
+    sh("mount", "-o", "loop", img, mnt)
+    try:
+        os.chmod(mnt, 0o711)
+        yield mnt
+    finally:
+        subprocess.run(["umount", mnt], check=False)
+        os.unlink(img)
+        os.rmdir(mnt)
 
 
 class ScratchWatch:
@@ -161,14 +181,7 @@ class StreamTest(EventLogMixin, GlanceGuestTestCase):
     def test_scratch_filesystem_that_fills_ends_the_backup_first(self):
         # a 24 MiB scratch filesystem, a writing guest and a slow upload: the
         # overwritten blocks would fill it; the backup ends before they do
-        mnt = os.path.join(IMAGES, "hstest-scratchfs")
-        img = mnt + ".img"
-        os.makedirs(mnt, exist_ok=True)
-        sh("truncate", "-s", "24M", img)
-        sh("mkfs.ext4", "-q", "-F", img)
-        sh("mount", "-o", "loop", img, mnt)
-        try:
-            os.chmod(mnt, 0o711)
+        with small_fs("hstest-scratchfs", "24M") as mnt:
             g = self.writer("st-full", size_mb=512, data_mb=160, rate=1000)
             before = g.heartbeats()[-1]
             watch = ScratchWatch(mnt)
@@ -190,10 +203,47 @@ class StreamTest(EventLogMixin, GlanceGuestTestCase):
             # no half-made record
             self.assertEqual([i for i in self.glance.images() if i["name"].startswith(g.name)], [])
             self.assert_nothing_left()
-        finally:
-            subprocess.run(["umount", mnt], check=False)
-            os.unlink(img)
-            os.rmdir(mnt)
+
+    def test_a_scratch_filled_at_once_pauses_no_guest_for_good(self):
+        # another process takes the scratch filesystem's last byte at once,
+        # while hotsnap is stopped (so its watch cannot end the backup
+        # first): the guest's next write into the copy-before-write file
+        # fails, and QEMU pauses the guest. hotsnap ends the backup and
+        # resumes the guest it found running.
+        with small_fs("hstest-scratchfull", "64M") as mnt:
+            filler = os.path.join(mnt, "filler")
+            g = self.writer("st-fillnow", size_mb=512, data_mb=64, rate=1000)
+            run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--scratch-dir", mnt,
+                      "--max-rate", "2M", g.name)
+            run.until(lambda ev: ev.get("phase") == "upload" and ev.get("percent", 0) > 1)
+            run.p.send_signal(signal.SIGSTOP)
+            try:
+                fd = os.open(filler, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                st = os.statvfs(mnt)
+                try:
+                    os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize)
+                except OSError:
+                    pass
+                os.close(fd)
+                deadline = time.time() + 60
+                while g.dom.state() != [libvirt.VIR_DOMAIN_PAUSED,
+                                        libvirt.VIR_DOMAIN_PAUSED_IOERROR]:
+                    self.assertLess(time.time(), deadline, "the guest never hit the full scratch")
+                    time.sleep(0.1)
+            finally:
+                run.p.send_signal(signal.SIGCONT)
+            run.finish()
+            self.assertEqual(run.rc, 1, run.stderr)
+            self.assertIn("scratch filesystem", run.summary()["results"][0]["error"])
+            warnings = [e["message"] for e in run.events if e.get("event") == "warning"]
+            self.assertIn("paused by QEMU on a write error of the backup's scratch; resumed "
+                          "once the backup ended", warnings, (g.dom.state(), run.stderr))
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+            self.assertFalse(job_active(g.dom))
+            g.assert_beats_after(g.heartbeats()[-1])
+            os.unlink(filler)
+            self.assertEqual(os.listdir(mnt), ["lost+found"])
+            self.assert_nothing_left()
 
     def test_shut_off_guest_streamed_through_qemu_nbd(self):
         g = self.guest("st-off", size_mb=256, data_mb=64)
