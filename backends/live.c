@@ -185,7 +185,8 @@ static int live_ours_active(struct hs_capture *cap, virDomainPtr dom)
  * again: it is not \"not ours\"), -EIO when the abort failed. */
 static int backup_abort(virDomainPtr dom, const char *scratch)
 {
-    int i, rc = 0, in = backup_in(dom, scratch);
+    int rc = 0, in = backup_in(dom, scratch);
+    useconds_t waited = 0, step = 1000;
 
     if (in < 0)
         return -EAGAIN;
@@ -193,9 +194,13 @@ static int backup_abort(virDomainPtr dom, const char *scratch)
         return 0;
     if (virDomainAbortJob(dom) < 0)
         rc = -EIO;
-    /* the abort concludes asynchronously: leave no job behind */
-    for (i = 0; i < 100 && (in = backup_in(dom, scratch)) == 1; i++)
-        usleep(100 * 1000);
+    /* the abort concludes asynchronously, mostly within milliseconds: leave
+     * no job behind, asking again at 1, 2, 4 ... 100 ms, for 10 s at most */
+    while (waited < 10 * 1000 * 1000 && (in = backup_in(dom, scratch)) == 1) {
+        usleep(step);
+        waited += step;
+        step = step * 2 > 100 * 1000 ? 100 * 1000 : step * 2;
+    }
     if (in != 0)
         return in < 0 ? -EAGAIN : -EIO; /* still there, or cannot tell: not done */
     return rc < 0 ? rc : 1;

@@ -77,7 +77,9 @@ static enum hs_job_state job_next(const struct hs_job *job)
 
 /* Capture, extract and upload each need a slot of their resource. A
  * streaming job takes an upload slot for its capture and keeps it through
- * the upload: its exports are open only while they can be read. */
+ * the upload and the release: its exports are open only while they can be
+ * read, and no more backups (and copy-before-write scratch) are on guests
+ * than there are upload slots. */
 static int job_needs_slot(const struct hs_job *job, enum hs_job_state s)
 {
     if (s == HS_JOB_EXTRACT)
@@ -94,10 +96,11 @@ static enum hs_res job_slot_res(const struct hs_job *job)
 
 static void job_set_state(struct hs_job *job, enum hs_job_state s)
 {
-    int keep = job_streams(job) && (s == HS_JOB_EXTRACT || s == HS_JOB_UPLOAD) && !job->err.code;
+    int keep = job_streams(job) &&
+               (s == HS_JOB_EXTRACT || s == HS_JOB_UPLOAD || s == HS_JOB_RELEASE) && !job->err.code;
 
     /* a slot is held for one state only (a streaming job's upload slot from
-     * capture to upload); the scratch until cleanup */
+     * capture to its release); the scratch until cleanup */
     if (!keep)
         hs__sched_release(&job->eng->sched, &job->slot);
     job->slot_kept = keep && job->slot.held;
@@ -965,10 +968,11 @@ static void job_slot_granted(struct hs_sched_req *req)
 
 /* Scratch the job may fill, reserved before its capture: the allocated size
  * of each disk and its backing file (an upper bound for a compact image),
- * twice for a live backup that must be converted again; for a stream, an
- * eighth of it for what the guest overwrites while its exports are open (the
- * watch ends the backup before the filesystem fills, whatever this says),
- * none for exports of disks at rest. */
+ * twice for a live backup that must be converted again, and an eighth of it
+ * for what the guest overwrites meanwhile where a backup has copy-before-
+ * write scratch. A stream reserves nothing: its capture takes an upload
+ * slot, which bounds the backups on guests, and the watch ends a backup
+ * before the scratch filesystem fills. */
 static uint64_t job_scratch_estimate(const struct hs_job *job)
 {
     int twice = job->backend && job->backend->standalone_pit && !job_adopts_backup(job);
@@ -986,7 +990,7 @@ static uint64_t job_scratch_estimate(const struct hs_job *job)
     }
     cbw = job->backend && job->backend->cbw_scratch ? total / 8 : 0;
     if (job_streams(job))
-        return cbw;
+        return 0; /* never looked at: an upload slot reserves nothing */
     return (twice ? 2 * total : total) + cbw;
 }
 

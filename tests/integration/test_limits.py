@@ -36,11 +36,13 @@ def most_holding_scratch(events):
 class LimitsTest(GuestTestCase):
 
     def test_limits_hold_and_every_snapshot_is_made(self):
+        # converted images (--compress): capture, extract and upload each
+        # have their slots, and captures are paced to the uploads
         guests = [self.guest("lim-%d" % i, size_mb=64, data_mb=16) for i in range(6)]
         for g in guests[:3]:
             g.start()
-        run = self.snapshot("--max-captures", "2", "--max-extracts", "1", "--max-uploads", "1",
-                            *[g.name for g in guests])
+        run = self.snapshot("--compress", "--max-captures", "2", "--max-extracts", "1",
+                            "--max-uploads", "1", *[g.name for g in guests])
         self.assertEqual(run.rc, 0, run.stderr)
         self.assertEqual(len(run.summary()["results"]), 6)
         self.assertLessEqual(most_at_once(run.events, "capture"), 2)
@@ -49,6 +51,20 @@ class LimitsTest(GuestTestCase):
         # paced: the one uploading and the one ready next, never a third
         self.assertEqual(most_holding_scratch(run.events), 2)
         self.assertEqual(len([f for f in os.listdir(self.store) if f.endswith(".json")]), 6)
+        self.assert_nothing_left()
+
+    def test_streams_hold_one_upload_slot_until_their_backup_is_gone(self):
+        # streamed (the default): a stream's upload slot is taken for its
+        # capture and let go once its backup has ended, so no more backups
+        # are on the guests than --max-uploads
+        guests = [self.guest("lims-%d" % i, size_mb=64, data_mb=16) for i in range(4)]
+        for g in guests[:3]:
+            g.start()
+        run = self.snapshot("--max-uploads", "1", *[g.name for g in guests])
+        self.assertEqual(run.rc, 0, run.stderr)
+        self.assertEqual(len(run.summary()["results"]), 4)
+        self.assertEqual(most_holding_scratch(run.events), 1)
+        self.assertEqual(len([f for f in os.listdir(self.store) if f.endswith(".json")]), 4)
         self.assert_nothing_left()
 
     def test_an_image_that_can_never_fit_is_refused(self):
