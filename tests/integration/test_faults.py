@@ -4,6 +4,7 @@ thawed, with no job of hotsnap's left in libvirt, no scratch file and no
 journal. libvirtd is killed for real (SIGKILL) and started again; hotsnap
 itself is interrupted by real signals."""
 import os
+import shutil
 import signal
 import time
 import unittest
@@ -196,24 +197,29 @@ class GuestStateTest(FaultTestCase):
 class RecoveryTest(FaultTestCase):
 
     def test_list_leaves_another_tools_backup_running(self):
-        # a dead run's journal of the domain (killed while its upload
-        # retried, after its push backup ended: a stream's backup runs until
-        # its upload ends, and test_live kills that one), then another tool
-        # backs the domain up: recovery, run by `hotsnap list`, leaves that
-        # backup alone
+        # a dead run's journal of the domain (killed in its upload, after
+        # its push backup ended: a stream's backup runs until its upload
+        # ends, and test_live kills that one), then another tool backs the
+        # domain up: recovery, run by `hotsnap list`, removes the dead run's
+        # image record and leaves that backup alone
+        glance = hsfix.GlanceServer()
+        self.addCleanup(glance.close)
         g = self.guest("other-backup", size_mb=1024, data_mb=1000).start()
-        run = Run(self.state, "snapshot", "--to", "glance:http://127.0.0.1:9", "--attempts", "9",
-                  "--mode", "live", g.name)
+        run = Run(self.state, "snapshot", "--to", "glance:" + glance.url, "--mode", "live", g.name)
         run.until(state_event("upload"))
         run.p.send_signal(signal.SIGKILL)
         run.finish()
         self.assertEqual(len(os.listdir(os.path.join(self.state, "journal"))), 2)
-        other = os.path.join(self.state, "other")
+        other = os.path.join(g.dir, "other")  # QEMU binds its socket there
         os.makedirs(other)
-        target = os.path.join(other, "vda.qcow2")
-        g.dom.backupBegin("<domainbackup mode='push'><disks><disk name='vda' backup='yes' "
-                          "type='file'><target file='%s'/><driver type='qcow2'/></disk>"
-                          "</disks></domainbackup>" % target, None, 0)
+        shutil.chown(other, "libvirt-qemu", "libvirt-qemu")
+        # pull mode: it runs until its tool ends it, where a push backup
+        # could finish on its own before the check
+        target = os.path.join(other, "vda.scratch")
+        g.dom.backupBegin("<domainbackup mode='pull'><server transport='unix' socket='%s'/>"
+                          "<disks><disk name='vda' backup='yes' type='file'>"
+                          "<scratch file='%s'/></disk></disks></domainbackup>"
+                          % (os.path.join(other, "nbd.sock"), target), None, 0)
         try:
             nxt = hotsnap(self.state, "list")
             self.assertEqual(nxt.rc, 0, nxt.stderr)
@@ -221,6 +227,7 @@ class RecoveryTest(FaultTestCase):
             self.assertEqual(len(rec), 1, nxt.events)
             self.assertTrue(job_active(g.dom), "another tool's backup was aborted")
             self.assertIn(target, g.dom.backupGetXMLDesc())
+            self.assertEqual([i for i in glance.images() if i["name"].startswith(g.name)], [])
         finally:
             if job_active(g.dom):
                 g.dom.abortJob()
