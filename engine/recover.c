@@ -254,6 +254,49 @@ cleanup:
     return done;
 }
 
+/* Worker: the temporary file of a journal's rewrite that a dead run left
+ * (.<id>.json.<random>.tmp, killed between its write and its rename), and
+ * the lock of a journal whose first write never got its name. A tmp file is
+ * only written under its journal's lock: a lock that can be taken, or none,
+ * means its writer is dead, and ids are never used twice. */
+static void recover_sweep_tmp(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char base[256], name[300];
+    const char *dot;
+    int dfd, lfd;
+
+    if (!d)
+        return;
+    dfd = dirfd(d);
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+
+        if (de->d_name[0] != '.' || len < 5 || strcmp(de->d_name + len - 4, ".tmp") ||
+            !(dot = strstr(de->d_name + 1, ".json.")) ||
+            (size_t)(dot - de->d_name - 1) >= sizeof(base))
+            continue;
+        snprintf(base, sizeof(base), "%.*s", (int)(dot - de->d_name - 1), de->d_name + 1);
+        snprintf(name, sizeof(name), "%s.lock", base);
+        lfd = openat(dfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+            close(lfd); /* a live run's */
+            continue;
+        }
+        if (unlinkat(dfd, de->d_name, 0) == 0)
+            hs_log(HS_LOG_INFO, "removed '%s/%s' of a dead run", dir, de->d_name);
+        snprintf(name, sizeof(name), "%s.json", base);
+        if (lfd >= 0 && faccessat(dfd, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT) {
+            snprintf(name, sizeof(name), "%s.lock", base);
+            unlinkat(dfd, name, 0);
+        }
+        if (lfd >= 0)
+            close(lfd);
+    }
+    closedir(d);
+}
+
 /* Worker: every journal of a dead run (one whose lock can be taken) into
  * @pass's report. */
 static int recover_pass(struct hs_engine *eng, virConnectPtr conn, struct hs_recovery_pass *pass)
@@ -273,6 +316,7 @@ static int recover_pass(struct hs_engine *eng, virConnectPtr conn, struct hs_rec
             recover_one(eng, conn, dir, de->d_name, pass);
     }
     closedir(d);
+    recover_sweep_tmp(dir);
     free(dir);
     /* lost on the way: the journals not undone stay, and it runs again */
     return virConnectIsAlive(conn) == 1 ? 0 : -EIO;

@@ -3,11 +3,13 @@ running is left running (or paused, as found at the moment of capture),
 thawed, with no job of hotsnap's left in libvirt, no scratch file and no
 journal. libvirtd is killed for real (SIGKILL) and started again; hotsnap
 itself is interrupted by real signals."""
+import fcntl
 import os
 import shutil
 import signal
 import time
 import unittest
+import uuid
 
 import libvirt
 
@@ -236,6 +238,31 @@ class RecoveryTest(FaultTestCase):
                     break
                 time.sleep(0.1)
         self.assert_promise(g)
+
+    def test_a_journal_rewrite_cut_short_leaves_nothing(self):
+        # a run killed between a journal's write and its rename leaves
+        # .<id>.json.<random>.tmp (on its first write, with a lock and no
+        # journal): recovery removes them, but not a live run's, whose lock
+        # is held
+        jdir = os.path.join(self.state, "journal")
+        os.makedirs(jdir, mode=0o700)
+        dead, nolock, live = (str(uuid.uuid4()) for _ in range(3))
+        for name in (dead + ".lock", "." + dead + ".json.0011223344556677.tmp",
+                     "." + nolock + ".json.8899aabbccddeeff.tmp",
+                     "." + live + ".json.0123456789abcdef.tmp"):
+            with open(os.path.join(jdir, name), "w") as f:
+                f.write("{}")
+        held = open(os.path.join(jdir, live + ".lock"), "w")
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            rec = hotsnap(self.state, "recover")
+            self.assertEqual(rec.rc, 0, rec.stderr)
+            self.assertEqual(sorted(os.listdir(jdir)),
+                             sorted(["." + live + ".json.0123456789abcdef.tmp", live + ".lock"]))
+        finally:
+            held.close()
+        for name in os.listdir(jdir):
+            os.unlink(os.path.join(jdir, name))
 
     def test_recovery_leaves_another_save_image(self):
         # a killed run left the guest saved; the operator starts it, and
