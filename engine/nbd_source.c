@@ -11,6 +11,8 @@
 #define C ((uint64_t)HS_QCOW2_CLUSTER)
 #define NS_CHUNK (1u << 20) /* bytes of the image per chunk, a multiple of C */
 #define NS_NBUF 4           /* chunks: 4 MiB of reads in flight per stream */
+#define NS_NBUF_MAX 16
+#define NS_ALIGN 4096u /* a store may write a chunk with O_DIRECT */
 #define NS_MAP_STEP (1ull << 30)
 
 struct ns_chunk {
@@ -23,6 +25,7 @@ struct ns_chunk {
     int used;     /* being filled, or full and not yet done with */
     int filled;
     int hashed;
+    int lent; /* handed out whole, and not given back yet */
 };
 
 struct hs_nbd_source {
@@ -35,8 +38,12 @@ struct hs_nbd_source {
     uint64_t mapped;
     hs_nbd_source_open_cb opened;
     void *data;
-    struct ns_chunk ch[NS_NBUF];
+    struct ns_chunk ch[NS_NBUF_MAX];
+    size_t chunk; /* bytes per chunk: NS_CHUNK, or the bench's HOTSNAP_NBD_CHUNK */
+    int nbuf;     /* chunks: NS_NBUF, or HOTSNAP_NBD_DEPTH */
     int head;          /* the chunk the reader reads */
+    int lent;          /* the oldest chunk lent and not given back */
+    int nlent;
     int fill;          /* the chunk filled next */
     uint64_t fill_off; /* where the next chunk starts */
     uint64_t cursor;   /* qcow2: the data cluster iterator, in step with fill_off */
@@ -62,7 +69,7 @@ static void ns_free(struct hs_nbd_source *s)
 {
     int i;
 
-    for (i = 0; i < NS_NBUF; i++)
+    for (i = 0; i < s->nbuf; i++)
         free(s->ch[i].buf);
     hs__qcow2_free(s->q);
     hs__digest_free(&s->digest);
@@ -93,7 +100,7 @@ static void ns_reset(struct hs_nbd_source *s)
 {
     int i;
 
-    for (i = 0; i < NS_NBUF; i++) {
+    for (i = 0; i < s->nbuf; i++) {
         s->ch[i].used = s->ch[i].filled = s->ch[i].hashed = 0;
         s->ch[i].taken = 0;
     }
@@ -143,7 +150,7 @@ static void ns_hash_next(struct hs_nbd_source *s)
 /* A chunk read and hashed is free again. */
 static void ns_recycle(struct hs_nbd_source *s, struct ns_chunk *c)
 {
-    if (c->used && c->filled && c->hashed && c->taken == c->len) {
+    if (c->used && c->filled && c->hashed && c->taken == c->len && !c->lent) {
         c->used = c->filled = c->hashed = 0;
         c->taken = 0;
     }
@@ -166,7 +173,7 @@ static void ns_hash_done(uv_work_t *w, int status)
         memcpy(s->hex, s->w_hex, sizeof(s->hex));
         s->hashed_all = 1;
     }
-    s->hash_i = (s->hash_i + 1) % NS_NBUF;
+    s->hash_i = (s->hash_i + 1) % s->nbuf;
     ns_recycle(s, c);
     ns_hash_next(s);
     ns_kick(s);
@@ -290,9 +297,9 @@ static void ns_kick(struct hs_nbd_source *s)
         c->filled = c->hashed = 0;
         c->taken = 0;
         c->off = s->fill_off;
-        c->len = s->size - s->fill_off < NS_CHUNK ? (size_t)(s->size - s->fill_off) : NS_CHUNK;
+        c->len = s->size - s->fill_off < s->chunk ? (size_t)(s->size - s->fill_off) : s->chunk;
         s->fill_off += c->len;
-        s->fill = (s->fill + 1) % NS_NBUF;
+        s->fill = (s->fill + 1) % s->nbuf;
         if (ns_fill(s, c) < 0)
             ns_fail(s, -EIO, "cannot queue an NBD read");
     }
@@ -379,6 +386,24 @@ static void ns_connected(struct hs_nbd *n, int status, void *data)
 
 static const struct hs_stream_ops ns_ops;
 
+/* The benchmarks' hooks (bench/peer --nbd): a chunk's size (a multiple of
+ * a cluster, 64 KiB to 16 MiB) and how many are in flight (1 to 16). */
+static uint64_t ns_tunable(const char *name, uint64_t def, uint64_t min, uint64_t max)
+{
+    const char *v = secure_getenv(name);
+    char *end;
+    unsigned long long x;
+
+    if (!v || !*v)
+        return def;
+    x = strtoull(v, &end, 0);
+    if (*end == 'K' || *end == 'k')
+        x <<= 10, end++;
+    else if (*end == 'M' || *end == 'm')
+        x <<= 20, end++;
+    return *end || x < min || x > max ? def : x;
+}
+
 int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qcow2,
                         enum hs_digest_algo algo, hs_nbd_source_open_cb opened, hs_stream_ready_cb ready, void *data,
                         struct hs_nbd_source **out, struct hs_err *err)
@@ -394,10 +419,11 @@ int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qco
     s->data = data;
     s->st.algo = algo;
     hs__digest_init(&s->digest, algo);
-    for (i = 0; i < NS_NBUF; i++) {
+    s->chunk = ns_tunable("HOTSNAP_NBD_CHUNK", NS_CHUNK, C, 16u << 20) & ~(C - 1);
+    s->nbuf = (int)ns_tunable("HOTSNAP_NBD_DEPTH", NS_NBUF, 1, NS_NBUF_MAX);
+    for (i = 0; i < s->nbuf; i++) {
         s->ch[i].s = s;
-        s->ch[i].buf = malloc(NS_CHUNK);
-        if (!s->ch[i].buf)
+        if (posix_memalign((void **)&s->ch[i].buf, NS_ALIGN, s->chunk))
             abort();
     }
     if (ex->socket)
@@ -422,41 +448,94 @@ uint64_t hs__nbd_source_virtual_size(const struct hs_nbd_source *s)
     return s->vsize;
 }
 
-ssize_t hs__nbd_source_read(struct hs_nbd_source *s, void *buf, size_t len, struct hs_err *err)
+/* The head chunk if it has bytes to hand out, else NULL with what to
+ * return in *@rc. */
+static struct ns_chunk *ns_ready(struct hs_nbd_source *s, ssize_t *rc, struct hs_err *err)
 {
     struct ns_chunk *c = &s->ch[s->head];
-    size_t n;
 
     if (s->rc) {
-        hs_err_set(err, s->rc, s->err.kind, s->err.detail, "%s", s->err.msg);
-        return s->rc;
+        *rc = hs_err_set(err, s->rc, s->err.kind, s->err.detail, "%s", s->err.msg);
+        return NULL;
     }
     if (s->rewinding || (c->used && (!c->hashed || c->taken == c->len))) {
         /* not read and hashed yet: a chunk is handed out once hashed, so
          * the hash is final when the last byte has been handed out */
         s->waiting = 1;
-        return -EAGAIN;
+        *rc = -EAGAIN;
+        return NULL;
     }
     if (!c->used) {
-        if (s->fill_off >= s->size)
-            return 0; /* every byte was handed out */
-        s->waiting = 1;
-        ns_kick(s);
-        return -EAGAIN;
+        *rc = 0; /* every byte was handed out */
+        if (s->fill_off < s->size) {
+            s->waiting = 1;
+            ns_kick(s);
+            *rc = -EAGAIN;
+        }
+        return NULL;
     }
-    n = c->len - c->taken < len ? c->len - c->taken : len;
-    memcpy(buf, c->buf + c->taken, n);
+    return c;
+}
+
+/* @n more bytes of the head chunk are handed out. */
+static void ns_take(struct hs_nbd_source *s, struct ns_chunk *c, size_t n)
+{
     c->taken += n;
     if (c->taken == c->len) {
-        s->head = (s->head + 1) % NS_NBUF;
+        s->head = (s->head + 1) % s->nbuf;
         ns_recycle(s, c);
         ns_kick(s);
     }
+}
+
+ssize_t hs__nbd_source_read(struct hs_nbd_source *s, void *buf, size_t len, struct hs_err *err)
+{
+    ssize_t rc;
+    struct ns_chunk *c = ns_ready(s, &rc, err);
+    size_t n;
+
+    if (!c)
+        return rc;
+    n = c->len - c->taken < len ? c->len - c->taken : len;
+    memcpy(buf, c->buf + c->taken, n);
+    ns_take(s, c, n);
     return (ssize_t)n;
+}
+
+ssize_t hs__nbd_source_lend(struct hs_nbd_source *s, const void **p, struct hs_err *err)
+{
+    ssize_t rc;
+    struct ns_chunk *c = ns_ready(s, &rc, err);
+    size_t n;
+
+    if (!c)
+        return rc;
+    n = c->len - c->taken;
+    *p = c->buf + c->taken;
+    if (s->nlent++ == 0)
+        s->lent = (int)(c - s->ch);
+    c->lent = 1;
+    ns_take(s, c, n);
+    return (ssize_t)n;
+}
+
+void hs__nbd_source_give_back(struct hs_nbd_source *s)
+{
+    struct ns_chunk *c = &s->ch[s->lent];
+
+    if (!s->nlent)
+        abort(); /* nothing lent */
+    c->lent = 0;
+    s->lent = (s->lent + 1) % s->nbuf;
+    s->nlent--;
+    ns_recycle(s, c);
+    ns_kick(s);
 }
 
 void hs__nbd_source_rewind(struct hs_nbd_source *s)
 {
+    if (s->nlent)
+        abort(); /* a reader gives back what it borrowed first */
     s->rewinding = 1;
     s->waiting = 0;
     s->hashed_all = 0;
@@ -486,6 +565,16 @@ static ssize_t ns_st_read(struct hs_stream *st, void *buf, size_t len, struct hs
     return hs__nbd_source_read((struct hs_nbd_source *)st, buf, len, err);
 }
 
+static ssize_t ns_st_lend(struct hs_stream *st, const void **p, struct hs_err *err)
+{
+    return hs__nbd_source_lend((struct hs_nbd_source *)st, p, err);
+}
+
+static void ns_st_give_back(struct hs_stream *st)
+{
+    hs__nbd_source_give_back((struct hs_nbd_source *)st);
+}
+
 static void ns_st_rewind(struct hs_stream *st)
 {
     hs__nbd_source_rewind((struct hs_nbd_source *)st);
@@ -503,6 +592,8 @@ static void ns_st_close(struct hs_stream *st)
 
 static const struct hs_stream_ops ns_ops = {
     .read = ns_st_read,
+    .lend = ns_st_lend,
+    .give_back = ns_st_give_back,
     .rewind = ns_st_rewind,
     .digest = ns_st_digest,
     .close = ns_st_close,

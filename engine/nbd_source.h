@@ -42,6 +42,9 @@ uint64_t hs__nbd_source_virtual_size(const struct hs_nbd_source *s);
 /* Up to @len bytes: the count, 0 after the last, -EAGAIN (then @ready runs
  * once there is more), or a negative errno with the reason in @err. */
 ssize_t hs__nbd_source_read(struct hs_nbd_source *s, void *buf, size_t len, struct hs_err *err);
+/* The rest of the current chunk, without a copy (engine/stream.h). */
+ssize_t hs__nbd_source_lend(struct hs_nbd_source *s, const void **p, struct hs_err *err);
+void hs__nbd_source_give_back(struct hs_nbd_source *s);
 /* From byte 0 again (a retried upload). */
 void hs__nbd_source_rewind(struct hs_nbd_source *s);
 /* The digest (hex) of every byte, once all were read and hashed; else NULL. */

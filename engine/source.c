@@ -9,16 +9,18 @@
 #include "source.h"
 #include "util.h"
 
-/* 2 x 256 KiB per upload: curl's 64 KiB reads never wait on a healthy
- * disk, and four uploads hold 2 MiB */
+/* 4 x 256 KiB per upload: curl's 64 KiB reads never wait on a healthy
+ * disk, a store writes up to 768 KiB at once while the next is read, and
+ * four uploads hold 4 MiB */
 #define SRC_CHUNK (256 * 1024)
-#define SRC_NBUF 2
+#define SRC_NBUF 4
+#define SRC_ALIGN 4096u /* a store may write a buffer with O_DIRECT */
 
 struct src_buf {
     unsigned char *data;
     size_t len;
     size_t off;
-    int full;
+    int full; /* read, and not done with: handed out, or lent and not back */
 };
 
 struct hs_source {
@@ -30,6 +32,8 @@ struct hs_source {
     uint64_t size;
     struct src_buf buf[SRC_NBUF];
     int head;          /* the buffer the loop reads from */
+    int lent;          /* the oldest buffer lent */
+    int nlent;
     int fill;          /* the buffer a worker fills next */
     uint64_t fill_off; /* where in the file the next fill starts */
     uint64_t gen;      /* bumped by rewind */
@@ -192,8 +196,7 @@ int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, enum hs_di
     s->st.algo = algo;
     hs__digest_init(&s->digest, algo);
     for (i = 0; i < SRC_NBUF; i++) {
-        s->buf[i].data = malloc(SRC_CHUNK);
-        if (!s->buf[i].data)
+        if (posix_memalign((void **)&s->buf[i].data, SRC_ALIGN, SRC_CHUNK))
             abort();
     }
     src_reset(s);
@@ -202,25 +205,42 @@ int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, enum hs_di
     return 0;
 }
 
-ssize_t hs__source_read(struct hs_source *s, void *buf, size_t len, struct hs_err *err)
+/* The head buffer if it has bytes to hand out, else NULL with what to
+ * return in *@rc. */
+static struct src_buf *src_ready(struct hs_source *s, ssize_t *rc, struct hs_err *err)
 {
     struct src_buf *b = &s->buf[s->head];
-    size_t n;
 
     if (s->busy && s->work_gen != s->gen) {
         s->waiting = 1; /* rewound: nothing before the read in flight ends */
-        return -EAGAIN;
+        *rc = -EAGAIN;
+        return NULL;
     }
-    if (s->rc)
-        return hs_err_set(err, s->rc, HS_ERR_SYS, -s->rc, "cannot read '%s': %s", s->path,
-                          s->rc == -EIO ? "it changed while it was read" : strerror(-s->rc));
-    if (!b->full) {
-        if (s->fill_off >= s->size && !s->busy)
-            return 0; /* every byte was handed out */
-        s->waiting = 1;
-        src_kick(s);
-        return -EAGAIN;
+    if (s->rc) {
+        *rc = hs_err_set(err, s->rc, HS_ERR_SYS, -s->rc, "cannot read '%s': %s", s->path,
+                         s->rc == -EIO ? "it changed while it was read" : strerror(-s->rc));
+        return NULL;
     }
+    if (!b->full || b->off == b->len) { /* not read, or lent and not back */
+        *rc = 0; /* every byte was handed out */
+        if (s->fill_off < s->size || s->busy) {
+            s->waiting = 1;
+            src_kick(s);
+            *rc = -EAGAIN;
+        }
+        return NULL;
+    }
+    return b;
+}
+
+ssize_t hs__source_read(struct hs_source *s, void *buf, size_t len, struct hs_err *err)
+{
+    ssize_t rc;
+    struct src_buf *b = src_ready(s, &rc, err);
+    size_t n;
+
+    if (!b)
+        return rc;
     n = b->len - b->off < len ? b->len - b->off : len;
     memcpy(buf, b->data + b->off, n);
     b->off += n;
@@ -232,8 +252,37 @@ ssize_t hs__source_read(struct hs_source *s, void *buf, size_t len, struct hs_er
     return (ssize_t)n;
 }
 
+ssize_t hs__source_lend(struct hs_source *s, const void **p, struct hs_err *err)
+{
+    ssize_t rc;
+    struct src_buf *b = src_ready(s, &rc, err);
+    size_t n;
+
+    if (!b)
+        return rc;
+    n = b->len - b->off;
+    *p = b->data + b->off;
+    b->off = b->len; /* stays full (not refilled) until given back */
+    if (s->nlent++ == 0)
+        s->lent = s->head;
+    s->head = (s->head + 1) % SRC_NBUF;
+    return (ssize_t)n;
+}
+
+void hs__source_give_back(struct hs_source *s)
+{
+    if (!s->nlent)
+        abort(); /* nothing lent */
+    s->buf[s->lent].full = 0;
+    s->lent = (s->lent + 1) % SRC_NBUF;
+    s->nlent--;
+    src_kick(s);
+}
+
 void hs__source_rewind(struct hs_source *s)
 {
+    if (s->nlent)
+        abort(); /* a reader gives back what it borrowed first */
     s->gen++;
     s->waiting = 0;
     s->hashed = 0;
@@ -266,6 +315,16 @@ static ssize_t src_st_read(struct hs_stream *st, void *buf, size_t len, struct h
     return hs__source_read((struct hs_source *)st, buf, len, err);
 }
 
+static ssize_t src_st_lend(struct hs_stream *st, const void **p, struct hs_err *err)
+{
+    return hs__source_lend((struct hs_source *)st, p, err);
+}
+
+static void src_st_give_back(struct hs_stream *st)
+{
+    hs__source_give_back((struct hs_source *)st);
+}
+
 static void src_st_rewind(struct hs_stream *st)
 {
     hs__source_rewind((struct hs_source *)st);
@@ -283,6 +342,8 @@ static void src_st_close(struct hs_stream *st)
 
 static const struct hs_stream_ops src_ops = {
     .read = src_st_read,
+    .lend = src_st_lend,
+    .give_back = src_st_give_back,
     .rewind = src_st_rewind,
     .digest = src_st_digest,
     .close = src_st_close,

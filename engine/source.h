@@ -28,6 +28,9 @@ int hs__source_open(uv_loop_t *loop, const char *path, uint64_t size, enum hs_di
  * the next chunk is not read yet (@ready runs once it is), or a negative
  * errno with the reason in @err. Loop thread. */
 ssize_t hs__source_read(struct hs_source *src, void *buf, size_t len, struct hs_err *err);
+/* The rest of the current buffer, without a copy (engine/stream.h). */
+ssize_t hs__source_lend(struct hs_source *src, const void **p, struct hs_err *err);
+void hs__source_give_back(struct hs_source *src);
 /* From byte 0 again, the hash too. */
 void hs__source_rewind(struct hs_source *src);
 /* The digest (hex) of the whole file, once every byte was read; else NULL. */

@@ -11,6 +11,13 @@
  * A read that finds nothing ready returns -EAGAIN; the stream then calls the
  * reader's ready callback once more is there (or it failed), never from
  * inside the read.
+ *
+ * A reader that writes the bytes somewhere (the store) borrows them
+ * instead: a lend hands out the rest of the stream's current buffer
+ * (page-aligned; every lend but the last a multiple of 4 KiB long, when
+ * the reader only lends), which stays the reader's until it is given back,
+ * oldest first; the stream reads ahead into its other buffers meanwhile.
+ * Whatever is lent is given back before a rewind; a close frees it.
  */
 #ifndef HS_STREAM_H
 #define HS_STREAM_H
@@ -26,6 +33,8 @@ typedef void (*hs_stream_ready_cb)(struct hs_stream *st, void *data);
 
 struct hs_stream_ops {
     ssize_t (*read)(struct hs_stream *st, void *buf, size_t len, struct hs_err *err);
+    ssize_t (*lend)(struct hs_stream *st, const void **p, struct hs_err *err);
+    void (*give_back)(struct hs_stream *st);
     void (*rewind)(struct hs_stream *st);
     const char *(*digest)(const struct hs_stream *st);
     void (*close)(struct hs_stream *st);
@@ -53,6 +62,19 @@ static inline ssize_t hs__stream_read(struct hs_stream *st, void *buf, size_t le
                                       struct hs_err *err)
 {
     return st->ops->read(st, buf, len, err);
+}
+
+/* Like a read, without the copy: *@p points into the stream's buffer, which
+ * is the reader's until hs__stream_give_back. Loop thread. */
+static inline ssize_t hs__stream_lend(struct hs_stream *st, const void **p, struct hs_err *err)
+{
+    return st->ops->lend(st, p, err);
+}
+
+/* The oldest lend is done with: its buffer is the stream's again. */
+static inline void hs__stream_give_back(struct hs_stream *st)
+{
+    st->ops->give_back(st);
 }
 
 /* From byte 0 again, the hash too. */

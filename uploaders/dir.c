@@ -1,8 +1,9 @@
 /*
  * The local image store, "dir:PATH": PATH/<id>.<format> and PATH/<id>.json.
  * The image stream (engine/stream.h) is written straight into
- * PATH/.<id>.<format>.part: the loop takes its bytes into one of two 4 MiB
- * buffers while a worker writes the other. Each byte is hashed once, by the
+ * PATH/.<id>.<format>.part from the stream's own buffers (lent, not
+ * copied): the loop borrows what the stream has read while a worker writes
+ * what was borrowed before, in one pwritev. Each byte is hashed once, by the
  * stream (the store's digest, --store-digest); the sidecar records it with
  * its algorithm (os_hash_algo, os_hash_value, as Glance names them). The
  * writes bypass the page cache (O_DIRECT, the buffers aligned; the tail
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "stream.h"
@@ -34,8 +36,9 @@
 #define HS_LOG_TAG "dir"
 #include "log.h"
 
-#define DIR_CHUNK (4u << 20)
-#define DIR_ALIGN 4096u /* for O_DIRECT: any logical block size up to a page */
+#define DIR_BATCH (4u << 20) /* bytes a worker writes at once, at most */
+#define DIR_PIECES 16         /* lends a worker writes at once, at most */
+#define DIR_ALIGN 4096u       /* for O_DIRECT: any logical block size up to a page */
 
 struct dir_store {
     char *dir;
@@ -56,11 +59,12 @@ struct dir_upload {
     uint64_t w_off;          /* worker: where the next write goes */
     uint64_t w_prev, w_plen; /* worker: the last range whose writeback was started */
     char digest[HS_DIGEST_HEX]; /* the stream's, once every byte was taken */
-    unsigned char *buf[2];
-    size_t len[2];
-    int fill;     /* the buffer the loop fills */
-    int writing;  /* a worker writes the other one */
-    size_t w_len; /* bytes the worker writes */
+    struct iovec piece[2][DIR_PIECES]; /* lent by the stream: the loop's, the worker's */
+    int npiece[2];
+    size_t len[2]; /* their bytes */
+    int fill;      /* the pieces the loop gathers */
+    int writing;   /* a worker writes the others */
+    size_t w_len;  /* bytes the worker writes */
     int w_final;  /* ... and then fsync, rename, metadata */
     int eof;
     int done;
@@ -100,19 +104,30 @@ static int dir_check(struct hs_uploader *up, struct hs_err *err)
     return 0;
 }
 
-static int write_all(int fd, const unsigned char *p, size_t n, uint64_t off)
+/* Write @n bytes of @iov (which it consumes) at @off. */
+static int writev_all(int fd, struct iovec *iov, int cnt, size_t n, uint64_t off)
 {
     ssize_t w;
 
     while (n > 0) {
-        w = pwrite(fd, p, n, (off_t)off);
+        while (cnt > 0 && iov->iov_len == 0)
+            iov++, cnt--;
+        w = pwritev(fd, iov, cnt, (off_t)off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0)
             return -errno;
-        p += w;
         n -= (size_t)w;
         off += (uint64_t)w;
+        for (; w > 0; iov++, cnt--) {
+            size_t k = (size_t)w < iov->iov_len ? (size_t)w : iov->iov_len;
+
+            iov->iov_base = (char *)iov->iov_base + k;
+            iov->iov_len -= k;
+            w -= (ssize_t)k;
+            if (iov->iov_len)
+                break;
+        }
     }
     return 0;
 }
@@ -151,33 +166,41 @@ static int dir_write_meta(struct dir_upload *u)
     return rc;
 }
 
-/* Worker: write a buffer; after the last one, fsync, rename, metadata. */
+/* Worker: write the pieces; after the last, fsync, rename, metadata. */
 static void dir_work_cb(uv_work_t *w)
 {
     struct dir_upload *u = hs_container_of(w, struct dir_upload, work);
-    const unsigned char *p = u->buf[!u->fill];
-    int written = 0;
+    struct iovec iov[DIR_PIECES], *last;
+    int cnt = u->npiece[!u->fill], written = 0;
 
     /* the worker's results go in w_rc (and err_what), which the loop reads
-     * only once the work is done */
+     * only once the work is done; the pieces stay the loop's to give back */
+    memcpy(iov, u->piece[!u->fill], sizeof(iov[0]) * (size_t)cnt);
+    last = cnt ? &iov[cnt - 1] : NULL;
     if (u->w_len && u->direct) {
-        size_t head = u->w_len & ~(size_t)(DIR_ALIGN - 1);
+        /* every piece is aligned but the tail of the last one */
+        size_t tail = last->iov_len & (DIR_ALIGN - 1), head = u->w_len - tail;
+        void *tail_at = (char *)last->iov_base + last->iov_len - tail;
 
-        u->w_rc = head ? write_all(u->dst_fd, p, head, u->w_off) : 0;
+        last->iov_len -= tail;
+        u->w_rc = head ? writev_all(u->dst_fd, iov, cnt, head, u->w_off) : 0;
         if (u->w_rc == -EINVAL && u->w_off == 0) {
             /* a filesystem that takes the flag but not the writes: buffered */
             fcntl(u->dst_fd, F_SETFL, fcntl(u->dst_fd, F_GETFL) & ~O_DIRECT);
             u->direct = 0;
+            memcpy(iov, u->piece[!u->fill], sizeof(iov[0]) * (size_t)cnt);
         } else if (u->w_rc < 0) {
             u->err_what = "write";
             return;
         } else {
-            if (head < u->w_len) {
-                /* the tail (only the last buffer is not full): through the
-                 * cache, and whatever would follow too */
+            if (tail) {
+                /* the tail (of the image's last piece): through the cache,
+                 * and whatever would follow too */
+                struct iovec t = {tail_at, tail};
+
                 fcntl(u->dst_fd, F_SETFL, fcntl(u->dst_fd, F_GETFL) & ~O_DIRECT);
                 u->direct = 0;
-                u->w_rc = write_all(u->dst_fd, p + head, u->w_len - head, u->w_off + head);
+                u->w_rc = writev_all(u->dst_fd, &t, 1, tail, u->w_off + head);
                 if (u->w_rc < 0) {
                     u->err_what = "write";
                     return;
@@ -188,12 +211,12 @@ static void dir_work_cb(uv_work_t *w)
         }
     }
     if (u->w_len && !written) {
-        u->w_rc = write_all(u->dst_fd, p, u->w_len, u->w_off);
+        u->w_rc = writev_all(u->dst_fd, iov, cnt, u->w_len, u->w_off);
         if (u->w_rc < 0) {
             u->err_what = "write";
             return;
         }
-        /* the previous buffer is written back by now (or soon: wait for
+        /* the previous batch is written back by now (or soon: wait for
          * it), and its pages are of no more use to anyone; this one's
          * writeback starts */
         if (u->w_plen) {
@@ -233,8 +256,6 @@ static void dir_free(struct dir_upload *u)
         close(u->dst_fd);
     if (u->dirfd >= 0)
         close(u->dirfd);
-    free(u->buf[0]);
-    free(u->buf[1]);
     free(u->final_path);
     free(u->final_name);
     free(u->part_name);
@@ -242,10 +263,20 @@ static void dir_free(struct dir_upload *u)
     free(u);
 }
 
+/* The pieces a worker wrote are the stream's again. */
+static void dir_give_back(struct dir_upload *u, int which)
+{
+    for (; u->npiece[which] > 0; u->npiece[which]--)
+        hs__stream_give_back(u->req->src);
+    u->len[which] = 0;
+}
+
 static void dir_finish(struct dir_upload *u, int status)
 {
     struct hs_upload_req *req = u->req;
 
+    dir_give_back(u, 0); /* no worker runs */
+    dir_give_back(u, 1);
     hs__stream_reader(req->src, NULL, NULL);
     if (status < 0) {
         /* ours only: a file of the same name made by someone else stays */
@@ -276,28 +307,32 @@ static void dir_fail(struct dir_upload *u, int rc)
 
 static void dir_after_work_cb(uv_work_t *w, int status);
 
-/* Take what the stream has into the buffer being filled (also while a
- * worker writes the other); hand it to a worker once it is full, or the
- * last, and the other one is written. */
+/* Borrow what the stream has (also while a worker writes what was borrowed
+ * before); hand it to a worker once that one is done, or it is the last. */
 static void dir_pump(struct dir_upload *u)
 {
     struct hs_upload_req *req = u->req;
+    const void *p;
     ssize_t n;
-    int rc;
+    int rc, f;
 
     if (u->done)
         return;
-    while (!u->eof && !u->rc && !u->canceled && u->len[u->fill] < DIR_CHUNK) {
-        n = hs__stream_read(req->src, u->buf[u->fill] + u->len[u->fill],
-                            DIR_CHUNK - u->len[u->fill], &req->err);
+    f = u->fill;
+    while (!u->eof && !u->rc && !u->canceled && u->npiece[f] < DIR_PIECES &&
+           u->len[f] < DIR_BATCH) {
+        n = hs__stream_lend(req->src, &p, &req->err);
         if (n == -EAGAIN)
             break; /* dir_ready pumps again */
-        if (n < 0)
+        if (n < 0) {
             u->rc = (int)n;
-        else if (n == 0)
+        } else if (n == 0) {
             u->eof = 1;
-        else
-            u->len[u->fill] += (size_t)n;
+        } else {
+            u->piece[f][u->npiece[f]].iov_base = (void *)p;
+            u->piece[f][u->npiece[f]++].iov_len = (size_t)n;
+            u->len[f] += (size_t)n;
+        }
     }
     if (u->writing)
         return; /* its end pumps again */
@@ -306,24 +341,23 @@ static void dir_pump(struct dir_upload *u)
         dir_fail(u, u->rc < 0 ? u->rc : -ECANCELED);
         return;
     }
-    if (!u->eof && u->len[u->fill] < DIR_CHUNK)
-        return;
-    if (u->eof && req->sent + u->len[u->fill] != req->size) {
+    if (!u->eof && !u->len[f])
+        return; /* dir_ready pumps again */
+    if (u->eof && req->sent + u->len[f] != req->size) {
         hs_err_set(&req->err, -EIO, HS_ERR_SYS, 0, "image '%s' ended after %llu of %llu bytes",
-                   req->name, (unsigned long long)(req->sent + u->len[u->fill]),
+                   req->name, (unsigned long long)(req->sent + u->len[f]),
                    (unsigned long long)req->size);
         dir_fail(u, -EIO);
         return;
     }
-    u->w_len = u->len[u->fill];
+    u->w_len = u->len[f];
     u->w_final = u->eof;
     if (u->eof) {
         const char *hex = hs__stream_digest(req->src); /* final: every byte was taken */
 
         snprintf(u->digest, sizeof(u->digest), "%s", hex ? hex : "");
     }
-    u->fill = !u->fill;
-    u->len[u->fill] = 0;
+    u->fill = !f; /* the worker's are the ones just gathered */
     rc = uv_queue_work(req->up->loop, &u->work, dir_work_cb, dir_after_work_cb);
     if (rc < 0) {
         u->err_what = "queue";
@@ -332,7 +366,7 @@ static void dir_pump(struct dir_upload *u)
     }
     u->writing = 1;
     if (!u->eof)
-        dir_pump(u); /* fill the other buffer meanwhile */
+        dir_pump(u); /* borrow more meanwhile */
 }
 
 static void dir_ready(struct hs_stream *st, void *data)
@@ -360,6 +394,7 @@ static void dir_after_work_cb(uv_work_t *w, int status)
     struct hs_upload_req *req = u->req;
 
     u->writing = 0;
+    dir_give_back(u, !u->fill);
     if (u->w_rc < 0 && !u->rc)
         u->rc = u->w_rc;
     if (status < 0 && !u->rc)
@@ -423,9 +458,6 @@ static int dir_begin(struct hs_uploader *up, struct hs_upload_req *req, hs_uploa
         dir_free(u);
         return rc;
     }
-    if (posix_memalign((void **)&u->buf[0], DIR_ALIGN, DIR_CHUNK) ||
-        posix_memalign((void **)&u->buf[1], DIR_ALIGN, DIR_CHUNK))
-        abort();
     /* past the page cache where the filesystem can (not tmpfs before 6.6) */
     u->direct = fcntl(u->dst_fd, F_SETFL, fcntl(u->dst_fd, F_GETFL) | O_DIRECT) == 0;
     rc = dir_kick(u);

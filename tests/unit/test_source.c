@@ -46,6 +46,15 @@ static void sha512_hex(const unsigned char *p, size_t n, char *hex)
     hs__hex(md, len, hex);
 }
 
+/* Turn the loop until the stream says there is more. */
+static void wait_more(void)
+{
+    int before = readies;
+
+    while (readies == before)
+        uv_run(&loop, UV_RUN_ONCE);
+}
+
 /* Read everything with reads of @step bytes, the loop turning on -EAGAIN;
  * stop after @stop bytes. Returns what was read. */
 static size_t drain(struct hs_source *src, unsigned char *out, size_t step, size_t stop)
@@ -57,10 +66,7 @@ static size_t drain(struct hs_source *src, unsigned char *out, size_t step, size
     while (got < stop) {
         n = hs__source_read(src, out + got, step, &err);
         if (n == -EAGAIN) {
-            int before = readies;
-
-            while (readies == before)
-                uv_run(&loop, UV_RUN_ONCE);
+            wait_more();
             continue;
         }
         CHECK(n >= 0);
@@ -94,6 +100,65 @@ static void test_every_byte_and_the_hash(void)
     CHECK(!strcmp(hs__source_digest(src), want));
     /* closed with a read in flight: freed once it ends (ASan watches) */
     hs__source_rewind(src);
+    hs__source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    free(out);
+}
+
+/* Lent instead of read: every byte in order, each lend page-aligned and
+ * all but the last a multiple of 4 KiB, up to every buffer held at once
+ * while the stream waits for one back, and the hash final at the end. */
+static void test_lend_and_give_back(void)
+{
+    struct hs_source *src;
+    struct hs_err err = {0};
+    unsigned char *out = malloc(size + 1);
+    size_t got = 0, held_bytes[8];
+    const void *p;
+    int held = 0, most = 0, ended = 0;
+    char want[129];
+    ssize_t n;
+
+    sha512_hex(data, size, want);
+    CHECK(hs__source_open(&loop, path, size, HS_DIGEST_SHA512, ready, NULL, &src, &err) == 0);
+    while (!ended) {
+        n = hs__source_lend(src, &p, &err);
+        if (n == -EAGAIN && held > 0) {
+            /* nothing more to borrow: the oldest goes back (three out of
+             * four times; else wait for the read ahead) */
+            if (held == 4 || got % 3) {
+                hs__source_give_back(src);
+                memmove(held_bytes, held_bytes + 1, sizeof(held_bytes[0]) * (size_t)--held);
+                continue;
+            }
+        }
+        if (n == -EAGAIN) {
+            wait_more();
+            continue;
+        }
+        CHECK(n >= 0);
+        if (n == 0) {
+            ended = 1;
+            break;
+        }
+        CHECK(((uintptr_t)p & 4095) == 0);
+        CHECK(held < 8);
+        memcpy(out + got, p, (size_t)n);
+        got += (size_t)n;
+        CHECK(got == size || n % 4096 == 0);
+        held_bytes[held++] = (size_t)n;
+        if (held > most)
+            most = held;
+    }
+    while (held-- > 0)
+        hs__source_give_back(src);
+    CHECK(got == size);
+    CHECK(!memcmp(out, data, size));
+    CHECK(most >= 2);
+    CHECK(hs__source_digest(src) && !strcmp(hs__source_digest(src), want));
+    hs__source_rewind(src); /* everything back: a rewind is allowed */
+    CHECK(drain(src, out, 65536, size + 1) == size);
+    CHECK(!memcmp(out, data, size));
     hs__source_close(src);
     uv_run(&loop, UV_RUN_DEFAULT);
     free(out);
@@ -168,6 +233,7 @@ int main(void)
     make_file(5 * 1024 * 1024 + 12345);
     RUN(test_every_byte_and_the_hash);
     RUN(test_each_digest);
+    RUN(test_lend_and_give_back);
     RUN(test_missing_and_shrunk_files);
     unlink(path);
     free(data);
