@@ -418,7 +418,7 @@ int hs_agent_main(const struct hs_agent_config *cfg)
         ag_amqp_stop(a->amqp); /* publishes the last notifications first */
     uv_close((uv_handle_t *)&a->recover_retry, closed_quietly);
     hs_engine_close(a->eng, engine_closed, a);
-    while (!a->engine_closed && uv_run(&a->loop, UV_RUN_ONCE))
+    while ((!a->engine_closed || ag_ops_busy(a->ops)) && uv_run(&a->loop, UV_RUN_ONCE))
         ;
     ag_ops_close(a->ops);
     ag_log("info", "stopped");

@@ -62,6 +62,22 @@ int ag_route_match(const char *path, size_t len, struct ag_route *out, char *err
         memcpy(out->id, id, n);
         out->id[n] = '\0';
         out->ep = AG_EP_SNAPSHOT;
+    } else if (prefix(path, plen, "/v1/targets/") && plen > strlen("/v1/targets//verify") &&
+               !memcmp(path + plen - strlen("/verify"), "/verify", strlen("/verify"))) {
+        const char *name = path + strlen("/v1/targets/");
+        size_t n = plen - strlen("/v1/targets/") - strlen("/verify");
+
+        if (n > AG_ID_MAX || !printable(name, n)) {
+            snprintf(err, errlen, "a target's name is 1 to 64 of [A-Za-z0-9_.-]");
+            return -1;
+        }
+        memcpy(out->id, name, n);
+        out->id[n] = '\0';
+        if (!ag_target_name_ok(out->id)) {
+            snprintf(err, errlen, "a target's name is 1 to 64 of [A-Za-z0-9_.-]");
+            return -1;
+        }
+        out->ep = AG_EP_VERIFY;
     }
     return 0;
 }
@@ -77,6 +93,9 @@ int ag_method_allowed(enum ag_endpoint ep, const char *method, size_t len, const
     case AG_EP_SNAPSHOT:
         a = "GET, DELETE";
         break;
+    case AG_EP_VERIFY:
+        a = "POST";
+        break;
     case AG_EP_NONE:
     case AG_EP_EVENTS:
     case AG_EP_DOMAINS:
@@ -87,9 +106,9 @@ int ag_method_allowed(enum ag_endpoint ep, const char *method, size_t len, const
     }
     *allow = a;
     if (len == 3 && !memcmp(method, "GET", 3))
-        return 1;
+        return ep != AG_EP_VERIFY;
     if (len == 4 && !memcmp(method, "POST", 4))
-        return ep == AG_EP_SNAPSHOTS;
+        return ep == AG_EP_SNAPSHOTS || ep == AG_EP_VERIFY;
     if (len == 6 && !memcmp(method, "DELETE", 6))
         return ep == AG_EP_SNAPSHOT;
     return 0;

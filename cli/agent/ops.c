@@ -51,6 +51,7 @@ struct ops_target {
     char *spec;  /* NULL: the engine's default store */
     char *shown; /* what the API shows: no password */
     int token;   /* glance:URL: the operator's token goes with it */
+    int verifying; /* a verify of this store runs */
 };
 
 struct ag_ops {
@@ -66,6 +67,7 @@ struct ag_ops {
     int ready;     /* recovery done: jobs may start */
     int stopping; /* no new work */
     struct ag_pending *pendings;
+    int verifies; /* stores being verified (ag_ops_busy) */
 };
 
 static void iso_now(char *buf, size_t len)
@@ -798,6 +800,114 @@ int ag_op_domains(struct ag_ops *o, ag_reply_fn reply, void *data, struct ag_pen
         cJSON_Delete(err);
     }
     return 0;
+}
+
+/* ---- verify: a store's images against their sidecars ---- */
+
+struct ops_verify {
+    struct ag_ops *o;
+    struct ops_target *t;
+    struct ag_pending *p;
+    cJSON *bad;
+};
+
+static void verified_one(const char *id, const char *file, const char *why, void *data)
+{
+    struct ops_verify *v = data;
+    cJSON *e;
+
+    if (!why)
+        return;
+    e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "id", id ? id : "");
+    cJSON_AddStringToObject(e, "file", file ? file : "");
+    cJSON_AddStringToObject(e, "error", why);
+    cJSON_AddItemToArray(v->bad, e);
+}
+
+static void verified_all(int checked, int bad, int status, const char *error, void *data)
+{
+    struct ops_verify *v = data;
+    cJSON *b;
+
+    v->t->verifying = 0;
+    v->o->verifies--;
+    if (status < 0) {
+        pending_finish(v->p, 503, error_body("cannot verify target '%s': %s", v->t->name,
+                                             error ? error : "?"), 0);
+        cJSON_Delete(v->bad);
+    } else {
+        b = cJSON_CreateObject();
+        cJSON_AddStringToObject(b, "target", v->t->name);
+        cJSON_AddNumberToObject(b, "checked", checked);
+        cJSON_AddNumberToObject(b, "bad", bad);
+        cJSON_AddItemToObject(b, "images", v->bad); /* the bad ones */
+        pending_finish(v->p, 200, b, 0);
+    }
+    free(v);
+}
+
+int ag_op_verify(struct ag_ops *o, const char *name, ag_reply_fn reply, void *data,
+                 struct ag_pending **out)
+{
+    struct ops_target *t = NULL;
+    struct ops_verify *v;
+    char spec[4200], err[512];
+    cJSON *e;
+    int i, status;
+
+    *out = NULL;
+    for (i = 0; i < o->ntargets; i++)
+        if (!strcmp(o->targets[i].name, name))
+            t = &o->targets[i];
+    if (!t) {
+        e = error_body("no target named '%s' (GET /v1/targets)", name);
+        status = 404;
+    } else if (t->spec && strncmp(t->spec, "dir:", 4)) {
+        e = error_body("target '%s' is a Glance: only a dir: store is verified here (Glance "
+                       "checks its own images' os_hash_value)", name);
+        status = 400;
+    } else if (t->verifying) {
+        e = error_body("target '%s' is being verified already", name);
+        status = 409;
+    } else if (o->stopping) {
+        e = error_body("the agent is stopping");
+        status = 503;
+    } else {
+        v = calloc(1, sizeof(*v));
+        if (!v || !(v->p = pending_new(o, reply, data))) {
+            free(v);
+            e = error_body("out of memory");
+            status = 503;
+        } else {
+            v->o = o;
+            v->t = t;
+            v->bad = cJSON_CreateArray();
+            if (t->spec)
+                snprintf(spec, sizeof(spec), "%s", t->spec);
+            else
+                snprintf(spec, sizeof(spec), "dir:%s/images", o->cfg.state_dir);
+            if (hs_store_verify(o->cfg.loop, spec, verified_one, verified_all, v, err,
+                                sizeof(err)) == 0) {
+                t->verifying = 1;
+                o->verifies++;
+                *out = v->p;
+                return 1;
+            }
+            pending_finish(v->p, 400, error_body("cannot verify target '%s': %s", name, err), 0);
+            cJSON_Delete(v->bad);
+            free(v);
+            return 0;
+        }
+    }
+    reply(data, status, e, 0);
+    cJSON_Delete(e);
+    return 0;
+}
+
+int ag_ops_busy(const struct ag_ops *o)
+{
+    return o->verifies;
 }
 
 /* ---- life ---- */

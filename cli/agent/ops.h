@@ -94,6 +94,13 @@ int ag_op_targets(struct ag_ops *o, cJSON **body);
 /* The domains, as GET /v1/domains; same contract. */
 int ag_op_domains(struct ag_ops *o, ag_reply_fn reply, void *data, struct ag_pending **out);
 void ag_pending_abandon(struct ag_pending *p);
+/* POST /v1/targets/{name}/verify: the store's images read again and checked
+ * against their sidecars (hs_store_verify), one run per store at a time;
+ * same contract. The answer lists the bad images. */
+int ag_op_verify(struct ag_ops *o, const char *name, ag_reply_fn reply, void *data,
+                 struct ag_pending **out);
+/* Verifies in flight: the agent waits for them before it frees @o. */
+int ag_ops_busy(const struct ag_ops *o);
 
 /* At once: the status, and *@body (the caller's). */
 int ag_op_get(struct ag_ops *o, const char *id, cJSON **body);

@@ -159,6 +159,9 @@ enum ag_http_route ag_http_dispatch(struct ag_ops *o, const char *token,
     case AG_EP_DOMAINS:
         ag_op_domains(o, replied, w, &w->pending);
         break;
+    case AG_EP_VERIFY:
+        ag_op_verify(o, rt.id, replied, w, &w->pending);
+        break;
     case AG_EP_TARGETS:
         status = ag_op_targets(o, &body);
         answer(w, status, body);

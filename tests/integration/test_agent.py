@@ -269,6 +269,24 @@ class AgentTest(GlanceGuestTestCase):
             self.assertEqual(img["location"], os.path.join(self.store, img["id"] + ".qcow2"))
             self.assertTrue(os.path.exists(img["location"]))
             self.assertEqual(self.images_of(g), [])
+            # the store verified through the agent: intact, then a flipped byte found
+            status, v, _ = self.agent.request("POST", "/v1/targets/local/verify")
+            self.assertEqual((status, v["checked"], v["bad"], v["images"]), (200, 1, 0, []), v)
+            with open(img["location"], "r+b") as f:
+                f.seek(-1, os.SEEK_END)
+                b = f.read(1)
+                f.seek(-1, os.SEEK_END)
+                f.write(bytes([b[0] ^ 0x01]))
+            status, v, _ = self.agent.request("POST", "/v1/targets/local/verify", tcp=True)
+            self.assertEqual((status, v["checked"], v["bad"]), (200, 1, 1), v)
+            self.assertEqual(v["images"][0]["id"], img["id"])
+            for path, want in (("/v1/targets/default/verify", 400),
+                               ("/v1/targets/nosuch/verify", 404),
+                               ("/v1/targets/..%2Fetc/verify", 400)):
+                status, v, _ = self.agent.request("POST", path)
+                self.assertEqual(status, want, (path, v))
+            status, _, _ = self.agent.request("GET", "/v1/targets/local/verify")
+            self.assertEqual(status, 405)
             # nothing ever reached the trap, the token least of all
             self.assertEqual(trap.requests, [])
         finally:

@@ -32,6 +32,15 @@ static void test_routes(void)
     CHECK(route("/healthz", &rt) == 0 && rt.ep == AG_EP_HEALTHZ);
     CHECK(route("/metrics", &rt) == 0 && rt.ep == AG_EP_METRICS);
     CHECK(route("/v1/domains", &rt) == 0 && rt.ep == AG_EP_DOMAINS);
+    CHECK(route("/v1/targets/local/verify", &rt) == 0 && rt.ep == AG_EP_VERIFY);
+    CHECK(!strcmp(rt.id, "local"));
+    CHECK(route("/v1/targets/local/verify/", &rt) == 0 && rt.ep == AG_EP_VERIFY);
+    CHECK(route("/v1/targets//verify", &rt) == 0 && rt.ep == AG_EP_NONE);
+    CHECK(route("/v1/targets/../verify", &rt) < 0);   /* not a target's name */
+    CHECK(route("/v1/targets/a/b/verify", &rt) < 0);  /* '/' in a name */
+    CHECK(route("/v1/targets/local/verifyX", &rt) == 0 && rt.ep == AG_EP_NONE);
+    CHECK(ag_method_allowed(AG_EP_VERIFY, "POST", 4, &allow) && !strcmp(allow, "POST"));
+    CHECK(!ag_method_allowed(AG_EP_VERIFY, "GET", 3, &allow));
     CHECK(route("/v1/snapshotsX", &rt) == 0 && rt.ep == AG_EP_NONE);
     CHECK(route("/", &rt) == 0 && rt.ep == AG_EP_NONE);
 
