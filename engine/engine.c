@@ -210,6 +210,7 @@ static void engine_virt_closed(void *data)
     void *cb_data = eng->close_data;
 
     hs__engine_creds_free(eng);
+    hs__digest_memo_free(eng->glance_algos);
     free(eng->state_dir);
     free(eng);
     if (cb)

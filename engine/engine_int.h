@@ -35,6 +35,7 @@ struct hs_recovery_pass {
 
 struct hs_engine {
     uv_loop_t *loop;
+    struct hs_digest_memo *glance_algos; /* what each Glance target hashes with */
     struct hs_virt *virt;
     int ever_up;           /* the connection has been up once */
     unsigned reconnects;   /* times it came back up after the first */

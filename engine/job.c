@@ -1282,6 +1282,7 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     }
     env.loop = eng->loop;
     env.http = eng->http;
+    env.learned = &eng->glance_algos;
     env.token = opts->token;
     env.image_id = opts->image_id;
     env.max_rate = opts->max_rate;

@@ -15,8 +15,10 @@
  *   stall timeout) -> backoff -> check the record: queued -> upload again into
  *   it; active with every byte sent -> verify; saving -> check again later;
  *   anything else -> the record is doomed and a new one made.
- * - verify: active, size, and sha512 (Glance's default algorithm; with
- *   another one, size only, with a warning). Only this step succeeds.
+ * - verify: active, size, and the hash: sha512 (Glance's default), or the
+ *   algorithm this Glance was seen to use (os_hash_algo, learned by the
+ *   engine: the image that shows another one is checked by size, with a
+ *   warning, and the next are hashed with it). Only this step succeeds.
  * - On failure or cancel every doomed record is deleted; one that cannot be
  *   is reported (a warning and req->left_behind).
  *
@@ -115,7 +117,7 @@ struct glance_up {
     int paused;            /* curl waits for the next chunk */
     double outage_since;   /* when Glance stopped answering, or 0 */
     int outage_tries;
-    char sha512_hex[129];
+    char hex[HS_DIGEST_HEX]; /* of req->up->digest */
     uv_timer_t backoff;
     int fail_code;
     char *body_json; /* create body */
@@ -335,9 +337,9 @@ static int gu_start_upload(struct glance_up *u)
 
 static void gu_hash_done(struct glance_up *u)
 {
-    const char *hex = hs__stream_digest(u->req->src); /* sha512: up->digest */
+    const char *hex = hs__stream_digest(u->req->src); /* of up->digest */
 
-    snprintf(u->sha512_hex, sizeof(u->sha512_hex), "%s", hex ? hex : "");
+    snprintf(u->hex, sizeof(u->hex), "%s", hex ? hex : "");
 }
 
 static char *create_body(struct glance_up *u)
@@ -744,6 +746,7 @@ static void gu_verify(struct glance_up *u, long status, const cJSON *j)
 {
     struct hs_upload_req *req = u->req;
     const char *st, *algo, *val, *failed_import;
+    enum hs_digest_algo galgo;
     double size;
 
     st = cJSON_GetStringValue(cJSON_GetObjectItem(j, "status"));
@@ -772,13 +775,18 @@ static void gu_verify(struct glance_up *u, long status, const cJSON *j)
         hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
                    "image %s ('%s') holds %.0f bytes, %llu were sent", u->id, req->name, size,
                    (unsigned long long)req->size);
-    else if (!algo || strcmp(algo, "sha512"))
-        gu_warn(u, "image %s ('%s'): Glance hashes with %s, not sha512; checked by size only",
-                u->id, req->name, algo ? algo : "nothing");
-    else if (!val || strcmp(val, u->sha512_hex))
+    else if (!algo || hs__digest_parse(algo, &galgo) < 0 || galgo == HS_DIGEST_XXH128)
+        gu_warn(u, "image %s ('%s'): Glance hashes with %s, which hotsnap does not; checked "
+                "by size only", u->id, req->name, algo ? algo : "nothing");
+    else if (galgo != req->up->digest) {
+        gu_warn(u, "image %s ('%s'): Glance hashes with %s, not %s; checked by size only, and "
+                "its next images by %s", u->id, req->name, algo,
+                hs__digest_name(req->up->digest), algo);
+        hs__uploader_learn(req->up, galgo);
+    } else if (!val || strcmp(val, u->hex))
         hs_err_set(&req->err, -EIO, HS_ERR_HTTP, status,
-                   "image %s ('%s'): Glance's sha512 differs from the bytes sent", u->id,
-                   req->name);
+                   "image %s ('%s'): Glance's %s differs from the bytes sent", u->id,
+                   req->name, algo);
     if (req->err.code) {
         gu_fail(u);
         return;

@@ -65,6 +65,16 @@ struct hs_uploader_ops {
     void (*destroy)(struct hs_uploader *up);
 };
 
+/* What a Glance was seen to hash with (its os_hash_algo), per target: the
+ * engine keeps it for as long as it runs, so a Glance configured for
+ * another algorithm than sha512 is verified by its own from the image
+ * after the first on. */
+struct hs_digest_memo {
+    char *key; /* the target's spec */
+    enum hs_digest_algo algo;
+    struct hs_digest_memo *next;
+};
+
 /* What an uploader may use, lent by the engine and the job's options. */
 struct hs_uploader_env {
     uv_loop_t *loop;
@@ -77,6 +87,7 @@ struct hs_uploader_env {
     int outage_s;         /* seconds the store may be away before it fails; 0: none */
     unsigned store_mode;  /* dir: file mode of images and sidecars */
     enum hs_digest_algo store_digest; /* dir: the one digest a sidecar records */
+    struct hs_digest_memo **learned;  /* the engine's, or NULL */
 };
 
 struct hs_uploader {
@@ -84,8 +95,10 @@ struct hs_uploader {
     uv_loop_t *loop;
     void *ctx;
     /* what its images' streams hash with: the digest it records (Glance:
-     * its own os_hash_algo, sha512) */
+     * its own os_hash_algo: sha512, or what it was seen to use) */
     enum hs_digest_algo digest;
+    struct hs_digest_memo **learned; /* where to note what Glance uses, or NULL */
+    char *learn_key;
 };
 
 extern const struct hs_uploader_ops hs_uploader_dir;
@@ -102,6 +115,10 @@ int hs__glance_new(const struct hs_uploader_env *env, const char *url, struct hs
 int hs__dir_new(const struct hs_uploader_env *env, const char *path, struct hs_uploader *up,
                 struct hs_err *err);
 void hs__uploader_free(struct hs_uploader *up);
+/* Glance reported @algo for an image of @up's: its next uploads (this
+ * engine's) hash with it. */
+void hs__uploader_learn(struct hs_uploader *up, enum hs_digest_algo algo);
+void hs__digest_memo_free(struct hs_digest_memo *m);
 void hs__upload_req_clear(struct hs_upload_req *req);
 
 #endif

@@ -575,14 +575,15 @@ class GlanceServer:
     no auth, one process (sqlite with several workers answers 'database is
     locked'). Started and stopped by its PID."""
 
-    def __init__(self, image_size_cap=None, keystone=None, import_only=False):
+    def __init__(self, image_size_cap=None, keystone=None, import_only=False,
+                 hashing_algorithm=None):
         self.dir = tempfile.mkdtemp(prefix="hstest-glance-")
-        extra = ""
+        extra = "hashing_algorithm = %s\n" % hashing_algorithm if hashing_algorithm else ""
         with open(os.path.join(self.dir, "policy.yaml"), "w") as f:
             # import_only: plain uploads forbidden by policy, import offered
             f.write('"upload_image": "!"\n' if import_only else "{}\n")
         if import_only:
-            extra = ("enabled_import_methods = [glance-direct]\n"
+            extra += ("enabled_import_methods = [glance-direct]\n"
                      "node_staging_uri = file://%s/staging\n" % self.dir)
             os.makedirs(os.path.join(self.dir, "staging"))
         self.port = free_port()

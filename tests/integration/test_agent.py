@@ -13,8 +13,8 @@ import unittest
 
 import libvirt
 
-from hsfix import (HOTSNAP, TOKEN, Agent, GlanceGuestTestCase, Run, TestPKI, TrapServer,
-                   UnixHTTPConnection, gated_qemu_img, job_active)
+from hsfix import (HOTSNAP, TOKEN, Agent, GlanceGuestTestCase, GlanceServer, Run, TestPKI,
+                   TrapServer, UnixHTTPConnection, gated_qemu_img, job_active)
 
 class EventReader:
     """GET /v1/events read on a thread: the engine's events as they come."""
@@ -112,6 +112,32 @@ class AgentTest(GlanceGuestTestCase):
             self.assertIn("hotsnap_libvirt_connected 1\n", text)
         finally:
             events.close()
+
+    def test_a_glance_hashing_with_sha256_is_learned(self):
+        """Glance configured for sha256: the first image is checked by size
+        with a warning; the next is hashed with sha256 and checked by it."""
+        g = self.guest("ag-sha256").start()
+        g256 = GlanceServer(hashing_algorithm="sha256")
+        try:
+            self.restart_agent("--to", "glance:" + g256.url)
+            jobs = []
+            for _ in range(2):
+                status, job, _ = self.post({"domain": g.name})
+                self.assertEqual(status, 202, job)
+                jobs.append(self.agent.wait_ended(job["id"]))
+            first, second = jobs
+            for j in jobs:
+                self.assertEqual(j["state"], "done", j.get("error"))
+            self.assertTrue(any("Glance hashes with sha256, not sha512" in w
+                                for w in first.get("warnings", [])), first)
+            self.assertFalse(any("hashes with" in w for w in second.get("warnings", [])), second)
+            img = second["images"][0]
+            self.assertEqual(img["hash_algo"], "sha256")
+            rec = g256.api("GET", "/v2/images/" + img["id"])
+            self.assertEqual((rec["os_hash_algo"], rec["os_hash_value"]), ("sha256", img["hash"]))
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        finally:
+            g256.close()
 
     def test_batch_over_tcp(self):
         gs = [self.guest("ag-b%d" % i).start() for i in range(3)]
