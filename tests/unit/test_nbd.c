@@ -360,6 +360,67 @@ static void test_stream_as_raw(void)
     stream_format(&served, 0);
 }
 
+/* Lent instead of read, as the store writes it: every chunk page-aligned,
+ * up to three held at once (the stream waits for one back), the image whole
+ * and its hash final at the end. */
+static void test_stream_lent(void)
+{
+    struct pull p = {0};
+    struct hs_nbd_source *src;
+    struct hs_err err = {0};
+    const void *ptr;
+    char cmd[1024], hex[129];
+    uint64_t got = 0;
+    int fd, held = 0, most = 0;
+    ssize_t n;
+
+    CHECK(hs__nbd_source_open(&loop, &served, 1, HS_DIGEST_SHA512, src_opened, src_ready, &p,
+                              &src, &err) == 0);
+    while (!p.opened)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(p.status == 0);
+    fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    for (;;) {
+        if (held == 3) { /* as many as the store's worker may hold */
+            hs__nbd_source_give_back(src);
+            held--;
+        }
+        n = hs__nbd_source_lend(src, &ptr, &err);
+        if (n == -EAGAIN && held > 0 && (got >> 20) % 3 == 0) {
+            hs__nbd_source_give_back(src); /* now and then, before waiting */
+            held--;
+            continue;
+        }
+        if (n == -EAGAIN) {
+            int before = p.readies;
+
+            while (p.readies == before)
+                uv_run(&loop, UV_RUN_ONCE);
+            continue;
+        }
+        CHECK(n >= 0);
+        if (n == 0)
+            break;
+        CHECK(((uintptr_t)ptr & 4095) == 0);
+        CHECK(write(fd, ptr, (size_t)n) == n);
+        got += (uint64_t)n;
+        CHECK(got == hs__nbd_source_size(src) || n % 4096 == 0);
+        if (++held > most)
+            most = held;
+    }
+    while (held-- > 0)
+        hs__nbd_source_give_back(src);
+    close(fd);
+    CHECK(got == hs__nbd_source_size(src));
+    CHECK(most >= 2);
+    file_sha512(out, hex);
+    CHECK(hs__nbd_source_digest(src) && !strcmp(hs__nbd_source_digest(src), hex));
+    hs__nbd_source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    snprintf(cmd, sizeof(cmd), "qemu-img compare -q -f qcow2 -F qcow2 %s %s", disk, out);
+    CHECK(sh(cmd) == 0);
+}
+
 /* A server of the stream's own (offline): qemu-nbd started by libnbd with
  * socket activation, gone once the stream is closed. */
 static void test_stream_from_own_server(void)
@@ -502,6 +563,7 @@ int main(void)
     RUN(test_no_server);
     RUN(test_stream_as_qcow2);
     RUN(test_stream_as_raw);
+    RUN(test_stream_lent);
     RUN(test_close_mid_stream);
     RUN(test_stream_from_own_server);
     RUN(test_dead_connection_leaves_a_reused_fd_alone);
