@@ -386,7 +386,7 @@ static void ns_connected(struct hs_nbd *n, int status, void *data)
 
 static const struct hs_stream_ops ns_ops;
 
-/* The benchmarks' hooks (bench/peer --nbd): a chunk's size (a multiple of
+/* The benchmarks' hooks (bench/peer --tools hotsnap@SIZE[xDEPTH]): a chunk's size (a multiple of
  * a cluster, 64 KiB to 16 MiB) and how many are in flight (1 to 16). */
 static uint64_t ns_tunable(const char *name, uint64_t def, uint64_t min, uint64_t max)
 {

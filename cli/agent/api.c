@@ -67,13 +67,11 @@ int ag_route_match(const char *path, size_t len, struct ag_route *out, char *err
         const char *name = path + strlen("/v1/targets/");
         size_t n = plen - strlen("/v1/targets/") - strlen("/verify");
 
-        if (n > AG_ID_MAX || !printable(name, n)) {
-            snprintf(err, errlen, "a target's name is 1 to 64 of [A-Za-z0-9_.-]");
-            return -1;
+        if (n <= AG_ID_MAX) {
+            memcpy(out->id, name, n);
+            out->id[n] = '\0';
         }
-        memcpy(out->id, name, n);
-        out->id[n] = '\0';
-        if (!ag_target_name_ok(out->id)) {
+        if (n > AG_ID_MAX || !ag_target_name_ok(out->id)) { /* id: "" when too long */
             snprintf(err, errlen, "a target's name is 1 to 64 of [A-Za-z0-9_.-]");
             return -1;
         }
