@@ -13,6 +13,12 @@ struct hs_qcow2 {
     uint64_t vsize;
     uint64_t vclusters; /* guest clusters */
     uint64_t *bits;     /* guest clusters with data */
+    /* an overlay: only the dirty clusters are the image's, the rest is the
+     * backing file's; a dirty cluster without data reads as zeros */
+    uint64_t *dirty;    /* guest clusters changed since the backing file */
+    uint64_t *zero;     /* dirty without data: a zero cluster (after plan) */
+    char *backing;      /* its name, or NULL */
+    char *backing_fmt;
     uint64_t l1_size;   /* L1 entries */
     uint64_t *rank;     /* per L1 entry: data clusters before its range */
     uint64_t *l2_of;    /* per L1 entry: its L2 table's index, or UINT64_MAX */
@@ -79,6 +85,10 @@ void hs__qcow2_free(struct hs_qcow2 *q)
     if (!q)
         return;
     free(q->bits);
+    free(q->dirty);
+    free(q->zero);
+    free(q->backing);
+    free(q->backing_fmt);
     free(q->rank);
     free(q->l2_of);
     free(q->l1_of);
@@ -96,6 +106,34 @@ void hs__qcow2_mark(struct hs_qcow2 *q, uint64_t off, uint64_t len)
         q->bits[c / 64] |= 1ull << (c % 64);
 }
 
+int hs__qcow2_set_backing(struct hs_qcow2 *q, const char *file, const char *fmt)
+{
+    size_t words = div_up(q->vclusters, 64);
+
+    /* QEMU reads a backing name of up to 1023 bytes; it and the format's
+     * extension go in the header's cluster */
+    if (!file || !*file || strlen(file) > 1023 || !fmt || !*fmt || strlen(fmt) > 16 || q->dirty)
+        return -1;
+    q->backing = strdup(file);
+    q->backing_fmt = strdup(fmt);
+    q->dirty = calloc(words, sizeof(uint64_t));
+    q->zero = calloc(words, sizeof(uint64_t));
+    if (!q->backing || !q->backing_fmt || !q->dirty || !q->zero)
+        abort();
+    return 0;
+}
+
+void hs__qcow2_mark_dirty(struct hs_qcow2 *q, uint64_t off, uint64_t len)
+{
+    uint64_t c, end;
+
+    if (!q->dirty || !len || off >= q->vsize)
+        return;
+    end = len > q->vsize - off ? q->vsize : off + len;
+    for (c = off / C; c < div_up(end, C); c++)
+        q->dirty[c / 64] |= 1ull << (c % 64);
+}
+
 int hs__qcow2_has_data(const struct hs_qcow2 *q, uint64_t off)
 {
     return off < q->vsize && bit(q, off / C);
@@ -103,17 +141,24 @@ int hs__qcow2_has_data(const struct hs_qcow2 *q, uint64_t off)
 
 void hs__qcow2_plan(struct hs_qcow2 *q)
 {
-    uint64_t i, w, n, total, rb = 1, rt = 1;
+    uint64_t i, w, n, z, total, rb = 1, rt = 1;
 
+    if (q->dirty)
+        for (w = 0; w < div_up(q->vclusters, 64); w++) {
+            q->zero[w] = q->dirty[w] & ~q->bits[w];
+            q->bits[w] &= q->dirty[w];
+        }
     for (i = 0; i < q->l1_size; i++) {
         q->rank[i] = q->ndata;
-        n = 0;
+        n = z = 0;
         /* L2_ENTRIES is a multiple of 64: whole words, the tail beyond the
          * disk is never marked */
         for (w = i * L2_ENTRIES / 64; w < (i + 1) * L2_ENTRIES / 64 && w < div_up(q->vclusters, 64);
-             w++)
+             w++) {
             n += (uint64_t)__builtin_popcountll(q->bits[w]);
-        q->l2_of[i] = n ? q->nl2++ : UINT64_MAX;
+            z |= q->zero ? q->zero[w] : 0;
+        }
+        q->l2_of[i] = n || z ? q->nl2++ : UINT64_MAX;
         q->ndata += n;
     }
     q->l1_of = calloc(q->nl2 ? q->nl2 : 1, sizeof(uint64_t));
@@ -189,7 +234,18 @@ static void header(const struct hs_qcow2 *q, uint8_t *p)
     be64(p + 48, q->rt_first * C);
     be32(p + 56, (uint32_t)q->rt_clusters);
     be32(p + 96, 4);   /* refcount_order: 16-bit refcounts */
-    be32(p + 100, 104); /* header_length; the end-of-extensions marker (zeros) follows */
+    be32(p + 100, 104); /* header_length; the extensions follow, then a zero marker */
+    if (q->backing) {
+        size_t flen = strlen(q->backing_fmt), pad = (flen + 7) & ~(size_t)7;
+
+        be32(p + 104, 0xe2792aca); /* the backing file's format */
+        be32(p + 108, (uint32_t)flen);
+        memcpy(p + 112, q->backing_fmt, flen);
+        /* the end marker's 8 zero bytes, then the name */
+        be64(p + 8, 112 + pad + 8);
+        be32(p + 16, (uint32_t)strlen(q->backing));
+        memcpy(p + 112 + pad + 8, q->backing, strlen(q->backing));
+    }
 }
 
 /* Metadata cluster @ci, whole, into @p (C bytes). */
@@ -227,6 +283,8 @@ static void meta_cluster(const struct hs_qcow2 *q, uint64_t ci, uint8_t *p)
                 break;
             if (bit(q, c))
                 be64(p + 8 * k, ((q->data_first + rank++) * C) | COPIED);
+            else if (q->zero && ((q->zero[c / 64] >> (c % 64)) & 1))
+                be64(p + 8 * k, 1); /* reads as zeros, not as the backing file */
         }
     }
 }

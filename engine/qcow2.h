@@ -6,9 +6,15 @@
  *
  *   header | refcount table | refcount blocks | L1 table | L2 tables | data
  *
- * with 64 KiB clusters, 16-bit refcounts, no backing file, every cluster
- * referenced once, and the data clusters in guest order: a cluster the map
- * says is a hole or reads as zeros is left unallocated (it reads as zeros).
+ * with 64 KiB clusters, 16-bit refcounts, every cluster referenced once,
+ * and the data clusters in guest order: a cluster the map says is a hole or
+ * reads as zeros is left unallocated (it reads as zeros).
+ *
+ * An overlay (an incremental image) names a backing file, the previous
+ * image of its chain, and holds only the clusters a dirty map marks: a
+ * dirty cluster with data is written, a dirty one without is a zero
+ * cluster (it reads as zeros, not as the backing file), and every other
+ * cluster is left unallocated and reads as the backing file.
  * Metadata is computed cluster by cluster as it is asked for, so a disk of
  * any size costs one bit of memory per guest cluster. The layout follows
  * QEMU's docs/interop/qcow2.txt (version 3).
@@ -31,9 +37,18 @@ struct hs_qcow2 *hs__qcow2_new(uint64_t virtual_size);
 void hs__qcow2_free(struct hs_qcow2 *q);
 /* Mark the clusters that hold any byte of [@off, @off + @len) as data. */
 void hs__qcow2_mark(struct hs_qcow2 *q, uint64_t off, uint64_t len);
+/* Make it an overlay of @file (its name as the image will record it,
+ * relative to the image's own directory or absolute) of format @fmt: from
+ * here on only dirty clusters are the image's. Before any mark_dirty; 0, or
+ * -1 when the name cannot be recorded. */
+int hs__qcow2_set_backing(struct hs_qcow2 *q, const char *file, const char *fmt);
+/* An overlay: mark the clusters that hold any byte of [@off, @off + @len)
+ * as changed since the backing file. */
+void hs__qcow2_mark_dirty(struct hs_qcow2 *q, uint64_t off, uint64_t len);
 /* Whether the cluster holding guest byte @off is marked as data. */
 int hs__qcow2_has_data(const struct hs_qcow2 *q, uint64_t off);
-/* Lay the image out: after this, no more marks. */
+/* Lay the image out: after this, no more marks (and for an overlay,
+ * has_data and the data clusters are those both marked and dirty). */
 void hs__qcow2_plan(struct hs_qcow2 *q);
 
 /* The image's size in bytes, and where its data clusters begin (all before
