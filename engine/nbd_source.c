@@ -35,7 +35,10 @@ struct hs_nbd_source {
     struct hs_qcow2 *q; /* the map (both formats), the layout (qcow2) */
     int qcow2;
     uint64_t vsize, size;
-    uint64_t mapped;
+    uint64_t mapped;       /* the map is known up to here: the lesser of the two below */
+    uint64_t mapped_alloc; /* base:allocation's extents reach here */
+    uint64_t mapped_dirty; /* the dirty bitmap's (an overlay), else UINT64_MAX */
+    char *backing;         /* an overlay's backing file, or NULL */
     hs_nbd_source_open_cb opened;
     void *data;
     struct ns_chunk ch[NS_NBUF_MAX];
@@ -73,6 +76,7 @@ static void ns_free(struct hs_nbd_source *s)
         free(s->ch[i].buf);
     hs__qcow2_free(s->q);
     hs__digest_free(&s->digest);
+    free(s->backing);
     free(s);
 }
 
@@ -322,10 +326,18 @@ static void ns_extent(void *data, uint64_t off, uint64_t len, uint32_t flags)
 {
     struct hs_nbd_source *s = data;
 
-    if (!(flags & LIBNBD_STATE_ZERO))
-        hs__qcow2_mark(s->q, off, len);
-    if (off + len > s->mapped)
-        s->mapped = off + len;
+    if (flags & HS_NBD_DIRTY_EXTENT) {
+        if (flags & 1)
+            hs__qcow2_mark_dirty(s->q, off, len);
+        if (off + len > s->mapped_dirty)
+            s->mapped_dirty = off + len;
+    } else {
+        if (!(flags & LIBNBD_STATE_ZERO))
+            hs__qcow2_mark(s->q, off, len);
+        if (off + len > s->mapped_alloc)
+            s->mapped_alloc = off + len;
+    }
+    s->mapped = s->mapped_alloc < s->mapped_dirty ? s->mapped_alloc : s->mapped_dirty;
 }
 
 static void ns_map_next(struct hs_nbd_source *s);
@@ -377,10 +389,24 @@ static void ns_connected(struct hs_nbd *n, int status, void *data)
         ns_opened(s, s->rc);
         return;
     }
+    s->mapped_dirty = UINT64_MAX;
+    if (s->backing) {
+        /* an overlay: only what the export's dirty bitmap marks */
+        if (hs__qcow2_set_backing(s->q, s->backing, "qcow2") < 0 ||
+            !hs__nbd_has_dirty_context(n)) {
+            s->rc = hs_err_set(&s->err, -EPROTO, HS_ERR_SYS, EPROTO,
+                               "the NBD export offers no dirty bitmap to read an incremental "
+                               "image from");
+            ns_opened(s, s->rc);
+            return;
+        }
+        s->mapped_dirty = 0;
+    }
     if (!hs__nbd_has_block_status(n)) {
         hs__qcow2_mark(s->q, 0, s->vsize); /* no map: everything is data */
-        s->mapped = s->vsize;
+        s->mapped_alloc = s->vsize;
     }
+    s->mapped = s->mapped_alloc < s->mapped_dirty ? s->mapped_alloc : s->mapped_dirty;
     ns_map_next(s);
 }
 
@@ -421,12 +447,21 @@ int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qco
     hs__digest_init(&s->digest, algo);
     s->chunk = ns_tunable("HOTSNAP_NBD_CHUNK", NS_CHUNK, C, 16u << 20) & ~(C - 1);
     s->nbuf = (int)ns_tunable("HOTSNAP_NBD_DEPTH", NS_NBUF, 1, NS_NBUF_MAX);
+    if (ex->dirty_context && (!qcow2 || !ex->backing)) {
+        ns_free(s);
+        return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
+                          "an incremental image is a qcow2 overlay with a backing file");
+    }
+    s->backing = ex->backing ? hs__strdup(ex->backing) : NULL;
     for (i = 0; i < s->nbuf; i++) {
         s->ch[i].s = s;
         if (posix_memalign((void **)&s->ch[i].buf, NS_ALIGN, s->chunk))
             abort();
     }
-    if (ex->socket)
+    if (ex->dirty_context)
+        rc = hs__nbd_open_dirty(loop, ex->socket, ex->argv, ex->name, ex->dirty_context,
+                                ns_connected, s, &s->n, err);
+    else if (ex->socket)
         rc = hs__nbd_open(loop, ex->socket, ex->name, ns_connected, s, &s->n, err);
     else
         rc = hs__nbd_open_command(loop, ex->argv, ex->name, ns_connected, s, &s->n, err);
@@ -446,6 +481,13 @@ uint64_t hs__nbd_source_size(const struct hs_nbd_source *s)
 uint64_t hs__nbd_source_virtual_size(const struct hs_nbd_source *s)
 {
     return s->vsize;
+}
+
+uint64_t hs__nbd_source_guest_bytes(const struct hs_nbd_source *s)
+{
+    uint64_t n = hs__qcow2_data_count(s->q) * C;
+
+    return n > s->vsize ? s->vsize : n;
 }
 
 /* The head chunk if it has bytes to hand out, else NULL with what to

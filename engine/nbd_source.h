@@ -28,6 +28,11 @@ struct hs_nbd_export {
     const char *socket;
     char *const *argv;
     const char *name;
+    /* an incremental image: the export's dirty bitmap context (e.g.
+     * "qemu:dirty-bitmap:backup-vda"), and the previous image of the
+     * chain as the overlay names it (qcow2 only); else both NULL */
+    const char *dirty_context;
+    const char *backing;
 };
 
 /* @qcow2: a qcow2 image, else raw; hashed with @algo. @ready: as for
@@ -39,6 +44,9 @@ int hs__nbd_source_open(uv_loop_t *loop, const struct hs_nbd_export *ex, int qco
 /* The image's size in bytes, once opened; and the disk's. */
 uint64_t hs__nbd_source_size(const struct hs_nbd_source *s);
 uint64_t hs__nbd_source_virtual_size(const struct hs_nbd_source *s);
+/* The bytes of the disk read to make the image (an overlay: the dirty
+ * clusters with data only), once opened. */
+uint64_t hs__nbd_source_guest_bytes(const struct hs_nbd_source *s);
 /* Up to @len bytes: the count, 0 after the last, -EAGAIN (then @ready runs
  * once there is more), or a negative errno with the reason in @err. */
 ssize_t hs__nbd_source_read(struct hs_nbd_source *s, void *buf, size_t len, struct hs_err *err);

@@ -36,6 +36,7 @@ struct hs_nbd {
     hs_nbd_done_cb connected;
     void *data;
     struct nbd_cmd *cmds; /* every command not yet dispatched, newest first */
+    char *dirty_context;  /* a dirty bitmap's meta context asked for too, or NULL */
     char error[256];
 };
 
@@ -74,7 +75,11 @@ static int cmd_extents(void *user_data, const char *context, uint64_t offset, ui
     struct nbd_cmd *c = user_data;
     size_t i;
 
-    if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION))
+    uint32_t mark = 0;
+
+    if (c->n->dirty_context && !strcmp(context, c->n->dirty_context))
+        mark = HS_NBD_DIRTY_EXTENT;
+    else if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION))
         return 0;
     for (i = 0; i + 1 < nr_entries; i += 2) {
         if (c->next + 3 > c->cap) {
@@ -85,7 +90,7 @@ static int cmd_extents(void *user_data, const char *context, uint64_t offset, ui
         }
         c->ext[c->next++] = offset;
         c->ext[c->next++] = entries[i];
-        c->ext[c->next++] = entries[i + 1];
+        c->ext[c->next++] = entries[i + 1] | mark;
         offset += entries[i];
     }
     return 0;
@@ -95,6 +100,7 @@ static void nbd_free(struct hs_nbd *n)
 {
     if (n->poll_fd >= 0)
         close(n->poll_fd);
+    free(n->dirty_context);
     free(n);
 }
 
@@ -202,7 +208,8 @@ static void nbd_update(struct hs_nbd *n)
 /* @path: a unix socket to connect to; else @argv: a server libnbd starts
  * with socket activation, its child until the handle is closed. */
 static int nbd_open(uv_loop_t *loop, const char *path, char *const *argv, const char *export_name,
-                    hs_nbd_done_cb connected, void *data, struct hs_nbd **out, struct hs_err *err)
+                    const char *dirty, hs_nbd_done_cb connected, void *data, struct hs_nbd **out,
+                    struct hs_err *err)
 {
     struct hs_nbd *n = hs__calloc(1, sizeof(*n));
 
@@ -218,6 +225,7 @@ static int nbd_open(uv_loop_t *loop, const char *path, char *const *argv, const 
         nbd_set_pread_initialize(n->h, false);
     if (!n->h || nbd_set_export_name(n->h, export_name) < 0 ||
         nbd_add_meta_context(n->h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
+        (dirty && nbd_add_meta_context(n->h, dirty) < 0) ||
         (path ? nbd_aio_connect_unix(n->h, path)
               : nbd_aio_connect_systemd_socket_activation(n->h, (char **)argv)) < 0) {
         int rc = hs_err_set(err, -EIO, HS_ERR_SYS, 0, "cannot connect to NBD export '%s' %s '%s': %s",
@@ -228,6 +236,7 @@ static int nbd_open(uv_loop_t *loop, const char *path, char *const *argv, const 
         nbd_free(n);
         return rc;
     }
+    n->dirty_context = dirty ? hs__strdup(dirty) : NULL;
     /* libnbd closes its socket itself when the connection dies, and the next
      * socket made (another export's, an upload's) may get its number before
      * this handle is closed; closing a uv_poll_t then removes the kernel's
@@ -250,14 +259,26 @@ static int nbd_open(uv_loop_t *loop, const char *path, char *const *argv, const 
 int hs__nbd_open(uv_loop_t *loop, const char *path, const char *export_name,
                  hs_nbd_done_cb connected, void *data, struct hs_nbd **out, struct hs_err *err)
 {
-    return nbd_open(loop, path, NULL, export_name, connected, data, out, err);
+    return nbd_open(loop, path, NULL, export_name, NULL, connected, data, out, err);
+}
+
+int hs__nbd_open_dirty(uv_loop_t *loop, const char *path, char *const *argv,
+                       const char *export_name, const char *context, hs_nbd_done_cb connected,
+                       void *data, struct hs_nbd **out, struct hs_err *err)
+{
+    return nbd_open(loop, path, argv, export_name, context, connected, data, out, err);
+}
+
+int hs__nbd_has_dirty_context(const struct hs_nbd *n)
+{
+    return n->dirty_context && nbd_can_meta_context(n->h, n->dirty_context) == 1;
 }
 
 int hs__nbd_open_command(uv_loop_t *loop, char *const *argv, const char *export_name,
                          hs_nbd_done_cb connected, void *data, struct hs_nbd **out,
                          struct hs_err *err)
 {
-    return nbd_open(loop, NULL, argv, export_name, connected, data, out, err);
+    return nbd_open(loop, NULL, argv, export_name, NULL, connected, data, out, err);
 }
 
 uint64_t hs__nbd_size(const struct hs_nbd *n)

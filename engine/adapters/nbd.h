@@ -18,7 +18,10 @@ struct hs_nbd;
 /* A command (or the connect) ended: 0, or a negative errno with the reason
  * in hs__nbd_error(). Loop thread. */
 typedef void (*hs_nbd_done_cb)(struct hs_nbd *n, int status, void *data);
-/* One extent of a block status reply: flags are LIBNBD_STATE_HOLE/_ZERO. */
+/* One extent of a block status reply: flags are LIBNBD_STATE_HOLE/_ZERO of
+ * base:allocation, or, with HS_NBD_DIRTY_EXTENT set, the dirty bitmap's
+ * (bit 0: dirty). */
+#define HS_NBD_DIRTY_EXTENT (1u << 31)
 typedef void (*hs_nbd_extent_cb)(void *data, uint64_t off, uint64_t len, uint32_t flags);
 
 /* Connect to @export on the unix socket @path, asking for base:allocation;
@@ -31,6 +34,14 @@ int hs__nbd_open(uv_loop_t *loop, const char *path, const char *export_name,
 int hs__nbd_open_command(uv_loop_t *loop, char *const *argv, const char *export_name,
                          hs_nbd_done_cb connected, void *data, struct hs_nbd **out,
                          struct hs_err *err);
+/* As either open (@path, else @argv), asking for the dirty bitmap's meta
+ * context @context (e.g. "qemu:dirty-bitmap:backup-vda") as well: block
+ * status then reports its extents too. */
+int hs__nbd_open_dirty(uv_loop_t *loop, const char *path, char *const *argv,
+                       const char *export_name, const char *context, hs_nbd_done_cb connected,
+                       void *data, struct hs_nbd **out, struct hs_err *err);
+/* Whether the server agreed to the dirty bitmap's context. */
+int hs__nbd_has_dirty_context(const struct hs_nbd *n);
 /* The export's size, once connected. */
 uint64_t hs__nbd_size(const struct hs_nbd *n);
 /* Whether the server answers block status (base:allocation). */

@@ -434,6 +434,75 @@ static void test_stream_from_own_server(void)
     CHECK(waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD);
 }
 
+/* An incremental image from a real dirty bitmap: qemu-nbd exports one (as
+ * QEMU's backup exports "backup-<disk>"); the overlay holds only the
+ * dirty clusters, and with its backing file reads as the disk does now. */
+static void test_stream_an_overlay_from_a_dirty_bitmap(void)
+{
+    char disk2[300], base[300], top[300], cmd[2048];
+    char *argv[] = {"qemu-nbd", "-r", "-f", "qcow2", "-B", "b0", "-x", "vda", disk2, NULL};
+    struct hs_nbd_export own = {.argv = argv,
+                                .name = "vda",
+                                .dirty_context = "qemu:dirty-bitmap:b0",
+                                .backing = "base.qcow2"};
+    struct pull p = {0};
+    struct hs_nbd_source *src;
+    struct hs_err err = {0};
+    char hex[129];
+    uint64_t got;
+    int fd;
+
+    snprintf(disk2, sizeof(disk2), "%s/disk2.qcow2", dir);
+    snprintf(base, sizeof(base), "%s/base.qcow2", dir);
+    snprintf(top, sizeof(top), "%s/top.qcow2", dir);
+    /* the chain's last image; then the guest writes, the bitmap marks */
+    snprintf(cmd, sizeof(cmd),
+             "qemu-img convert -f qcow2 -O qcow2 %s %s && cp %s %s && "
+             "qemu-img bitmap --add -f qcow2 %s b0 && qemu-io -f qcow2 "
+             "-c 'write -P 0x55 1M 64k' -c 'write -z 0 64k' -c 'write -P 0x66 150M 128k' "
+             "-c 'write -P 0x77 299M 4k' %s >/dev/null",
+             disk, base, disk, disk2, disk2, disk2);
+    CHECK(sh(cmd) == 0);
+    CHECK(hs__nbd_source_open(&loop, &own, 1, HS_DIGEST_SHA512, src_opened, src_ready, &p, &src,
+                              &err) == 0);
+    while (!p.opened)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(p.status == 0);
+    /* read: the dirty clusters with data, 64k + 128k + 64k; the zeroed one is not read */
+    CHECK(hs__nbd_source_guest_bytes(src) == (64u + 128u + 64u) << 10);
+    fd = open(top, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    got = pull_into(src, &p, fd, 65536, UINT64_MAX);
+    close(fd);
+    CHECK(got == hs__nbd_source_size(src));
+    CHECK(got < (1u << 20)); /* metadata and 4 clusters, not the disk */
+    while (!hs__nbd_source_digest(src))
+        uv_run(&loop, UV_RUN_ONCE);
+    file_sha512(top, hex);
+    CHECK(!strcmp(hs__nbd_source_digest(src), hex));
+    hs__nbd_source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    snprintf(cmd, sizeof(cmd),
+             "qemu-img check -q -f qcow2 %s && qemu-img compare -q -f qcow2 -F qcow2 %s %s", top,
+             disk2, top);
+    CHECK(sh(cmd) == 0);
+    /* a bitmap the export does not have: refused, nothing streamed */
+    memset(&p, 0, sizeof(p));
+    own.dirty_context = "qemu:dirty-bitmap:none";
+    CHECK(hs__nbd_source_open(&loop, &own, 1, HS_DIGEST_SHA512, src_opened, src_ready, &p, &src,
+                              &err) == 0);
+    while (!p.opened)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(p.status < 0);
+    hs__nbd_source_close(src);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    /* an overlay is qcow2 */
+    CHECK(hs__nbd_source_open(&loop, &own, 0, HS_DIGEST_SHA512, src_opened, src_ready, &p, &src,
+                              &err) == -EINVAL);
+    unlink(disk2);
+    unlink(base);
+    unlink(top);
+}
+
 static void test_close_mid_stream(void)
 {
     struct pull p = {0};
@@ -566,6 +635,7 @@ int main(void)
     RUN(test_stream_lent);
     RUN(test_close_mid_stream);
     RUN(test_stream_from_own_server);
+    RUN(test_stream_an_overlay_from_a_dirty_bitmap);
     RUN(test_dead_connection_leaves_a_reused_fd_alone);
     RUN(test_connect_that_fails_after_it_began);
     stop_server();
