@@ -20,6 +20,7 @@
 #include "digest.h"
 #include "hotsnap.h"
 #include "util.h"
+#include "verify.h"
 
 #define VERIFY_AT_ONCE 2
 #define VERIFY_BUF (4u << 20)
@@ -136,11 +137,9 @@ out:
     return buf;
 }
 
-/* Worker: one image read again and hashed, against its sidecar. */
-static void item_work(uv_work_t *w)
+int hs__verify_image(int dirfd, const char *sidecar, char *file_out, size_t file_len, char *why,
+                     size_t why_len)
 {
-    struct verify_item *it = hs_container_of(w, struct verify_item, work);
-    struct hs_verify *v = it->v;
     const char *file, *algo_name, *want, *id;
     enum hs_digest_algo algo;
     struct hs_digest dg = {0};
@@ -154,10 +153,15 @@ static void item_work(uv_work_t *w)
     ssize_t n;
     int fd = -1;
 
-    snprintf(it->id, sizeof(it->id), "%.*s", (int)(strlen(it->sidecar) - 5), it->sidecar);
-    text = read_sidecar(v->dirfd, it->sidecar, it->why, sizeof(it->why));
+    char idbuf[HS_UUID_LEN + 64];
+
+    why[0] = 0;
+    if (file_len)
+        file_out[0] = 0;
+    snprintf(idbuf, sizeof(idbuf), "%.*s", (int)(strlen(sidecar) - 5), sidecar);
+    text = read_sidecar(dirfd, sidecar, why, why_len);
     if (!text)
-        return;
+        return -1;
     m = cJSON_Parse(text);
     free(text);
     file = hs__jstr(m, "file");
@@ -166,35 +170,35 @@ static void item_work(uv_work_t *w)
     id = hs__jstr(m, "id");
     size = cJSON_GetObjectItemCaseSensitive(m, "size");
     if (!m || !file || !algo_name || !want || !cJSON_IsNumber(size)) {
-        snprintf(it->why, sizeof(it->why),
+        snprintf(why, why_len,
                  "its sidecar is not an image's (no file, size, os_hash_algo or os_hash_value)");
         goto out;
     }
-    snprintf(it->file, sizeof(it->file), "%s", file);
-    if (id && strcmp(id, it->id)) {
-        snprintf(it->why, sizeof(it->why), "its sidecar names another id, '%.64s'", id);
+    snprintf(file_out, file_len, "%s", file);
+    if (id && strcmp(id, idbuf)) {
+        snprintf(why, why_len, "its sidecar names another id, '%.64s'", id);
         goto out;
     }
     if (strchr(file, '/') || file[0] == '.' || !*file) {
-        snprintf(it->why, sizeof(it->why), "its sidecar names a file outside the store");
+        snprintf(why, why_len, "its sidecar names a file outside the store");
         goto out;
     }
     if (hs__digest_parse(algo_name, &algo) < 0) {
-        snprintf(it->why, sizeof(it->why), "its digest '%.32s' is not one hotsnap computes",
+        snprintf(why, why_len, "its digest '%.32s' is not one hotsnap computes",
                  algo_name);
         goto out;
     }
-    fd = openat(v->dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    fd = openat(dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(it->why, sizeof(it->why), "cannot open '%s': %s", file, strerror(errno));
+        snprintf(why, why_len, "cannot open '%s': %s", file, strerror(errno));
         goto out;
     }
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(it->why, sizeof(it->why), "'%s' is not a regular file", file);
+        snprintf(why, why_len, "'%s' is not a regular file", file);
         goto out;
     }
     if ((double)st.st_size != size->valuedouble) {
-        snprintf(it->why, sizeof(it->why), "'%s' has %lld bytes, its sidecar says %.0f", file,
+        snprintf(why, why_len, "'%s' has %lld bytes, its sidecar says %.0f", file,
                  (long long)st.st_size, size->valuedouble);
         goto out;
     }
@@ -208,7 +212,7 @@ static void item_work(uv_work_t *w)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            snprintf(it->why, sizeof(it->why), "cannot read '%s': %s", file, strerror(errno));
+            snprintf(why, why_len, "cannot read '%s': %s", file, strerror(errno));
             goto out;
         }
         if (n == 0)
@@ -219,9 +223,9 @@ static void item_work(uv_work_t *w)
     }
     hs__digest_final(&dg, hex);
     if (got != (uint64_t)st.st_size)
-        snprintf(it->why, sizeof(it->why), "'%s' changed while it was read", file);
+        snprintf(why, why_len, "'%s' changed while it was read", file);
     else if (strcmp(hex, want))
-        snprintf(it->why, sizeof(it->why),
+        snprintf(why, why_len,
                  "the %s of '%s' is not the one its sidecar records: the image changed after it "
                  "was stored",
                  algo_name, file);
@@ -231,6 +235,17 @@ out:
     if (fd >= 0)
         close(fd);
     cJSON_Delete(m);
+    return why[0] ? -1 : 0;
+}
+
+/* Worker: one image read again and hashed, against its sidecar. */
+static void item_work(uv_work_t *w)
+{
+    struct verify_item *it = hs_container_of(w, struct verify_item, work);
+
+    snprintf(it->id, sizeof(it->id), "%.*s", (int)(strlen(it->sidecar) - 5), it->sidecar);
+    hs__verify_image(it->v->dirfd, it->sidecar, it->file, sizeof(it->file), it->why,
+                     sizeof(it->why));
 }
 
 static void verify_end(struct hs_verify *v)
