@@ -21,6 +21,8 @@
 #include "journal.h"
 #include "virt.h"
 
+struct hs_chain;
+
 struct hs_capture;
 typedef void (*hs_capture_cb)(struct hs_capture *cap, int status);
 
@@ -67,6 +69,12 @@ struct hs_capture {
     int compress;    /* the job wants a compressed image (files may serve better) */
     int exported;    /* the disks are NBD exports: the job uploads before it releases */
     uint64_t scratch_peak; /* most bytes the backend held in scratch at once (exports) */
+    /* stream, --incremental: the chain the backup goes on (its checkpoint
+     * made with the backup, each disk incremental or full), borrowed from
+     * the job; and, by release, whether every image was published (the
+     * checkpoint becomes the chain's) or not (it goes) */
+    struct hs_chain *chain;
+    int published;
     void *priv;            /* backend state */
 };
 

@@ -46,6 +46,7 @@
 #include <libvirt/virterror.h>
 
 #include "backend.h"
+#include "chain.h"
 #include "util.h"
 #define HS_LOG_TAG "live"
 #include "log.h"
@@ -110,7 +111,7 @@ static void stream_cbw_path(const struct hs_capture *cap, const struct hs_disk *
 static char *live_backup_xml(struct hs_capture *cap, const struct live *l)
 {
     const struct hs_domain_info *info = cap->info;
-    char *xml, *next, *dev, *file;
+    char *xml, *next, *dev, *file, mode[512] = "";
     size_t i, k;
     int sel;
 
@@ -136,9 +137,11 @@ static char *live_backup_xml(struct hs_capture *cap, const struct live *l)
 
             stream_cbw_path(cap, &info->disks[i], cbw, sizeof(cbw));
             file = hs__xml_escape(cbw);
-            next = hs__asprintf("%s<disk name='%s' backup='yes' exportname='%s' type='file'>"
+            if (cap->chain)
+                hs__chain_backup_mode(cap->chain, (size_t)sel, mode, sizeof(mode));
+            next = hs__asprintf("%s<disk name='%s' backup='yes' exportname='%s' type='file'%s>"
                                 "<scratch file='%s'/><driver type='qcow2'/></disk>",
-                                xml, dev, dev, file);
+                                xml, dev, dev, mode, file);
             free(file);
         } else {
             file = hs__xml_escape(cap->disks[sel].pit_path);
@@ -260,6 +263,52 @@ static int live_nbd_dir(struct hs_virt_call *call, struct live *l)
     return 0;
 }
 
+/* Worker, --incremental: each disk checked, then the backup begun with
+ * its checkpoint; when libvirt refuses the incremental, once more with
+ * every disk in full (the chain starts again), saying why. */
+static int live_begin_chain(struct hs_virt_call *call, struct live *l)
+{
+    struct hs_capture *cap = l->cap;
+    struct hs_chain *c = cap->chain;
+    char **all = hs__calloc(cap->info->ndisks + 1, sizeof(char *)), *cpxml, msg[300];
+    virDomainCheckpointPtr cp;
+    size_t i, incr = 0;
+    int rc = 0, tries;
+
+    for (i = 0; i < cap->info->ndisks; i++)
+        all[i] = cap->info->disks[i].target;
+    hs__chain_check(c, call->dom);
+    cpxml = hs__chain_checkpoint_xml(c, all, cap->info->ndisks);
+    for (tries = 0; tries < 2; tries++) {
+        for (incr = 0, i = 0; i < c->ndisks; i++)
+            incr += (size_t)c->disks[i].incremental;
+        free(l->xml);
+        l->xml = live_backup_xml(cap, l);
+        if (virDomainBackupBegin(call->dom, l->xml, cpxml, 0) == 0) {
+            l->begun = 1;
+            break;
+        }
+        rc = hs_err_virt(&call->err, -EIO, "backup of domain '%s' did not start",
+                         cap->info->name);
+        if (!incr || virConnectIsAlive(virDomainGetConnect(call->dom)) != 1)
+            break;
+        snprintf(msg, sizeof(msg), "libvirt refused the incremental backup (%.200s)",
+                 call->err.msg);
+        hs__chain_all_full(c, msg);
+        hs_err_clear(&call->err);
+        rc = 0;
+    }
+    free(cpxml);
+    free(all);
+    if (l->begun && (cp = virDomainCheckpointLookupByName(call->dom, c->name, 0)) != NULL) {
+        /* as the chain file keeps it, for a redefine */
+        c->name_xml = virDomainCheckpointGetXMLDesc(cp, VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN);
+        hs__chain_strip_parent(c->name_xml);
+        virDomainCheckpointFree(cp);
+    }
+    return rc;
+}
+
 /* Worker: journal, freeze, begin, thaw, journal. */
 static int live_begin(struct hs_virt_call *call, virConnectPtr conn)
 {
@@ -293,7 +342,9 @@ static int live_begin(struct hs_virt_call *call, virConnectPtr conn)
             t0 = uv_hrtime();
         }
     }
-    if (virDomainBackupBegin(call->dom, l->xml, NULL, 0) < 0)
+    if (cap->chain)
+        rc = live_begin_chain(call, l);
+    else if (virDomainBackupBegin(call->dom, l->xml, NULL, 0) < 0)
         rc = hs_err_virt(&call->err, -EIO, "backup of domain '%s' did not start", cap->info->name);
     else
         l->begun = 1;
@@ -503,6 +554,11 @@ static int live_start(struct hs_capture *cap, hs_capture_cb cb, int pull)
     cJSON_AddStringToObject(cap->journal->doc, "step", "backup");
     cJSON_AddBoolToObject(cap->journal->doc, "quiesce", cap->quiesce != HS_QUIESCE_OFF);
     cJSON_AddBoolToObject(cap->journal->doc, "running", cap->dom_state == VIR_DOMAIN_RUNNING);
+    if (cap->chain) {
+        /* before it exists: a dead run's checkpoint is found and goes */
+        cJSON_AddStringToObject(cap->journal->doc, "checkpoint", cap->chain->name);
+        cJSON_AddStringToObject(cap->journal->doc, "chain_file", cap->chain->file);
+    }
     l->journal_text = hs__journal_render(cap->journal);
     cJSON_AddBoolToObject(cap->journal->doc, "thawed", 1);
     l->journal_thawed = hs__journal_render(cap->journal);
@@ -767,6 +823,15 @@ static int live_cleanup(struct hs_virt_call *call, virConnectPtr conn)
         l->thaw_owed = 0;
         rc = 0;
     }
+    /* the backup is over: its checkpoint becomes the chain's, or goes */
+    if (rc == 0 && l->cap->chain && l->begun) {
+        struct hs_err cerr = {0};
+
+        if (!l->cap->published)
+            hs__chain_discard(l->cap->chain, call->dom);
+        else if (hs__chain_commit(l->cap->chain, call->dom, &cerr) < 0)
+            snprintf(l->cap->release_warning, sizeof(l->cap->release_warning), "%s", cerr.msg);
+    }
     return rc;
 }
 
@@ -922,6 +987,9 @@ static void live_recover(virConnectPtr conn, const cJSON *doc, cJSON *entry)
                          action[0] ? ", " : "");
         }
     }
+    /* its checkpoint, unless its images became the chain's */
+    if (!err.code && hs__jstr(doc, "checkpoint") && hs__jstr(doc, "chain_file"))
+        hs__chain_recover(dom, hs__jstr(doc, "chain_file"), hs__jstr(doc, "checkpoint"), entry);
     if (err.code)
         cJSON_AddStringToObject(entry, "error", err.msg);
     else

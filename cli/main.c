@@ -108,6 +108,11 @@ static void usage(FILE *f)
         "                         root only; e.g. 0640 to serve the store to a group)\n"
         "      --store-digest ALG the digest a dir: store's sidecar records, each byte\n"
         "                         hashed once: xxh128 (default), sha256 or sha512\n"
+        "      --incremental      a dir: store's incremental chain: the first image full,\n"
+        "                         each next one a qcow2 overlay of the one before holding\n"
+        "                         only what the guest changed since (running or paused\n"
+        "                         guests; a disk whose chain cannot go on is read in\n"
+        "                         full, and the reason said)\n"
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
         "\n"
         "limits on what snapshots share (a job holds each only while it uses it):\n"
@@ -233,6 +238,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_GLANCE_OUTAGE,
         OPT_STORE_MODE,
         OPT_STORE_DIGEST,
+        OPT_INCREMENTAL,
         OPT_SOCKET,
         OPT_SOCKET_GROUP,
         OPT_LISTEN,
@@ -276,6 +282,7 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"glance-outage", required_argument, NULL, OPT_GLANCE_OUTAGE},
         {"store-mode", required_argument, NULL, OPT_STORE_MODE},
         {"store-digest", required_argument, NULL, OPT_STORE_DIGEST},
+        {"incremental", no_argument, NULL, OPT_INCREMENTAL},
         {"max-captures", required_argument, NULL, OPT_MAX_CAPTURES},
         {"max-extracts", required_argument, NULL, OPT_MAX_EXTRACTS},
         {"max-uploads", required_argument, NULL, OPT_MAX_UPLOADS},
@@ -449,6 +456,9 @@ static void parse_args(struct cli *cli, int argc, char **argv)
                           "can read",
                           optarg);
             cli->sopts.store_mode = (unsigned)v;
+            break;
+        case OPT_INCREMENTAL:
+            cli->sopts.incremental = 1;
             break;
         case OPT_STORE_DIGEST:
             if (strcmp(optarg, "xxh128") && strcmp(optarg, "sha256") && strcmp(optarg, "sha512"))
@@ -628,21 +638,9 @@ static void print_summary(struct cli *cli)
                 cJSON_AddStringToObject(r, "error", hs_job_error(job));
             for (k = 0; k < hs_job_image_count(job); k++) {
                 const struct hs_image *img = hs_job_image(job, k);
-                cJSON *o;
 
-                if (!img->id)
-                    continue;
-                o = cJSON_CreateObject();
-                cJSON_AddStringToObject(o, "disk", img->disk);
-                cJSON_AddStringToObject(o, "id", img->id);
-                cJSON_AddStringToObject(o, "name", img->name);
-                cJSON_AddStringToObject(o, "location", img->location);
-                cJSON_AddNumberToObject(o, "size", (double)img->size);
-                if (img->hash) {
-                    cJSON_AddStringToObject(o, "hash_algo", img->hash_algo);
-                    cJSON_AddStringToObject(o, "hash", img->hash);
-                }
-                cJSON_AddItemToArray(imgs, o);
+                if (img->id)
+                    cJSON_AddItemToArray(imgs, hs_image_json(img));
             }
             cJSON_AddItemToObject(r, "images", imgs);
             cJSON_AddItemToArray(arr, r);
@@ -827,6 +825,8 @@ static int from_line(struct cli *cli, const char *path, int lineno, char *line, 
     }
     if (cJSON_IsBool(v = cJSON_GetObjectItemCaseSensitive(o, "all_disks")))
         w->opts.all_disks = cJSON_IsTrue(v);
+    if (cJSON_IsBool(v = cJSON_GetObjectItemCaseSensitive(o, "incremental")))
+        w->opts.incremental = cJSON_IsTrue(v);
     if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(o, "priority")))
         w->opts.priority = v->valueint;
     return 1;

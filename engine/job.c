@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "chain.h"
 #include "job_int.h"
 #include "nbd_source.h"
 #include "source.h"
@@ -169,6 +170,18 @@ static cJSON *job_props(struct hs_job *job, struct hs_job_disk *d)
     cJSON_AddStringToObject(p, "hotsnap_disk", d->img.disk);
     cJSON_AddStringToObject(p, "hotsnap_mode", job->backend->name);
     cJSON_AddStringToObject(p, "hotsnap_job", job->id);
+    if (job->chain) {
+        const struct hs_chain_disk *cdk = &job->chain->disks[d - job->disks];
+
+        cJSON_AddBoolToObject(p, "hotsnap_incremental", cdk->incremental);
+        cJSON_AddStringToObject(p, "hotsnap_checkpoint", job->chain->name);
+        if (cdk->incremental) {
+            cJSON_AddStringToObject(p, "hotsnap_parent", cdk->parent_id);
+            cJSON_AddStringToObject(p, "hotsnap_backing_file", cdk->parent_file);
+        }
+        if (cdk->why_full[0])
+            cJSON_AddStringToObject(p, "hotsnap_full_reason", cdk->why_full);
+    }
     return p;
 }
 
@@ -362,6 +375,8 @@ static void job_prepare_work(uv_work_t *w)
     rc = hs__mkdir_p(job->scratch_root, 0711);
     if (rc == 0 && hs__dir_writable(job->scratch_root, &job->err, "scratch directory") < 0)
         rc = job->err.code;
+    if (rc == 0 && job->chain)
+        rc = hs__chain_load(job->chain, &job->err);
     else if (rc < 0)
         hs_err_set(&job->err, rc, HS_ERR_INPUT, -rc, "cannot create scratch directory '%s': %s",
                    job->scratch_root, strerror(-rc));
@@ -411,9 +426,41 @@ static int job_queue(struct hs_job *job, uv_work_cb fn)
     return rc;
 }
 
+/* --incremental: the chain a pull backup goes on (the store's file is read
+ * on the worker, in prepare). A shut-off guest has no checkpoints (libvirt
+ * makes them of running guests only): its image is full and outside the
+ * chain, which goes on from its last image next time. */
+static void job_chain_new(struct hs_job *job)
+{
+    char **targets;
+    size_t i;
+
+    if (!job->incremental)
+        return;
+    if (job->backend != &hs_backend_stream) {
+        hs__job_warn(job, "domain '%s' is %s: a full image, outside its incremental chain "
+                     "(libvirt makes checkpoints of running guests only)",
+                     job->info.name, job->backend == &hs_backend_offline ? "shut off" : "not running");
+        return;
+    }
+    targets = hs__calloc(job->ndisks, sizeof(*targets));
+    for (i = 0; i < job->ndisks; i++)
+        targets[i] = (char *)job->disks[i].img.disk;
+    job->chain = hs__chain_new(hs__dir_path(job->up), job->info.uuid, job->id, targets,
+                               job->ndisks);
+    free(targets);
+    for (i = 0; i < job->ndisks; i++) {
+        const struct hs_disk *disk = &job->info.disks[job->disks[i].idx];
+
+        if (!disk->format || strcmp(disk->format, "qcow2"))
+            job->chain->disks[i].nobitmap = 1; /* libvirt keeps bitmaps in qcow2 only */
+    }
+}
+
 static int job_prepare(struct hs_job *job)
 {
     job->scratch = hs__asprintf("%s/%s", job->scratch_root, job->id);
+    job_chain_new(job);
     return job_queue(job, job_prepare_work);
 }
 
@@ -445,6 +492,7 @@ static void job_captured(struct hs_capture *cap, int status)
 {
     struct hs_job *job = hs_container_of(cap, struct hs_job, cap);
     cJSON *ev;
+    size_t i;
 
     uv_timer_stop(&job->tick);
     /* the exports are open until release: watch what they hold */
@@ -464,6 +512,9 @@ static void job_captured(struct hs_capture *cap, int status)
         if (cap->warning[0])
             cJSON_AddStringToObject(ev, "warning", cap->warning);
         hs__engine_emit(job->eng, ev);
+        for (i = 0; job->chain && i < job->chain->ndisks; i++)
+            if (job->chain->disks[i].why_full[0]) /* "vdb: ...: full copy" */
+                hs__job_warn(job, "%s", job->chain->disks[i].why_full);
     }
     if (status < 0)
         hs_err_set(&job->err, status, HS_ERR_SYS, -status, "capture of domain '%s' failed",
@@ -490,6 +541,7 @@ static int job_capture(struct hs_job *job)
     cap->frozen_ms = -1;
     cap->stall_ms = -1;
     cap->on_progress = job_capture_progress;
+    cap->chain = job->chain;
     hs__job_progress_reset(job);
     cap->ndisks = job->ndisks;
     cap->disks = hs__calloc(job->ndisks, sizeof(*cap->disks));
@@ -613,6 +665,7 @@ static void job_stream_opened(struct hs_nbd_source *src, int status, const struc
     }
     d->img.size = st->size;
     d->img.virtual_size = hs__nbd_source_virtual_size(src);
+    d->img.read_bytes = hs__nbd_source_guest_bytes(src);
     hs__job_progress(job, "extract", 100.0, 0, 0);
     job->cur++;
     if (job_extract_next(job) < 0)
@@ -623,9 +676,18 @@ static int job_stream_open(struct hs_job *job, struct hs_job_disk *d, struct hs_
 {
     struct hs_nbd_export ex = {
         .socket = cd->nbd_socket, .argv = cd->nbd_argv, .name = cd->nbd_export};
+    struct hs_chain_disk *cdk = job->chain ? &job->chain->disks[job->cur] : NULL;
     struct hs_nbd_source *src;
+    char ctx[128];
     int rc;
 
+    if (cdk && cdk->incremental) {
+        /* libvirt exports the disk's dirty bitmap since the checkpoint as
+         * backup-<disk>; the overlay names the previous image, beside it */
+        snprintf(ctx, sizeof(ctx), "qemu:dirty-bitmap:backup-%s", cd->disk->target);
+        ex.dirty_context = ctx;
+        ex.backing = cdk->parent_file;
+    }
     rc = hs__nbd_source_open(job->eng->loop, &ex, job->format == HS_FORMAT_QCOW2,
                              job->up->digest, job_stream_opened, NULL, job, &src, &job->err);
     if (rc < 0) {
@@ -789,6 +851,13 @@ static int job_release(struct hs_job *job)
         job_advance(job);
         return 0;
     }
+    if (job->chain) {
+        size_t i;
+
+        job->cap.published = !job->err.code && !job->canceled;
+        for (i = 0; i < job->ndisks; i++)
+            job->cap.published &= job->chain->disks[i].image_id != NULL;
+    }
     rc = job->backend->release(&job->cap, job_released);
     if (rc == 1) {
         job->released = 1;
@@ -854,6 +923,18 @@ static void job_uploaded(struct hs_upload_req *req, int status)
     req->location = NULL;
     d->img.id = d->image_id;
     d->img.location = d->location;
+    if (job->chain) {
+        struct hs_chain_disk *cdk = &job->chain->disks[job->cur];
+
+        free(cdk->image_id);
+        free(cdk->image_file);
+        cdk->image_id = hs__strdup(d->image_id);
+        cdk->image_file = hs__asprintf("%s.%s", d->image_id, d->img.format);
+        cdk->vsize = d->img.virtual_size;
+        d->img.incremental = cdk->incremental;
+        d->img.parent = cdk->incremental ? cdk->parent_id : NULL;
+        d->img.full_reason = cdk->why_full[0] ? cdk->why_full : NULL;
+    }
     job->cur++;
     if (job_upload_next(job) < 0)
         job_advance(job);
@@ -1275,6 +1356,19 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
         hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0, "compression needs format qcow2");
         return job_fail_start(job, errbuf, errlen);
     }
+    job->incremental = opts->incremental;
+    if (opts->incremental && (opts->format != HS_FORMAT_QCOW2 || opts->compress)) {
+        hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                   "an incremental image is a qcow2 overlay: it cannot be raw or compressed");
+        return job_fail_start(job, errbuf, errlen);
+    }
+    if (opts->incremental && opts->mode != HS_MODE_AUTO && opts->mode != HS_MODE_STREAM) {
+        hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                   "an incremental snapshot reads a pull backup's dirty bitmap: mode %s cannot "
+                   "make one (use auto or stream)",
+                   hs_mode_name(opts->mode));
+        return job_fail_start(job, errbuf, errlen);
+    }
     if (!opts->target) {
         /* the default store is ours to create; a named one must exist */
         target = hs__asprintf("dir:%s/images", eng->state_dir);
@@ -1309,6 +1403,10 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     }
     job->image_id = opts->image_id ? hs__strdup(opts->image_id) : NULL;
     free(target);
+    if (rc == 0 && opts->incremental && !hs__dir_path(job->up)) {
+        rc = hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                        "an incremental snapshot needs a dir: store: Glance keeps whole images");
+    }
     if (rc < 0)
         return job_fail_start(job, errbuf, errlen);
 
@@ -1392,6 +1490,7 @@ static void job_kick_closed(uv_handle_t *h)
         job->backend->destroy(&job->cap);
     hs__domain_info_clear(&job->info);
     hs__uploader_free(job->up);
+    hs__chain_free(job->chain);
     free(job->domain_arg);
     free(job->tmpl);
     free(job->scratch_root);

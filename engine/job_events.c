@@ -92,32 +92,43 @@ void hs__job_warn(struct hs_job *job, const char *fmt, ...)
     hs__engine_emit(job->eng, ev);
 }
 
+cJSON *hs_image_json(const struct hs_image *img)
+{
+    cJSON *o = cJSON_CreateObject();
+
+    cJSON_AddStringToObject(o, "disk", img->disk);
+    cJSON_AddStringToObject(o, "id", img->id);
+    cJSON_AddStringToObject(o, "name", img->name);
+    cJSON_AddStringToObject(o, "format", img->format);
+    cJSON_AddStringToObject(o, "location", img->location);
+    cJSON_AddNumberToObject(o, "size", (double)img->size);
+    cJSON_AddNumberToObject(o, "virtual_size", (double)img->virtual_size);
+    if (img->sha512)
+        cJSON_AddStringToObject(o, "sha512", img->sha512);
+    if (img->hash) {
+        cJSON_AddStringToObject(o, "hash_algo", img->hash_algo);
+        cJSON_AddStringToObject(o, "hash", img->hash);
+    }
+    if (img->read_bytes)
+        cJSON_AddNumberToObject(o, "read_bytes", (double)img->read_bytes);
+    if (img->incremental || img->full_reason) {
+        cJSON_AddBoolToObject(o, "incremental", img->incremental);
+        if (img->parent)
+            cJSON_AddStringToObject(o, "parent", img->parent);
+        if (img->full_reason)
+            cJSON_AddStringToObject(o, "full_reason", img->full_reason);
+    }
+    return o;
+}
+
 static cJSON *job_images_json(const struct hs_job *job)
 {
-    cJSON *arr = cJSON_CreateArray(), *o;
+    cJSON *arr = cJSON_CreateArray();
     size_t i;
 
-    for (i = 0; i < job->ndisks; i++) {
-        const struct hs_image *img = &job->disks[i].img;
-
-        if (!img->id)
-            continue;
-        o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "disk", img->disk);
-        cJSON_AddStringToObject(o, "id", img->id);
-        cJSON_AddStringToObject(o, "name", img->name);
-        cJSON_AddStringToObject(o, "format", img->format);
-        cJSON_AddStringToObject(o, "location", img->location);
-        cJSON_AddNumberToObject(o, "size", (double)img->size);
-        cJSON_AddNumberToObject(o, "virtual_size", (double)img->virtual_size);
-        if (img->sha512)
-            cJSON_AddStringToObject(o, "sha512", img->sha512);
-        if (img->hash) {
-            cJSON_AddStringToObject(o, "hash_algo", img->hash_algo);
-            cJSON_AddStringToObject(o, "hash", img->hash);
-        }
-        cJSON_AddItemToArray(arr, o);
-    }
+    for (i = 0; i < job->ndisks; i++)
+        if (job->disks[i].img.id)
+            cJSON_AddItemToArray(arr, hs_image_json(&job->disks[i].img));
     return arr;
 }
 

@@ -50,6 +50,8 @@ struct hs_job_disk {
     struct hs_stream *src; /* the image as the upload reads it, while open */
 };
 
+struct hs_chain;
+
 struct hs_job {
     struct hs_engine *eng;
     struct hs_job *next; /* engine's list of running jobs */
@@ -69,6 +71,8 @@ struct hs_job {
     int upload_attempts;
     int compress;
     int all_disks;
+    int incremental;
+    struct hs_chain *chain; /* --incremental with a pull backup: the chain it goes on */
     struct hs_uploader *up;
     /* the domain */
     unsigned char uuid[VIR_UUID_BUFLEN]; /* read by inspect */

@@ -178,6 +178,13 @@ struct hs_snapshot_opts {
     /* dir: targets: the digest each image's sidecar records, its bytes hashed
        once as they stream: "xxh128" (NULL: the default), "sha256" or "sha512" */
     const char *store_digest;
+    /* dir: targets, a running or paused guest: an incremental chain. The
+       backup makes a libvirt checkpoint; the first image of a chain is
+       full, each next one a qcow2 overlay of the one before holding only
+       what changed since (read from the checkpoint's dirty bitmap). A disk
+       whose chain cannot go on is read in full, with the reason. qcow2,
+       uncompressed, mode auto or stream. */
+    int incremental;
 };
 
 typedef void (*hs_job_cb)(struct hs_job *job, int status, void *data);
@@ -208,7 +215,18 @@ struct hs_image {
        ("sha512", "sha256", "xxh128"); NULL until published */
     const char *hash_algo;
     const char *hash;
+    /* --incremental: whether this image is an overlay of the chain's
+       previous one, that image's id (NULL when full), why a disk of a chain
+       was read in full (NULL when it was not, or the chain is new) */
+    int incremental;
+    const char *parent;
+    const char *full_reason;
+    /* bytes of the disk read to make the image (streamed images); 0 when unknown */
+    uint64_t read_bytes;
 };
+
+/* An image as JSON, as the engine's events show it (owned by the caller). */
+cJSON *hs_image_json(const struct hs_image *img);
 
 const char *hs_job_id(const struct hs_job *job);
 const char *hs_job_domain(const struct hs_job *job);

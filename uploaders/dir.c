@@ -503,6 +503,11 @@ int hs__dir_new(const struct hs_uploader_env *env, const char *path, struct hs_u
     return 0;
 }
 
+const char *hs__dir_path(const struct hs_uploader *up)
+{
+    return up && up->ops == &hs_uploader_dir ? ((const struct dir_store *)up->ctx)->dir : NULL;
+}
+
 const struct hs_uploader_ops hs_uploader_dir = {
     .name = "dir",
     .check = dir_check,

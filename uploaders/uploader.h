@@ -115,6 +115,8 @@ int hs__glance_new(const struct hs_uploader_env *env, const char *url, struct hs
 int hs__dir_new(const struct hs_uploader_env *env, const char *path, struct hs_uploader *up,
                 struct hs_err *err);
 void hs__uploader_free(struct hs_uploader *up);
+/* A dir: store's directory, or NULL for any other uploader. */
+const char *hs__dir_path(const struct hs_uploader *up);
 /* Glance reported @algo for an image of @up's: its next uploads (this
  * engine's) hash with it. */
 void hs__uploader_learn(struct hs_uploader *up, enum hs_digest_algo algo);

@@ -273,10 +273,12 @@ static int want_field(const cJSON *f, struct ag_want *w, char *err, size_t errle
     const char *k = f->string, *s = cJSON_IsString(f) ? f->valuestring : NULL;
     char why[512];
 
-    if (!strcmp(k, "compress") || !strcmp(k, "all_disks")) {
+    if (!strcmp(k, "compress") || !strcmp(k, "all_disks") || !strcmp(k, "incremental")) {
         if (!cJSON_IsBool(f))
             goto not_bool;
-        *(!strcmp(k, "compress") ? &w->opts.compress : &w->opts.all_disks) = cJSON_IsTrue(f);
+        *(!strcmp(k, "compress")      ? &w->opts.compress
+          : !strcmp(k, "all_disks") ? &w->opts.all_disks
+                                    : &w->opts.incremental) = cJSON_IsTrue(f);
         return 0;
     }
     if (!strcmp(k, "priority")) {

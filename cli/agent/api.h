@@ -61,7 +61,7 @@ struct ag_want {
 /*
  * Parse a POST /v1/snapshots body: one request object or a list of them.
  * Fields: domain (required), target, mode, quiesce, format, compress,
- * all_disks, name, image_id, priority. Returns the number of requests (>= 1)
+ * all_disks, incremental, name, image_id, priority. Returns the number of requests (>= 1)
  * and the parsed body in @doc (the wants' strings point into it; the caller
  * frees both), or -1 with @err naming the field. Nothing is looked up.
  */

@@ -486,6 +486,7 @@ static cJSON *job_request_json(const struct ag_want *w, const struct ops_target 
     cJSON_AddStringToObject(r, "format", hs_format_name(w->opts.format));
     cJSON_AddBoolToObject(r, "compress", w->opts.compress);
     cJSON_AddBoolToObject(r, "all_disks", w->opts.all_disks);
+    cJSON_AddBoolToObject(r, "incremental", w->opts.incremental);
     cJSON_AddStringToObject(r, "quiesce", quiesce[w->opts.quiesce]);
     if (w->opts.name)
         cJSON_AddStringToObject(r, "name", w->opts.name);

@@ -104,8 +104,10 @@ static void test_bodies(void)
 
     CHECK(parse("[{\"domain\":\"a\",\"mode\":\"cold\",\"format\":\"raw\",\"priority\":-3},"
                 "{\"domain\":\"b\",\"compress\":true,\"target\":\"local-2\","
-                "\"quiesce\":\"off\",\"all_disks\":true,\"name\":\"{domain}-{disk}\"}]",
+                "\"quiesce\":\"off\",\"all_disks\":true,\"name\":\"{domain}-{disk}\","
+                "\"incremental\":true}]",
                 &w, &doc, err) == 2);
+    CHECK(!w[0].opts.incremental && w[1].opts.incremental);
     CHECK(w[0].opts.mode == HS_MODE_COLD && w[0].opts.format == HS_FORMAT_RAW);
     CHECK(w[0].opts.priority == -3);
     CHECK(w[1].opts.compress && w[1].opts.all_disks && !strcmp(w[1].target, "local-2"));
