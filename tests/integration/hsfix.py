@@ -113,7 +113,10 @@ def remove_domain(dom):
             dom.destroy()
     except libvirt.libvirtError:
         pass
-    for fn in (lambda: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE),
+    # checkpoints (--incremental) keep a domain defined unless their metadata goes too
+    for fn in (lambda: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                                         libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA),
+               lambda: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE),
                lambda: dom.undefine()):
         try:
             fn()

@@ -1,0 +1,242 @@
+"""Incremental chains (--incremental) against the real libvirtd and QEMU: a
+checkpoint made with each pull backup, the next image a qcow2 overlay of
+the last one read from the checkpoint's dirty bitmap, and each disk's chain
+checked on its own (a disk that cannot go on is read in full, saying why)."""
+import json
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+import libvirt
+
+import hsfix
+from hsfix import GuestTestCase, Run, hotsnap, job_active, state_event
+
+
+def checkpoints(g):
+    return sorted(cp.getName() for cp in g.dom.listAllCheckpoints())
+
+
+def qemu_pid(g):
+    with open("/run/libvirt/qemu/%s.pid" % g.name) as f:
+        return int(f.read().strip())
+
+
+class IncrementalTestCase(GuestTestCase):
+
+    def incremental(self, g, *args):
+        run = self.snapshot("--incremental", *args, g.name)
+        self.assertEqual(run.rc, 0, run.stderr)
+        return run
+
+    def images(self, run):
+        return [img for r in run.summary()["results"] for img in r["images"]]
+
+    def sidecar(self, img):
+        with open(os.path.join(self.store, img["id"] + ".json")) as f:
+            return json.load(f)
+
+    def chain_file(self, g):
+        with open(os.path.join(self.store, "chain-" + g.dom.UUIDString())) as f:
+            return json.load(f)
+
+    def assert_chain_reads_as(self, top, disk_path):
+        """qemu-img check passes on the overlay, and the chain reads as the disk."""
+        path = os.path.join(self.store, top["id"] + ".qcow2")
+        subprocess.run(["qemu-img", "check", "-q", "-f", "qcow2", path], check=True)
+        r = subprocess.run(["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "qcow2", disk_path,
+                            path], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+
+class ChainTest(IncrementalTestCase):
+
+    def test_the_next_image_holds_only_what_the_guest_wrote(self):
+        g = self.writer("in-write", size_mb=256, data_mb=96)
+        first = self.images(self.incremental(g))[0]
+        self.assertFalse(first.get("incremental", False))
+        self.assertNotIn("parent", first)
+        self.assertEqual(len(checkpoints(g)), 1)
+        # the writer goes on; then the guest is held, so that the disk stays
+        # as it is at the instant of the backup
+        g.assert_beats_after(g.heartbeats()[-1] + 5)
+        g.dom.suspend()
+        run = self.incremental(g)
+        top = self.images(run)[0]
+        self.assertTrue(top["incremental"])
+        self.assertEqual(top["parent"], first["id"])
+        # only what changed is read: the writer's ring (16 MiB) and its
+        # heartbeats, not the 96 MiB of data
+        self.assertLess(top["read_bytes"], 24 << 20)
+        self.assertGreater(top["read_bytes"], 0)
+        self.assertLess(top["size"], first["size"] // 3)
+        meta = self.sidecar(top)
+        self.assertEqual(meta["hotsnap_parent"], first["id"])
+        self.assertEqual(meta["hotsnap_backing_file"], first["id"] + ".qcow2")
+        hsfix.assert_sidecar_digest(self, meta, os.path.join(self.store, top["id"] + ".qcow2"))
+        # one checkpoint per chain: the new one
+        self.assertEqual(checkpoints(g), [self.chain_file(g)["checkpoint"]])
+        self.assertEqual(self.chain_file(g)["disks"]["vda"]["image"], top["id"])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_PAUSED)
+        # QEMU writes what it holds as it exits; then the chain reads as the disk
+        g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        self.assert_chain_reads_as(top, g.disks[0].path)
+        v = hotsnap(self.state, "--to", "dir:" + self.store, "verify")
+        self.assertEqual(v.rc, 0, v.stderr)
+        self.assert_nothing_left()
+
+    def test_a_chain_survives_a_restart_of_the_guest(self):
+        # destroyed (QEMU saves its bitmaps as it exits) and started again
+        g = self.guest("in-restart").start()
+        first = self.images(self.incremental(g))[0]
+        g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        g.start()
+        top = self.images(self.incremental(g))[0]
+        self.assertTrue(top.get("incremental"), top)
+        self.assertEqual(top["parent"], first["id"])
+        g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        self.assert_chain_reads_as(top, g.disks[0].path)
+
+    def test_checkpoints_lost_with_the_domain_are_redefined(self):
+        # what undefine and define do: libvirt forgets the checkpoint, the
+        # bitmap stays in the qcow2; it is redefined from the chain file
+        g = self.guest("in-redefine").start()
+        first = self.images(self.incremental(g))[0]
+        for cp in g.dom.listAllCheckpoints():
+            cp.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        self.assertEqual(checkpoints(g), [])
+        top = self.images(self.incremental(g))[0]
+        self.assertTrue(top.get("incremental"), top)
+        self.assertEqual(top["parent"], first["id"])
+        self.assertEqual(len(checkpoints(g)), 1)
+
+    def test_two_stores_keep_chains_of_their_own(self):
+        g = self.guest("in-stores").start()
+        other = os.path.join(self.state, "other")
+        os.makedirs(other)
+        a1 = self.images(self.incremental(g))[0]
+        b = hotsnap(self.state, "snapshot", "--to", "dir:" + other, "--incremental", g.name)
+        self.assertEqual(b.rc, 0, b.stderr)
+        self.assertEqual(len(checkpoints(g)), 2)
+        # a plain snapshot takes and deletes no checkpoint
+        self.assertEqual(self.snapshot(g.name).rc, 0)
+        self.assertEqual(len(checkpoints(g)), 2)
+        a2 = self.images(self.incremental(g))[0]
+        self.assertEqual(a2["parent"], a1["id"])
+        self.assertEqual(len(checkpoints(g)), 2)
+        b2 = hotsnap(self.state, "snapshot", "--to", "dir:" + other, "--incremental", g.name)
+        self.assertEqual(b2.rc, 0, b2.stderr)
+        self.assertTrue(self.images(b2)[0]["incremental"])
+        self.assertEqual(self.images(b2)[0]["parent"], self.images(b)[0]["id"])
+
+
+class HealTest(IncrementalTestCase):
+
+    def full_reasons(self, run):
+        return {img["disk"]: img.get("full_reason", "") for img in self.images(run)
+                if not img.get("incremental")}
+
+    def test_each_disk_that_cannot_go_on_is_read_in_full_with_the_reason(self):
+        g = self.guest("in-heal", disks=2).start()
+        self.incremental(g, "--all-disks")
+        # vdb's last image no longer matches its sidecar
+        vdb = self.chain_file(g)["disks"]["vdb"]
+        with open(os.path.join(self.store, vdb["file"]), "r+b") as f:
+            f.seek(100)
+            b = f.read(1)
+            f.seek(100)
+            f.write(bytes([b[0] ^ 0xff]))
+        run = self.incremental(g, "--all-disks")
+        reasons = self.full_reasons(run)
+        self.assertEqual(list(reasons), ["vdb"])
+        self.assertIn("vdb: the last image", reasons["vdb"])
+        self.assertIn("full copy", reasons["vdb"])
+        self.assertTrue([e for e in run.events if e.get("event") == "warning" and
+                         "vdb" in e.get("message", "")], run.events)
+        # the checkpoint and its bitmaps gone: both in full, and why
+        for cp in g.dom.listAllCheckpoints():
+            cp.delete()
+        run = self.incremental(g, "--all-disks")
+        reasons = self.full_reasons(run)
+        self.assertEqual(sorted(reasons), ["vda", "vdb"])
+        self.assertIn("missing", reasons["vda"])
+        # and from there on, incremental again
+        run = self.incremental(g, "--all-disks")
+        self.assertEqual(self.full_reasons(run), {})
+
+    def test_a_bitmap_qemu_did_not_save_is_not_trusted(self):
+        # QEMU killed while the guest ran: its bitmap is marked in use in the
+        # qcow2, inconsistent once QEMU opens it again
+        g = self.guest("in-qemukill").start()
+        self.incremental(g)
+        os.kill(qemu_pid(g), signal.SIGKILL)
+        deadline = time.time() + 30
+        while g.state() != libvirt.VIR_DOMAIN_SHUTOFF:
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.1)
+        g.start()
+        run = self.incremental(g)
+        reasons = self.full_reasons(run)
+        self.assertIn("inconsistent", reasons.get("vda", ""), run.events)
+        self.assertEqual(len(checkpoints(g)), 1)
+
+    def test_a_new_disk_starts_its_own_chain(self):
+        g = self.guest("in-newdisk", disks=2).start()
+        self.incremental(g)  # the root disk only
+        run = self.incremental(g, "--all-disks")
+        reasons = self.full_reasons(run)
+        self.assertEqual(list(reasons), ["vdb"])
+        self.assertIn("new disk", reasons["vdb"])
+        self.assertTrue([i for i in self.images(run) if i["disk"] == "vda"][0]["incremental"])
+
+
+class RefusedAndRecoveredTest(IncrementalTestCase):
+
+    def test_refused_where_it_cannot_be(self):
+        g = self.guest("in-refused")
+        for args, want in ((["--to", "glance:http://127.0.0.1:9"], "Glance keeps whole images"),
+                           (["--format", "raw"], "qcow2 overlay"),
+                           (["--compress"], "qcow2 overlay"),
+                           (["--mode", "cold"], "mode cold")):
+            r = hotsnap(self.state, "snapshot", "--incremental", *args, g.name)
+            self.assertNotEqual(r.rc, 0)
+            self.assertIn(want, r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+
+    def test_a_shut_off_guest_gets_a_full_image_outside_the_chain(self):
+        g = self.guest("in-off")
+        run = self.incremental(g)
+        self.assertTrue([e for e in run.events if e.get("event") == "warning" and
+                         "outside its incremental chain" in e.get("message", "")], run.events)
+        self.assertFalse(os.path.exists(os.path.join(self.store, "chain-" + g.dom.UUIDString())))
+
+    def test_a_killed_incremental_leaves_the_chain_as_it_was(self):
+        g = self.guest("in-kill", size_mb=256, data_mb=64).start()
+        first = self.images(self.incremental(g))[0]
+        head = self.chain_file(g)["checkpoint"]
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--incremental",
+                  "--max-rate", "1M", g.name)
+        run.until(state_event("upload"))
+        self.assertEqual(len(checkpoints(g)), 2)  # the dead run's, made with its backup
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        rec = hotsnap(self.state, "recover")
+        self.assertEqual(rec.rc, 0, rec.stderr)
+        deleted = [n for e in rec.events if e.get("event") == "recovered"
+                   for n in e.get("checkpoints_deleted", [])]
+        self.assertEqual(len(deleted), 1, rec.events)
+        self.assertNotEqual(deleted[0], head)
+        self.assertEqual(checkpoints(g), [head])
+        self.assertFalse(job_active(g.dom))
+        # the next incremental goes on from the last published image
+        top = self.images(self.incremental(g))[0]
+        self.assertEqual(top["parent"], first["id"])
+        g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        self.assert_chain_reads_as(top, g.disks[0].path)
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    unittest.main()
