@@ -375,11 +375,11 @@ static void job_prepare_work(uv_work_t *w)
     rc = hs__mkdir_p(job->scratch_root, 0711);
     if (rc == 0 && hs__dir_writable(job->scratch_root, &job->err, "scratch directory") < 0)
         rc = job->err.code;
-    if (rc == 0 && job->chain)
-        rc = hs__chain_load(job->chain, &job->err);
     else if (rc < 0)
         hs_err_set(&job->err, rc, HS_ERR_INPUT, -rc, "cannot create scratch directory '%s': %s",
                    job->scratch_root, strerror(-rc));
+    if (rc == 0 && job->chain)
+        rc = hs__chain_load(job->chain, &job->err);
     if (rc == 0) {
         rc = hs__journal_write(job->journal, text);
         if (rc < 0)
