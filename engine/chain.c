@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <libvirt/virterror.h>
 #include <openssl/evp.h>
@@ -82,18 +83,38 @@ static void disk_full(struct hs_chain_disk *d, const char *fmt, const char *a, c
 
 int hs__chain_load(struct hs_chain *c, struct hs_err *err)
 {
-    char *text = hs__read_file(c->file, CHAIN_MAX), file[256], why[512], *sidecar;
+    char *text = NULL, file[256], why[512], *sidecar;
     const cJSON *disks, *e, *vs;
+    struct stat st;
     cJSON *doc;
     size_t i;
-    int dirfd;
+    int dirfd, fd;
 
     c->loaded = 1;
-    if (!text && errno == ENOENT)
+    /* a store others may write to (sticky) could hold a file planted under
+     * the chain's name: only hotsnap's own is read */
+    fd = open(c->file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
         return 0; /* a new chain */
+    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+                    st.st_size > CHAIN_MAX)) {
+        close(fd);
+        return hs_err_set(err, -EPERM, HS_ERR_INPUT, 0,
+                          "the chain file '%s' is not a regular file of hotsnap's user: move it "
+                          "away to start the chain again",
+                          c->file);
+    }
+    if (fd >= 0) {
+        text = hs__calloc(1, (size_t)st.st_size + 1);
+        if (read(fd, text, (size_t)st.st_size) != (ssize_t)st.st_size) {
+            free(text);
+            text = NULL;
+        }
+        close(fd);
+    }
     if (!text)
-        return hs_err_set(err, -errno, HS_ERR_SYS, errno, "cannot read the chain file '%s': %s",
-                          c->file, strerror(errno));
+        return hs_err_set(err, -EIO, HS_ERR_SYS, errno, "cannot read the chain file '%s': %s",
+                          c->file, strerror(errno ? errno : EIO));
     doc = cJSON_Parse(text);
     free(text);
     if (!doc || !hs__jstr(doc, "checkpoint") || !hs__jstr(doc, "prefix")) {
@@ -139,6 +160,10 @@ int hs__chain_load(struct hs_chain *c, struct hs_err *err)
         sidecar = hs__asprintf("%s.json", id);
         if (dirfd < 0)
             disk_full(d, "cannot open the store: %s%s", strerror(errno), "");
+        else if (fstatat(dirfd, f, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+                 st.st_uid != geteuid())
+            disk_full(d, "the last image %s is not a file of hotsnap's user in the store%s", id,
+                      "");
         else if (hs__verify_image(dirfd, sidecar, file, sizeof(file), why, sizeof(why)) < 0)
             disk_full(d, "the last image %s failed its check (%s)", id, why);
         else if (strcmp(file, f))
