@@ -55,32 +55,43 @@ class ChainTest(IncrementalTestCase):
 
     def test_the_next_image_holds_only_what_the_guest_wrote(self):
         g = self.writer("in-write", size_mb=256, data_mb=96)
-        first = self.images(self.incremental(g))[0]
+        first = self.images(self.incremental(g, "--store-digest", "sha512"))[0]
         self.assertFalse(first.get("incremental", False))
         self.assertNotIn("parent", first)
         self.assertEqual(len(checkpoints(g)), 1)
-        # the writer goes on; then the guest is held, so that the disk stays
-        # as it is at the instant of the backup
-        g.assert_beats_after(g.heartbeats()[-1] + 5)
+        parent = first
+        # two incrementals while the writer writes: each chain holds the
+        # writer's rings as of one instant (the checker reads the chain
+        # through its backing files), and the guest is never paused
+        for _ in range(2):
+            g.assert_beats_after(g.heartbeats()[-1] + 5)
+            top = self.images(self.incremental(g, "--store-digest", "sha512"))[0]
+            self.assertTrue(top["incremental"])
+            self.assertEqual(top["parent"], parent["id"])
+            # only what changed is read: the writer's ring (16 MiB) and its
+            # heartbeats, not the 96 MiB of data
+            self.assertLess(top["read_bytes"], 24 << 20)
+            self.assertGreater(top["read_bytes"], 0)
+            self.assertLess(top["size"], first["size"] // 3)
+            path = os.path.join(self.store, top["id"] + ".qcow2")
+            meta = self.sidecar(top)
+            self.assertEqual(meta["os_hash_algo"], "sha512")
+            hsfix.assert_sidecar_digest(self, meta, path, "sha512")
+            self.assertEqual(meta["hotsnap_parent"], parent["id"])
+            self.assertEqual(meta["hotsnap_backing_file"], parent["id"] + ".qcow2")
+            subprocess.run(["qemu-img", "check", "-q", "-f", "qcow2", path], check=True)
+            ok, msg = hsfix.check_images(g.BLOCKS, path)
+            self.assertTrue(ok, msg)
+            self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+            # one checkpoint per chain: the new one
+            self.assertEqual(checkpoints(g), [self.chain_file(g)["checkpoint"]])
+            self.assertEqual(self.chain_file(g)["disks"]["vda"]["image"], top["id"])
+            parent = top
+        # held still, the chain reads exactly as the disk (QEMU writes what
+        # it holds as it exits)
         g.dom.suspend()
-        run = self.incremental(g)
-        top = self.images(run)[0]
-        self.assertTrue(top["incremental"])
-        self.assertEqual(top["parent"], first["id"])
-        # only what changed is read: the writer's ring (16 MiB) and its
-        # heartbeats, not the 96 MiB of data
-        self.assertLess(top["read_bytes"], 24 << 20)
-        self.assertGreater(top["read_bytes"], 0)
-        self.assertLess(top["size"], first["size"] // 3)
-        meta = self.sidecar(top)
-        self.assertEqual(meta["hotsnap_parent"], first["id"])
-        self.assertEqual(meta["hotsnap_backing_file"], first["id"] + ".qcow2")
-        hsfix.assert_sidecar_digest(self, meta, os.path.join(self.store, top["id"] + ".qcow2"))
-        # one checkpoint per chain: the new one
-        self.assertEqual(checkpoints(g), [self.chain_file(g)["checkpoint"]])
-        self.assertEqual(self.chain_file(g)["disks"]["vda"]["image"], top["id"])
-        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_PAUSED)
-        # QEMU writes what it holds as it exits; then the chain reads as the disk
+        top = self.images(self.incremental(g))[0]
+        self.assertEqual(top["parent"], parent["id"])
         g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
         self.assert_chain_reads_as(top, g.disks[0].path)
         v = hotsnap(self.state, "--to", "dir:" + self.store, "verify")
@@ -104,8 +115,11 @@ class ChainTest(IncrementalTestCase):
         # bitmap stays in the qcow2; it is redefined from the chain file
         g = self.guest("in-redefine").start()
         first = self.images(self.incremental(g))[0]
-        for cp in g.dom.listAllCheckpoints():
-            cp.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        xml = g.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        g.dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        g.dom = self.c.defineXML(xml)
+        g.start()
         self.assertEqual(checkpoints(g), [])
         top = self.images(self.incremental(g))[0]
         self.assertTrue(top.get("incremental"), top)
@@ -204,6 +218,22 @@ class RefusedAndRecoveredTest(IncrementalTestCase):
             self.assertNotEqual(r.rc, 0)
             self.assertIn(want, r.stderr)
             self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+
+    def test_a_chain_file_not_hotsnap_s_is_not_read(self):
+        # a store others may write to (sticky): a file planted under the
+        # chain's name is refused, not followed
+        g = self.guest("in-planted").start()
+        os.chmod(self.store, 0o1777)
+        planted = os.path.join(self.store, "chain-" + g.dom.UUIDString())
+        with open(planted, "w") as f:
+            json.dump({"prefix": "hotsnap-x-", "checkpoint": "hotsnap-x-y", "disks": {}}, f)
+        os.chown(planted, 65534, 65534)
+        run = self.snapshot("--incremental", g.name)
+        self.assertEqual(run.rc, 1)
+        self.assertIn("not a regular file of hotsnap's user", run.summary()["results"][0]["error"])
+        self.assertEqual(checkpoints(g), [])
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assert_nothing_left()
 
     def test_a_shut_off_guest_gets_a_full_image_outside_the_chain(self):
         g = self.guest("in-off")
