@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 
 #include "backend.h" /* hs__jstr */
 #include "chain.h"
+#include "hotsnap.h" /* hs_image_id_check */
 #include "domain.h" /* hs__xml_escape */
 #include "util.h"
 #include "verify.h"
@@ -81,6 +83,29 @@ static void disk_full(struct hs_chain_disk *d, const char *fmt, const char *a, c
     snprintf(d->why_full, sizeof(d->why_full), "%s: %s: full copy", d->target, why);
 }
 
+/* What the chain file names goes into XML and into which checkpoints are
+ * deleted: a prefix of the form hotsnap-XXXXXXXX-, a checkpoint of it
+ * followed by a job id. */
+static int prefix_ok(const char *p)
+{
+    size_t i;
+
+    if (!p || strlen(p) != 17 || strncmp(p, "hotsnap-", 8) || p[16] != '-')
+        return 0;
+    for (i = 8; i < 16; i++)
+        if (!isxdigit((unsigned char)p[i]))
+            return 0;
+    return 1;
+}
+
+static int checkpoint_ok(const char *name, const char *prefix)
+{
+    char buf[8];
+
+    return name && !strncmp(name, prefix, strlen(prefix)) &&
+           hs_image_id_check(name + strlen(prefix), buf, sizeof(buf)) == 0;
+}
+
 int hs__chain_load(struct hs_chain *c, struct hs_err *err)
 {
     char *text = NULL, file[256], why[512], *sidecar;
@@ -117,7 +142,8 @@ int hs__chain_load(struct hs_chain *c, struct hs_err *err)
                           c->file, strerror(errno ? errno : EIO));
     doc = cJSON_Parse(text);
     free(text);
-    if (!doc || !hs__jstr(doc, "checkpoint") || !hs__jstr(doc, "prefix")) {
+    if (!doc || !prefix_ok(hs__jstr(doc, "prefix")) ||
+        !checkpoint_ok(hs__jstr(doc, "checkpoint"), hs__jstr(doc, "prefix"))) {
         cJSON_Delete(doc);
         return hs_err_set(err, -EINVAL, HS_ERR_INPUT, 0,
                           "the chain file '%s' is not one hotsnap wrote: move it away to start "
@@ -150,7 +176,8 @@ int hs__chain_load(struct hs_chain *c, struct hs_err *err)
             disk_full(d, "%s%snot in the chain yet (a new disk)", "", "");
             continue;
         }
-        if (!id || !f || !cJSON_IsNumber(vs) || strchr(f, '/') || f[0] == '.') {
+        if (!id || hs_image_id_check(id, why, sizeof(why)) < 0 || !f || !cJSON_IsNumber(vs) ||
+            strchr(f, '/') || f[0] == '.') {
             disk_full(d, "%s%sthe chain file's entry is not one hotsnap wrote", "", "");
             continue;
         }
@@ -417,6 +444,9 @@ void hs__chain_recover(virDomainPtr dom, const char *file, const char *name, cJS
     char *text = hs__read_file(file, CHAIN_MAX);
     cJSON *doc = text ? cJSON_Parse(text) : NULL;
     const char *head = hs__jstr(doc, "checkpoint"), *prefix = hs__jstr(doc, "prefix");
+
+    if (!prefix_ok(prefix) || !checkpoint_ok(head, prefix))
+        head = prefix = NULL; /* not one hotsnap wrote: only the run's own checkpoint goes */
 
     if (!head || strcmp(head, name)) {
         /* no image of the dead run's backup became the chain's */
