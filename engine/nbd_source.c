@@ -38,6 +38,7 @@ struct hs_nbd_source {
     uint64_t mapped;       /* the map is known up to here: the lesser of the two below */
     uint64_t mapped_alloc; /* base:allocation's extents reach here */
     uint64_t mapped_dirty; /* the dirty bitmap's (an overlay), else UINT64_MAX */
+    uint64_t map_asked;    /* where the block status in flight began */
     char *backing;         /* an overlay's backing file, or NULL */
     hs_nbd_source_open_cb opened;
     void *data;
@@ -353,6 +354,15 @@ static void ns_mapped(struct hs_nbd *n, int status, void *data)
         ns_opened(s, s->rc);
         return;
     }
+    if (s->mapped == s->map_asked && s->mapped < s->vsize) {
+        /* a reply without an extent of one of the contexts: asking again
+         * from the same place would never end */
+        s->rc = hs_err_set(&s->err, -EPROTO, HS_ERR_SYS, EPROTO,
+                           "the NBD export's map made no progress at byte %llu",
+                           (unsigned long long)s->mapped);
+        ns_opened(s, s->rc);
+        return;
+    }
     ns_map_next(s);
 }
 
@@ -364,6 +374,7 @@ static void ns_map_next(struct hs_nbd_source *s)
         ns_opened(s, 0);
         return;
     }
+    s->map_asked = s->mapped;
     if (hs__nbd_block_status(s->n, s->mapped, left < NS_MAP_STEP ? left : NS_MAP_STEP, ns_extent,
                              ns_mapped, s) < 0) {
         ns_fail(s, -EIO, "cannot ask for the NBD export's map");
