@@ -95,7 +95,8 @@ void hs__qcow2_free(struct hs_qcow2 *q)
     free(q);
 }
 
-void hs__qcow2_mark(struct hs_qcow2 *q, uint64_t off, uint64_t len)
+/* Set in @bits the clusters that hold any byte of [@off, @off + @len). */
+static void mark_in(const struct hs_qcow2 *q, uint64_t *bits, uint64_t off, uint64_t len)
 {
     uint64_t c, end;
 
@@ -103,7 +104,12 @@ void hs__qcow2_mark(struct hs_qcow2 *q, uint64_t off, uint64_t len)
         return;
     end = len > q->vsize - off ? q->vsize : off + len;
     for (c = off / C; c < div_up(end, C); c++)
-        q->bits[c / 64] |= 1ull << (c % 64);
+        bits[c / 64] |= 1ull << (c % 64);
+}
+
+void hs__qcow2_mark(struct hs_qcow2 *q, uint64_t off, uint64_t len)
+{
+    mark_in(q, q->bits, off, len);
 }
 
 int hs__qcow2_set_backing(struct hs_qcow2 *q, const char *file, const char *fmt)
@@ -125,13 +131,8 @@ int hs__qcow2_set_backing(struct hs_qcow2 *q, const char *file, const char *fmt)
 
 void hs__qcow2_mark_dirty(struct hs_qcow2 *q, uint64_t off, uint64_t len)
 {
-    uint64_t c, end;
-
-    if (!q->dirty || !len || off >= q->vsize)
-        return;
-    end = len > q->vsize - off ? q->vsize : off + len;
-    for (c = off / C; c < div_up(end, C); c++)
-        q->dirty[c / 64] |= 1ull << (c % 64);
+    if (q->dirty)
+        mark_in(q, q->dirty, off, len);
 }
 
 int hs__qcow2_has_data(const struct hs_qcow2 *q, uint64_t off)
