@@ -39,13 +39,35 @@ static int sh(const char *fmt, const char *a, const char *b)
     return system(cmd);
 }
 
+/* Stream into @fd the image @q lays out, data read from the raw @rfd. */
+static void stream_image(struct hs_qcow2 *q, int rfd, int fd, uint8_t *buf)
+{
+    uint64_t cur = 0, g, out, meta = hs__qcow2_data_offset(q);
+    size_t i;
+
+    for (out = 0; out < meta;) {
+        size_t k = meta - out < 12345 ? (size_t)(meta - out) : 12345;
+
+        hs__qcow2_meta(q, out, buf, k);
+        pwrite_all(fd, buf, k, out);
+        out += k;
+    }
+    for (i = 0; (g = hs__qcow2_next_data(q, &cur)) != UINT64_MAX; i++) {
+        memset(buf, 0, HS_QCOW2_CLUSTER);
+        CHECK(pread(rfd, buf, HS_QCOW2_CLUSTER, (off_t)g) > 0);
+        pwrite_all(fd, buf, HS_QCOW2_CLUSTER, out);
+        out += HS_QCOW2_CLUSTER;
+    }
+    CHECK(i == hs__qcow2_data_count(q));
+    CHECK(out == hs__qcow2_size(q));
+}
+
 /* Stream the image of a disk of @vsize whose data lies in @ext, and check it. */
 static void check_image(const char *name, uint64_t vsize, const struct extent *ext, size_t n)
 {
     char raw[256], img[256];
     uint8_t *buf = malloc(HS_QCOW2_CLUSTER);
     struct hs_qcow2 *q = hs__qcow2_new(vsize);
-    uint64_t cur = 0, g, out, meta;
     int rfd, ifd;
     size_t i;
 
@@ -71,25 +93,7 @@ static void check_image(const char *name, uint64_t vsize, const struct extent *e
     /* one sequential pass, in chunks that straddle metadata clusters */
     ifd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     CHECK(ifd >= 0);
-    meta = hs__qcow2_data_offset(q);
-    for (out = 0; out < meta;) {
-        size_t k = meta - out < 12345 ? (size_t)(meta - out) : 12345;
-
-        hs__qcow2_meta(q, out, buf, k);
-        pwrite_all(ifd, buf, k, out);
-        out += k;
-    }
-    for (i = 0; (g = hs__qcow2_next_data(q, &cur)) != UINT64_MAX; i++) {
-        ssize_t r;
-
-        memset(buf, 0, HS_QCOW2_CLUSTER);
-        r = pread(rfd, buf, HS_QCOW2_CLUSTER, (off_t)g); /* short at the disk's end */
-        CHECK(r > 0);
-        pwrite_all(ifd, buf, HS_QCOW2_CLUSTER, out);
-        out += HS_QCOW2_CLUSTER;
-    }
-    CHECK(i == hs__qcow2_data_count(q));
-    CHECK(out == hs__qcow2_size(q)); /* the Content-Length was right */
+    stream_image(q, rfd, ifd, buf); /* the Content-Length was right */
     close(ifd);
     close(rfd);
     CHECK(sh("qemu-img check -q -f qcow2 '%s'%s", img, "") == 0);
@@ -170,29 +174,6 @@ static void test_refcount_blocks_beyond_one(void)
 }
 
 /* ---- overlays: an incremental image over the chain's previous one ---- */
-
-/* Stream into @fd the image @q lays out, data read from the raw @rfd. */
-static void stream_image(struct hs_qcow2 *q, int rfd, int fd, uint8_t *buf)
-{
-    uint64_t cur = 0, g, out, meta = hs__qcow2_data_offset(q);
-    size_t i;
-
-    for (out = 0; out < meta;) {
-        size_t k = meta - out < 12345 ? (size_t)(meta - out) : 12345;
-
-        hs__qcow2_meta(q, out, buf, k);
-        pwrite_all(fd, buf, k, out);
-        out += k;
-    }
-    for (i = 0; (g = hs__qcow2_next_data(q, &cur)) != UINT64_MAX; i++) {
-        memset(buf, 0, HS_QCOW2_CLUSTER);
-        CHECK(pread(rfd, buf, HS_QCOW2_CLUSTER, (off_t)g) > 0);
-        pwrite_all(fd, buf, HS_QCOW2_CLUSTER, out);
-        out += HS_QCOW2_CLUSTER;
-    }
-    CHECK(i == hs__qcow2_data_count(q));
-    CHECK(out == hs__qcow2_size(q));
-}
 
 /* What block status would say of a raw file: the clusters not all zeros. */
 static void mark_alloc(struct hs_qcow2 *q, int rfd, uint64_t vsize, uint8_t *buf)
