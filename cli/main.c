@@ -38,6 +38,8 @@ struct cli {
     char *token;       /* --token, copied before argv is scrubbed */
     const char *match; /* --match GLOB */
     const char *from;  /* --from FILE */
+    struct hs_prune_opts prune; /* --keep-*, --dry-run */
+    int prune_opt;
     struct hs_agent_config agent; /* the agent's own options */
     struct ag_target *targets;    /* --allow-target */
     int ntargets;
@@ -64,6 +66,8 @@ static void usage(FILE *f)
         "       hotsnap [options] list\n"
         "       hotsnap [options] recover\n"
         "       hotsnap [--to dir:PATH] verify\n"
+        "       hotsnap [--to dir:PATH] prune --keep-last N [--keep-daily D]\n"
+        "               [--keep-weekly W] [--dry-run]\n"
         "       hotsnap [options] agent\n"
         "\n"
         "  -c, --connect URI      libvirt URI (default " HS_DEFAULT_URI ")\n"
@@ -114,6 +118,13 @@ static void usage(FILE *f)
         "                         guests; a disk whose chain cannot go on is read in\n"
         "                         full, and the reason said)\n"
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
+        "\n"
+        "prune options (per domain and disk; an image a kept one reads through stays,\n"
+        "or the kept one is rebased or made self-contained first):\n"
+        "      --keep-last N      the newest N images\n"
+        "      --keep-daily D     the newest image of each of the last D days (local time)\n"
+        "      --keep-weekly W    the newest image of each of the last W ISO weeks\n"
+        "      --dry-run          say what would go, change nothing\n"
         "\n"
         "limits on what snapshots share (a job holds each only while it uses it):\n"
         "      --max-captures N   libvirt captures at once (default 2)\n"
@@ -239,6 +250,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_STORE_MODE,
         OPT_STORE_DIGEST,
         OPT_INCREMENTAL,
+        OPT_KEEP_LAST,
+        OPT_KEEP_DAILY,
+        OPT_KEEP_WEEKLY,
+        OPT_DRY_RUN,
         OPT_SOCKET,
         OPT_SOCKET_GROUP,
         OPT_LISTEN,
@@ -283,6 +298,10 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"store-mode", required_argument, NULL, OPT_STORE_MODE},
         {"store-digest", required_argument, NULL, OPT_STORE_DIGEST},
         {"incremental", no_argument, NULL, OPT_INCREMENTAL},
+        {"keep-last", required_argument, NULL, OPT_KEEP_LAST},
+        {"keep-daily", required_argument, NULL, OPT_KEEP_DAILY},
+        {"keep-weekly", required_argument, NULL, OPT_KEEP_WEEKLY},
+        {"dry-run", no_argument, NULL, OPT_DRY_RUN},
         {"max-captures", required_argument, NULL, OPT_MAX_CAPTURES},
         {"max-extracts", required_argument, NULL, OPT_MAX_EXTRACTS},
         {"max-uploads", required_argument, NULL, OPT_MAX_UPLOADS},
@@ -521,6 +540,22 @@ static void parse_args(struct cli *cli, int argc, char **argv)
                                     : &cli->agent.control_exchange) = optarg;
             agent_opt = c;
             break;
+        case OPT_KEEP_LAST:
+        case OPT_KEEP_DAILY:
+        case OPT_KEEP_WEEKLY:
+            if (parse_long(optarg, 10, 0, c == OPT_KEEP_LAST ? 100000 : 64, &v) < 0)
+                die_usage("--keep-%s: '%s' is not a number from 0 to %d",
+                          c == OPT_KEEP_LAST ? "last" : c == OPT_KEEP_DAILY ? "daily" : "weekly",
+                          optarg, c == OPT_KEEP_LAST ? 100000 : 64);
+            *(c == OPT_KEEP_LAST    ? &cli->prune.keep_last
+              : c == OPT_KEEP_DAILY ? &cli->prune.keep_daily
+                                    : &cli->prune.keep_weekly) = (int)v;
+            cli->prune_opt = 1;
+            break;
+        case OPT_DRY_RUN:
+            cli->prune.dry_run = 1;
+            cli->prune_opt = 1;
+            break;
         case OPT_HISTORY:
         case OPT_MAX_CONNECTIONS:
             if (parse_long(optarg, 10, 1, 100000, &v) < 0)
@@ -534,7 +569,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         }
     }
     if (optind >= argc)
-        die_usage("no command given (snapshot, list, recover, verify or agent); see --help");
+        die_usage("no command given (snapshot, list, recover, verify, prune or agent); see "
+                  "--help");
     cli->command = argv[optind++];
     cli->domains = argv + optind;
     cli->ndomains = argc - optind;
@@ -546,13 +582,20 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         if (cli->sopts.compress && cli->sopts.format == HS_FORMAT_RAW)
             die_usage("--compress needs --format qcow2");
     } else if (!strcmp(cli->command, "list") || !strcmp(cli->command, "recover") ||
-               !strcmp(cli->command, "agent") || !strcmp(cli->command, "verify")) {
+               !strcmp(cli->command, "agent") || !strcmp(cli->command, "verify") ||
+               !strcmp(cli->command, "prune")) {
         if (cli->ndomains > 0)
             die_usage("'%s' takes no arguments", cli->command);
     } else {
-        die_usage("unknown command '%s' (expected snapshot, list, recover, verify or agent)",
+        die_usage("unknown command '%s' (expected snapshot, list, recover, verify, prune or "
+                  "agent)",
                   cli->command);
     }
+    if (!strcmp(cli->command, "prune") && !cli->prune.keep_last && !cli->prune.keep_daily &&
+        !cli->prune.keep_weekly)
+        die_usage("prune needs --keep-last N, --keep-daily D or --keep-weekly W (what to keep)");
+    if (cli->prune_opt && strcmp(cli->command, "prune"))
+        die_usage("--keep-last, --keep-daily, --keep-weekly and --dry-run are options of 'prune'");
     if (agent_opt && strcmp(cli->command, "agent"))
         die_usage("--socket, --socket-group, --listen, --token-file, --tls-*, --history, "
                   "--max-connections, --log, --allow-target and the bus's options are options "
@@ -1096,20 +1139,22 @@ static void verified_all(int checked, int bad, int status, const char *error, vo
     hs_cli_out_stop(&cli->out);
 }
 
-static int do_verify(struct cli *cli)
+/* A store's verify or prune: the store a snapshot with the same options
+ * publishes to, and the loop it runs on. */
+static void store_op_begin(struct cli *cli, char *target, size_t len)
 {
-    char err[512], target[PATH_MAX + 16];
-    int rc;
-
-    /* the store a snapshot with the same options publishes to */
     if (cli->sopts.target)
-        snprintf(target, sizeof(target), "%s", cli->sopts.target);
+        snprintf(target, len, "%s", cli->sopts.target);
     else
-        snprintf(target, sizeof(target), "dir:%s/images",
+        snprintf(target, len, "dir:%s/images",
                  cli->eopts.state_dir ? cli->eopts.state_dir : HS_DEFAULT_STATE_DIR);
     uv_loop_init(&cli->loop);
     hs_cli_out_start(&cli->out, &cli->loop);
-    rc = hs_store_verify(&cli->loop, target, verified_one, verified_all, cli, err, sizeof(err));
+}
+
+/* ... started (@rc, @err), run to its end. */
+static int store_op_run(struct cli *cli, int rc, const char *err)
+{
     if (rc < 0) {
         fprintf(stderr, "hotsnap: %s\n", err);
         hs_cli_out_stop(&cli->out);
@@ -1119,6 +1164,81 @@ static int do_verify(struct cli *cli)
     uv_loop_close(&cli->loop);
     hs_cli_out_free(&cli->out);
     return cli->exit_code;
+}
+
+static int do_verify(struct cli *cli)
+{
+    char err[512], target[PATH_MAX + 16];
+
+    store_op_begin(cli, target, sizeof(target));
+    return store_op_run(cli, hs_store_verify(&cli->loop, target, verified_one, verified_all, cli,
+                                             err, sizeof(err)),
+                        err);
+}
+
+/* ---- prune: a store's retention, chain-aware, no libvirt ---- */
+
+static const char *jstr(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static void pruned_one(const cJSON *img, void *data)
+{
+    struct cli *cli = data;
+    const char *action = jstr(img, "action");
+
+    if (cli->out.json) {
+        cJSON *ev = cJSON_Duplicate(img, 1);
+
+        cJSON_AddStringToObject(ev, "event", "pruned");
+        hs_cli_out_event(&cli->out, ev);
+        cJSON_Delete(ev);
+    } else {
+        hs_cli_out_line(&cli->out, stdout, "%s  %-7s %s\n", jstr(img, "id"),
+                        action, jstr(img, "reason"));
+    }
+}
+
+static void pruned_all(int kept, int removed, int rewritten, int status, const char *error,
+                       void *data)
+{
+    struct cli *cli = data;
+
+    if (cli->out.json) {
+        cJSON *ev = cJSON_CreateObject();
+
+        cJSON_AddStringToObject(ev, "event", "summary");
+        cJSON_AddNumberToObject(ev, "kept", kept);
+        cJSON_AddNumberToObject(ev, "removed", removed);
+        cJSON_AddNumberToObject(ev, "rewritten", rewritten);
+        cJSON_AddBoolToObject(ev, "dry_run", cli->prune.dry_run);
+        if (error)
+            cJSON_AddStringToObject(ev, "error", error);
+        hs_cli_out_event(&cli->out, ev);
+        cJSON_Delete(ev);
+    }
+    if (status < 0) {
+        fprintf(stderr, "hotsnap: %s\n", error);
+        cli->exit_code = EXIT_FAILED;
+    } else if (!cli->out.json) {
+        hs_cli_out_line(&cli->out, stdout, "hotsnap: %d kept (%d rewritten), %d %s\n", kept,
+                        rewritten, removed, cli->prune.dry_run ? "would go" : "removed");
+    }
+    hs_cli_out_stop(&cli->out);
+}
+
+static int do_prune(struct cli *cli)
+{
+    char err[512], target[PATH_MAX + 16];
+
+    store_op_begin(cli, target, sizeof(target));
+    cli->prune.target = target;
+    return store_op_run(cli, hs_store_prune(&cli->loop, &cli->prune, pruned_one, pruned_all, cli,
+                                            err, sizeof(err)),
+                        err);
 }
 
 int main(int argc, char **argv)
@@ -1142,6 +1262,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cli.command, "verify"))
         return do_verify(&cli);
+    if (!strcmp(cli.command, "prune"))
+        return do_prune(&cli);
     cli.eopts.on_event = on_event;
     cli.eopts.event_data = &cli;
     /* warnings always reach the operator; -v adds the rest */

@@ -256,6 +256,34 @@ typedef void (*hs_verify_done_cb)(int checked, int bad, int status, const char *
 int hs_store_verify(uv_loop_t *loop, const char *target, hs_verify_image_cb each,
                     hs_verify_done_cb done, void *data, char *errbuf, size_t errlen);
 
+/*
+ * A store pruned by retention (`hotsnap prune`): for the dir:PATH @target,
+ * per domain and disk, the newest @keep_last images, the newest of each of
+ * the last @keep_daily days and @keep_weekly ISO weeks (local time), and
+ * each chain's last image stay; the rest go. Chain-aware: a kept overlay
+ * whose parent goes is first rebased onto its nearest kept ancestor, or
+ * made self-contained, with qemu-img, checked, compared and its sidecar
+ * rewritten. A prune killed at any moment leaves every sidecar true and
+ * every kept image readable; the next one finishes what it left. With
+ * @dry_run nothing is changed. @each runs once per image (loop thread)
+ * with {"id", "file", "series", "created_at", "action": "keep", "remove",
+ * "rebase" or "flatten", "onto", "reason", "done"}; @done once at the end,
+ * status < 0 with the reason when the prune stopped (then nothing was
+ * removed after the rewrite that failed). 0, or -EINVAL with @errbuf.
+ */
+struct hs_prune_opts {
+    const char *target; /* dir:PATH */
+    int keep_last;
+    int keep_daily;  /* 0-64 */
+    int keep_weekly; /* 0-64 */
+    int dry_run;
+};
+typedef void (*hs_prune_image_cb)(const cJSON *image, void *data);
+typedef void (*hs_prune_done_cb)(int kept, int removed, int rewritten, int status,
+                                 const char *error, void *data);
+int hs_store_prune(uv_loop_t *loop, const struct hs_prune_opts *opts, hs_prune_image_cb each,
+                   hs_prune_done_cb done, void *data, char *errbuf, size_t errlen);
+
 /* Validation helpers shared with front ends; 0 or -EINVAL with a message. */
 int hs_name_template_check(const char *tmpl, char *errbuf, size_t errlen);
 /* An image id a caller chooses: a UUID (8-4-4-4-12 hex digits), as Glance

@@ -62,10 +62,14 @@ int ag_route_match(const char *path, size_t len, struct ag_route *out, char *err
         memcpy(out->id, id, n);
         out->id[n] = '\0';
         out->ep = AG_EP_SNAPSHOT;
-    } else if (prefix(path, plen, "/v1/targets/") && plen > strlen("/v1/targets//verify") &&
-               !memcmp(path + plen - strlen("/verify"), "/verify", strlen("/verify"))) {
+    } else if (prefix(path, plen, "/v1/targets/") &&
+               ((plen > strlen("/v1/targets//verify") &&
+                 !memcmp(path + plen - strlen("/verify"), "/verify", strlen("/verify"))) ||
+                (plen > strlen("/v1/targets//prune") &&
+                 !memcmp(path + plen - strlen("/prune"), "/prune", strlen("/prune"))))) {
+        int verify = path[plen - 1] == 'y';
         const char *name = path + strlen("/v1/targets/");
-        size_t n = plen - strlen("/v1/targets/") - strlen("/verify");
+        size_t n = plen - strlen("/v1/targets/") - strlen(verify ? "/verify" : "/prune");
 
         if (n <= AG_ID_MAX) {
             memcpy(out->id, name, n);
@@ -75,7 +79,7 @@ int ag_route_match(const char *path, size_t len, struct ag_route *out, char *err
             snprintf(err, errlen, "a target's name is 1 to 64 of [A-Za-z0-9_.-]");
             return -1;
         }
-        out->ep = AG_EP_VERIFY;
+        out->ep = verify ? AG_EP_VERIFY : AG_EP_PRUNE;
     }
     return 0;
 }
@@ -92,6 +96,7 @@ int ag_method_allowed(enum ag_endpoint ep, const char *method, size_t len, const
         a = "GET, DELETE";
         break;
     case AG_EP_VERIFY:
+    case AG_EP_PRUNE:
         a = "POST";
         break;
     case AG_EP_NONE:
@@ -104,9 +109,9 @@ int ag_method_allowed(enum ag_endpoint ep, const char *method, size_t len, const
     }
     *allow = a;
     if (len == 3 && !memcmp(method, "GET", 3))
-        return ep != AG_EP_VERIFY;
+        return ep != AG_EP_VERIFY && ep != AG_EP_PRUNE;
     if (len == 4 && !memcmp(method, "POST", 4))
-        return ep == AG_EP_SNAPSHOTS || ep == AG_EP_VERIFY;
+        return ep == AG_EP_SNAPSHOTS || ep == AG_EP_VERIFY || ep == AG_EP_PRUNE;
     if (len == 6 && !memcmp(method, "DELETE", 6))
         return ep == AG_EP_SNAPSHOT;
     return 0;

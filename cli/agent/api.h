@@ -23,11 +23,12 @@ enum ag_endpoint {
     AG_EP_METRICS,        /* /metrics */
     AG_EP_TARGETS,        /* /v1/targets */
     AG_EP_VERIFY,         /* /v1/targets/{name}/verify */
+    AG_EP_PRUNE,          /* /v1/targets/{name}/prune */
 };
 
 struct ag_route {
     enum ag_endpoint ep;
-    char id[AG_ID_MAX + 1]; /* AG_EP_SNAPSHOT; AG_EP_VERIFY: the target's name */
+    char id[AG_ID_MAX + 1]; /* AG_EP_SNAPSHOT; AG_EP_VERIFY, _PRUNE: the target's name */
     const char *query;      /* after '?', not terminated; NULL when none */
     size_t query_len;
 };

@@ -51,7 +51,7 @@ struct ops_target {
     char *spec;  /* NULL: the engine's default store */
     char *shown; /* what the API shows: no password */
     int token;   /* glance:URL: the operator's token goes with it */
-    int verifying; /* a verify of this store runs */
+    int verifying; /* a verify or a prune of this store runs */
 };
 
 struct ag_ops {
@@ -67,7 +67,7 @@ struct ag_ops {
     int ready;     /* recovery done: jobs may start */
     int stopping; /* no new work */
     struct ag_pending *pendings;
-    int verifies; /* stores being verified (ag_ops_busy) */
+    int verifies; /* stores being verified or pruned (ag_ops_busy) */
 };
 
 static void iso_now(char *buf, size_t len)
@@ -848,58 +848,190 @@ static void verified_all(int checked, int bad, int status, const char *error, vo
     free(v);
 }
 
-int ag_op_verify(struct ag_ops *o, const char *name, ag_reply_fn reply, void *data,
-                 struct ag_pending **out)
+/* The dir: store a verify or a prune of target @name works on, its spec in
+ * @spec; NULL with the answer in *@e and *@status when there is none. */
+static struct ops_target *store_target(struct ag_ops *o, const char *name, const char *what,
+                                       char *spec, size_t speclen, cJSON **e, int *status)
 {
     struct ops_target *t = NULL;
-    struct ops_verify *v;
-    char spec[4200], err[512];
-    cJSON *e;
-    int i, status;
+    int i;
 
-    *out = NULL;
     for (i = 0; i < o->ntargets; i++)
         if (!strcmp(o->targets[i].name, name))
             t = &o->targets[i];
+    *status = 400;
     if (!t) {
-        e = error_body("no target named '%s' (GET /v1/targets)", name);
-        status = 404;
+        *e = error_body("no target named '%s' (GET /v1/targets)", name);
+        *status = 404;
     } else if (t->spec && strncmp(t->spec, "dir:", 4)) {
-        e = error_body("target '%s' is a Glance: only a dir: store is verified here (Glance "
-                       "checks its own images' os_hash_value)", name);
-        status = 400;
+        *e = error_body("target '%s' is a Glance: only a dir: store is %s here", name, what);
     } else if (t->verifying) {
-        e = error_body("target '%s' is being verified already", name);
-        status = 409;
+        *e = error_body("target '%s' is being verified or pruned already", name);
+        *status = 409;
     } else if (o->stopping) {
-        e = error_body("the agent is stopping");
-        status = 503;
+        *e = error_body("the agent is stopping");
+        *status = 503;
     } else {
-        v = calloc(1, sizeof(*v));
-        if (!v || !(v->p = pending_new(o, reply, data))) {
-            free(v);
-            e = error_body("out of memory");
-            status = 503;
-        } else {
-            v->o = o;
-            v->t = t;
-            v->bad = cJSON_CreateArray();
-            if (t->spec)
-                snprintf(spec, sizeof(spec), "%s", t->spec);
-            else
-                snprintf(spec, sizeof(spec), "dir:%s/images", o->cfg.state_dir);
-            if (hs_store_verify(o->cfg.loop, spec, verified_one, verified_all, v, err,
-                                sizeof(err)) == 0) {
-                t->verifying = 1;
-                o->verifies++;
-                *out = v->p;
-                return 1;
-            }
-            pending_finish(v->p, 400, error_body("cannot verify target '%s': %s", name, err), 0);
-            cJSON_Delete(v->bad);
-            free(v);
-            return 0;
+        /* only the store the operator configured for this name */
+        if (t->spec)
+            snprintf(spec, speclen, "%s", t->spec);
+        else
+            snprintf(spec, speclen, "dir:%s/images", o->cfg.state_dir);
+        return t;
+    }
+    return NULL;
+}
+
+int ag_op_verify(struct ag_ops *o, const char *name, ag_reply_fn reply, void *data,
+                 struct ag_pending **out)
+{
+    struct ops_verify *v;
+    struct ops_target *t;
+    char spec[4200], err[512];
+    cJSON *e = NULL;
+    int status;
+
+    *out = NULL;
+    t = store_target(o, name, "verified (Glance checks its own images' os_hash_value)", spec,
+                     sizeof(spec), &e, &status);
+    if (t && (!(v = calloc(1, sizeof(*v))) || !(v->p = pending_new(o, reply, data)))) {
+        free(v);
+        e = error_body("out of memory");
+        status = 503;
+    } else if (t) {
+        v->o = o;
+        v->t = t;
+        v->bad = cJSON_CreateArray();
+        if (hs_store_verify(o->cfg.loop, spec, verified_one, verified_all, v, err,
+                            sizeof(err)) == 0) {
+            t->verifying = 1;
+            o->verifies++;
+            *out = v->p;
+            return 1;
         }
+        pending_finish(v->p, 400, error_body("cannot verify target '%s': %s", name, err), 0);
+        cJSON_Delete(v->bad);
+        free(v);
+        return 0;
+    }
+    reply(data, status, e, 0);
+    cJSON_Delete(e);
+    return 0;
+}
+
+/* ---- prune: a store's retention ---- */
+
+struct ops_prune {
+    struct ag_ops *o;
+    struct ops_target *t;
+    struct ag_pending *p;
+    cJSON *images;
+    int dry_run;
+};
+
+static void pruned_one(const cJSON *img, void *data)
+{
+    struct ops_prune *v = data;
+
+    cJSON_AddItemToArray(v->images, cJSON_Duplicate(img, 1));
+}
+
+static void pruned_all(int kept, int removed, int rewritten, int status, const char *error,
+                       void *data)
+{
+    struct ops_prune *v = data;
+    cJSON *b = cJSON_CreateObject();
+
+    v->t->verifying = 0;
+    v->o->verifies--;
+    cJSON_AddStringToObject(b, "target", v->t->name);
+    if (status < 0)
+        cJSON_AddStringToObject(b, "error", error ? error : "?");
+    cJSON_AddNumberToObject(b, "kept", kept);
+    cJSON_AddNumberToObject(b, "removed", removed);
+    cJSON_AddNumberToObject(b, "rewritten", rewritten);
+    cJSON_AddBoolToObject(b, "dry_run", v->dry_run);
+    cJSON_AddItemToObject(b, "images", v->images);
+    pending_finish(v->p, status < 0 ? 500 : 200, b, 0);
+    free(v);
+}
+
+/* The request's retention: the keys known, each of its type; 0 or -1 with @err. */
+static int prune_args(const cJSON *args, struct hs_prune_opts *po, char *err, size_t len)
+{
+    static const char *const keys[] = {"keep_last", "keep_daily", "keep_weekly"};
+    const cJSON *it;
+    size_t i;
+
+    cJSON_ArrayForEach(it, args) {
+        for (i = 0; i < 3 && strcmp(it->string, keys[i]); i++)
+            ;
+        if (i < 3) {
+            if (!cJSON_IsNumber(it) || it->valuedouble != (double)(int)it->valuedouble ||
+                it->valuedouble < 0 || it->valuedouble > (i ? 64 : 100000)) {
+                snprintf(err, len, "'%s' must be a whole number from 0 to %d", keys[i],
+                         i ? 64 : 100000);
+                return -1;
+            }
+            *(i == 0 ? &po->keep_last : i == 1 ? &po->keep_daily : &po->keep_weekly) =
+                it->valueint;
+        } else if (!strcmp(it->string, "dry_run")) {
+            if (!cJSON_IsBool(it)) {
+                snprintf(err, len, "'dry_run' must be true or false");
+                return -1;
+            }
+            po->dry_run = cJSON_IsTrue(it);
+        } else if (strcmp(it->string, "target")) { /* the bus names the target in its args */
+            snprintf(err, len,
+                     "unknown key '%.64s' (expected keep_last, keep_daily, keep_weekly, dry_run)",
+                     it->string);
+            return -1;
+        }
+    }
+    if (!po->keep_last && !po->keep_daily && !po->keep_weekly) {
+        snprintf(err, len, "a prune needs keep_last, keep_daily or keep_weekly (what to keep)");
+        return -1;
+    }
+    return 0;
+}
+
+int ag_op_prune(struct ag_ops *o, const char *name, const cJSON *args, ag_reply_fn reply,
+                void *data, struct ag_pending **out)
+{
+    struct hs_prune_opts po = {0};
+    struct ops_target *t = NULL;
+    struct ops_prune *v = NULL;
+    char spec[4200], err[512];
+    cJSON *e = NULL;
+    int status = 400;
+
+    *out = NULL;
+    if (args && !cJSON_IsObject(args))
+        e = error_body("a prune's body is a JSON object");
+    else if (prune_args(args, &po, err, sizeof(err)) < 0)
+        e = error_body("%s", err);
+    else
+        t = store_target(o, name, "pruned", spec, sizeof(spec), &e, &status);
+    if (t && (!(v = calloc(1, sizeof(*v))) || !(v->p = pending_new(o, reply, data)))) {
+        free(v);
+        e = error_body("out of memory");
+        status = 503;
+    } else if (t) {
+        v->o = o;
+        v->t = t;
+        v->images = cJSON_CreateArray();
+        v->dry_run = po.dry_run;
+        po.target = spec;
+        if (hs_store_prune(o->cfg.loop, &po, pruned_one, pruned_all, v, err, sizeof(err)) == 0) {
+            t->verifying = 1;
+            o->verifies++;
+            *out = v->p;
+            return 1;
+        }
+        pending_finish(v->p, 400, error_body("cannot prune target '%s': %s", name, err), 0);
+        cJSON_Delete(v->images);
+        free(v);
+        return 0;
     }
     reply(data, status, e, 0);
     cJSON_Delete(e);

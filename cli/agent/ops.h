@@ -99,7 +99,13 @@ void ag_pending_abandon(struct ag_pending *p);
  * same contract. The answer lists the bad images. */
 int ag_op_verify(struct ag_ops *o, const char *name, ag_reply_fn reply, void *data,
                  struct ag_pending **out);
-/* Verifies in flight: the agent waits for them before it frees @o. */
+/* POST /v1/targets/{name}/prune, and the bus's "prune": the store pruned by
+ * retention (hs_store_prune) with @args {"keep_last", "keep_daily",
+ * "keep_weekly", "dry_run"}; one verify or prune per store at a time; same
+ * contract. The answer says what became of each image. */
+int ag_op_prune(struct ag_ops *o, const char *name, const cJSON *args, ag_reply_fn reply,
+                void *data, struct ag_pending **out);
+/* Verifies and prunes in flight: the agent waits for them before it frees @o. */
 int ag_ops_busy(const struct ag_ops *o);
 
 /* At once: the status, and *@body (the caller's). */

@@ -162,6 +162,17 @@ enum ag_http_route ag_http_dispatch(struct ag_ops *o, const char *token,
     case AG_EP_VERIFY:
         ag_op_verify(o, rt.id, replied, w, &w->pending);
         break;
+    case AG_EP_PRUNE: {
+        cJSON *args = in->body_len ? cJSON_ParseWithLength(in->body, in->body_len) : NULL;
+
+        if (!args) {
+            answer_error(w, 400, "a prune's body is a JSON object such as {\"keep_last\": 7}");
+            break;
+        }
+        ag_op_prune(o, rt.id, args, replied, w, &w->pending);
+        cJSON_Delete(args);
+        break;
+    }
     case AG_EP_TARGETS:
         status = ag_op_targets(o, &body);
         answer(w, status, body);

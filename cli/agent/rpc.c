@@ -98,7 +98,11 @@ void ag_rpc_dispatch(struct ag_ops *o, const struct ag_rpc *rpc, ag_rpc_answer_f
         fail(fn, data, 400, "the message's args are not an object");
         return;
     }
-    if (!strcmp(method, "snapshot") || !strcmp(method, "domains")) {
+    if (!strcmp(method, "prune") && (!arg_str(args, "target", &bad) || bad)) {
+        fail(fn, data, 400, "prune needs an argument 'target', a target's name");
+        return;
+    }
+    if (!strcmp(method, "snapshot") || !strcmp(method, "domains") || !strcmp(method, "prune")) {
         w = calloc(1, sizeof(*w));
         if (!w) {
             fail(fn, data, 503, "out of memory");
@@ -108,6 +112,8 @@ void ag_rpc_dispatch(struct ag_ops *o, const struct ag_rpc *rpc, ag_rpc_answer_f
         w->data = data;
         if (method[0] == 's')
             snapshot(o, rpc, w);
+        else if (method[0] == 'p')
+            ag_op_prune(o, arg_str(args, "target", &bad), args, replied, w, &p);
         else
             ag_op_domains(o, replied, w, &p);
         return;
@@ -133,8 +139,8 @@ void ag_rpc_dispatch(struct ag_ops *o, const struct ag_rpc *rpc, ag_rpc_answer_f
         status = ag_op_list(o, state, dom, 0, &body);
     } else {
         snprintf(why, sizeof(why),
-                 "unknown method '%.100s' (expected snapshot, get, list, cancel, domains or "
-                 "targets)",
+                 "unknown method '%.100s' (expected snapshot, get, list, cancel, domains, "
+                 "targets or prune)",
                  method);
         fail(fn, data, 400, why);
         return;

@@ -318,6 +318,51 @@ class AgentTest(GlanceGuestTestCase):
         finally:
             trap.close()
 
+    def test_a_store_pruned_through_the_agent(self):
+        g = self.guest("ag-prune").start()
+        self.restart_agent("--allow-target", "local=dir:" + self.store)
+        ids = []
+        for _ in range(3):
+            status, job, _ = self.post({"domain": g.name, "target": "local",
+                                        "incremental": True})
+            self.assertEqual(status, 202, job)
+            j = self.agent.wait_ended(job["id"])
+            self.assertEqual(j["state"], "done", j.get("error"))
+            ids.append(j["images"][0]["id"])
+        # what would go, then the prune: the last kept, made self-contained
+        status, p, _ = self.agent.request("POST", "/v1/targets/local/prune",
+                                          {"keep_last": 1, "dry_run": True})
+        self.assertEqual((status, p["removed"], p["dry_run"]), (200, 0, True), p)
+        self.assertEqual(len(os.listdir(self.store)), 7)  # 3 images, 3 sidecars, the chain
+        status, p, _ = self.agent.request("POST", "/v1/targets/local/prune", {"keep_last": 1},
+                                          tcp=True)
+        self.assertEqual((status, p["kept"], p["removed"], p["rewritten"]), (200, 1, 2, 1), p)
+        self.assertEqual({i["id"]: i["action"] for i in p["images"]},
+                         {ids[0]: "remove", ids[1]: "remove", ids[2]: "flatten"})
+        self.assertEqual(sorted(os.listdir(self.store)),
+                         sorted([ids[2] + ".qcow2", ids[2] + ".json",
+                                 "chain-" + g.dom.UUIDString()]))
+        # the chain goes on from the kept image
+        status, job, _ = self.post({"domain": g.name, "target": "local", "incremental": True})
+        j = self.agent.wait_ended(job["id"])
+        self.assertEqual(j["state"], "done", j.get("error"))
+        self.assertEqual(j["images"][0].get("parent"), ids[2], j["images"][0])
+        for body, want in (({}, "needs keep_last"), ({"keep_last": -1}, "'keep_last'"),
+                           ({"keep_last": 1, "path": "/etc"}, "unknown key 'path'"),
+                           ({"keep_daily": 65}, "'keep_daily'"), ([], "JSON object"),
+                           ({"keep_last": 1, "dry_run": "yes"}, "'dry_run'")):
+            status, resp, _ = self.agent.request("POST", "/v1/targets/local/prune", body)
+            self.assertEqual(status, 400, (body, resp))
+            self.assertIn(want, resp["error"])
+        status, resp, _ = self.agent.request("POST", "/v1/targets/local/prune", "not json")
+        self.assertEqual(status, 400, resp)
+        for path, want in (("/v1/targets/nosuch/prune", 404), ("/v1/targets/..%2Fetc/prune", 400)):
+            status, resp, _ = self.agent.request("POST", path, {"keep_last": 1})
+            self.assertEqual(status, want, (path, resp))
+        status, _, _ = self.agent.request("GET", "/v1/targets/local/prune")
+        self.assertEqual(status, 405)
+        self.assertEqual(len(os.listdir(self.store)), 5)
+
     def test_credentials_are_never_shown(self):
         secret, token = "hs-secret-pw", "os-token-never-shown"
         user_url = self.glance.url.replace("http://", "http://hsuser:%s@" % secret)

@@ -189,6 +189,16 @@ class FleetTest(GlanceGuestTestCase):
             self.assertEqual(e.exception.exc_type, "BadRequest")
             self.assertIn("field 'target'", e.exception.value)
         self.assertEqual([t["name"] for t in self.rpc("host-a", "targets")], ["default"])
+        # a prune names a configured dir: store
+        for kw, (kind, words) in (({}, ("BadRequest", "needs an argument 'target'")),
+                                  ({"target": "nosuch", "keep_last": 1}, ("NotFound", "nosuch")),
+                                  ({"target": "default", "keep_last": 1},
+                                   ("BadRequest", "is a Glance")),
+                                  ({"target": "default"}, ("BadRequest", "needs keep_last"))):
+            with self.assertRaises(om.RemoteError) as e:
+                self.rpc("host-a", "prune", **kw)
+            self.assertEqual(e.exception.exc_type, kind, e.exception.value)
+            self.assertIn(words, e.exception.value)
         self.assertEqual(len(self.rpc("host-a", "list", domain=g.name)), 1)
         # cancel it while it runs: the guest as it was
         self.wait_job("host-a", job["id"], lambda j: j["state"] in ("capture", "extract",

@@ -110,6 +110,29 @@ class ChainTest(IncrementalTestCase):
         g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
         self.assert_chain_reads_as(top, g.disks[0].path)
 
+    def test_a_pruned_chain_goes_on(self):
+        # full, two overlays; prune keeps the last, made self-contained; the
+        # next incremental reads through it and the chain is the disk
+        g = self.guest("in-prune").start()
+        imgs = [self.images(self.incremental(g))[0] for _ in range(3)]
+        p = hotsnap(self.state, "--to", "dir:" + self.store, "prune", "--keep-last", "1")
+        self.assertEqual(p.rc, 0, p.stderr)
+        acts = {e["id"]: e["action"] for e in p.events if e.get("event") == "pruned"}
+        self.assertEqual([acts[i["id"]] for i in imgs], ["remove", "remove", "flatten"])
+        for gone in imgs[:2]:
+            self.assertFalse(os.path.exists(os.path.join(self.store, gone["id"] + ".json")))
+            self.assertFalse(os.path.exists(os.path.join(self.store, gone["id"] + ".qcow2")))
+        self.assertNotIn("hotsnap_parent", self.sidecar(imgs[2]))
+        g.dom.suspend()
+        top = self.images(self.incremental(g))[0]
+        self.assertTrue(top.get("incremental"), top)
+        self.assertEqual(top["parent"], imgs[2]["id"])
+        g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        self.assert_chain_reads_as(top, g.disks[0].path)
+        v = hotsnap(self.state, "--to", "dir:" + self.store, "verify")
+        self.assertEqual(v.rc, 0, v.stderr)
+        self.assert_nothing_left()
+
     def test_checkpoints_lost_with_the_domain_are_redefined(self):
         # what undefine and define do: libvirt forgets the checkpoint, the
         # bitmap stays in the qcow2; it is redefined from the chain file
