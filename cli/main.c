@@ -117,6 +117,10 @@ static void usage(FILE *f)
         "                         only what the guest changed since (running or paused\n"
         "                         guests; a disk whose chain cannot go on is read in\n"
         "                         full, and the reason said)\n"
+        "      --rotation N       Glance: a backup (as Nova's createBackup); once it is\n"
+        "                         verified, the instance's oldest backups of its type and\n"
+        "                         disk beyond N are deleted\n"
+        "      --backup-type TYPE daily or weekly, with --rotation\n"
         "      --scratch-dir DIR  working space (default <state-dir>/scratch)\n"
         "\n"
         "prune options (per domain and disk; an image a kept one reads through stays,\n"
@@ -250,6 +254,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         OPT_STORE_MODE,
         OPT_STORE_DIGEST,
         OPT_INCREMENTAL,
+        OPT_ROTATION,
+        OPT_BACKUP_TYPE,
         OPT_KEEP_LAST,
         OPT_KEEP_DAILY,
         OPT_KEEP_WEEKLY,
@@ -298,6 +304,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
         {"store-mode", required_argument, NULL, OPT_STORE_MODE},
         {"store-digest", required_argument, NULL, OPT_STORE_DIGEST},
         {"incremental", no_argument, NULL, OPT_INCREMENTAL},
+        {"rotation", required_argument, NULL, OPT_ROTATION},
+        {"backup-type", required_argument, NULL, OPT_BACKUP_TYPE},
         {"keep-last", required_argument, NULL, OPT_KEEP_LAST},
         {"keep-daily", required_argument, NULL, OPT_KEEP_DAILY},
         {"keep-weekly", required_argument, NULL, OPT_KEEP_WEEKLY},
@@ -540,6 +548,16 @@ static void parse_args(struct cli *cli, int argc, char **argv)
                                     : &cli->agent.control_exchange) = optarg;
             agent_opt = c;
             break;
+        case OPT_ROTATION:
+            if (parse_long(optarg, 10, 1, 1000, &v) < 0)
+                die_usage("--rotation '%s' is not a number of backups from 1 to 1000", optarg);
+            cli->sopts.rotation = (int)v;
+            break;
+        case OPT_BACKUP_TYPE:
+            if (strcmp(optarg, "daily") && strcmp(optarg, "weekly"))
+                die_usage("--backup-type '%s' is not daily or weekly", optarg);
+            cli->sopts.backup_type = optarg;
+            break;
         case OPT_KEEP_LAST:
         case OPT_KEEP_DAILY:
         case OPT_KEEP_WEEKLY:
@@ -581,6 +599,8 @@ static void parse_args(struct cli *cli, int argc, char **argv)
             die_usage("--all takes every domain; --match narrows it: give one of them");
         if (cli->sopts.compress && cli->sopts.format == HS_FORMAT_RAW)
             die_usage("--compress needs --format qcow2");
+        if (!cli->sopts.rotation != !cli->sopts.backup_type)
+            die_usage("--rotation N and --backup-type TYPE go together");
     } else if (!strcmp(cli->command, "list") || !strcmp(cli->command, "recover") ||
                !strcmp(cli->command, "agent") || !strcmp(cli->command, "verify") ||
                !strcmp(cli->command, "prune")) {

@@ -155,7 +155,15 @@ static cJSON *job_props(struct hs_job *job, struct hs_job_disk *d)
     const struct hs_domain_info *info = &job->info;
     double gib = (double)d->img.virtual_size / (1024.0 * 1024.0 * 1024.0);
 
-    cJSON_AddStringToObject(p, "image_type", "snapshot");
+    cJSON_AddStringToObject(p, "image_type", job->rotation ? "backup" : "snapshot");
+    if (job->rotation) {
+        char at[40];
+
+        /* Glance's created_at has whole seconds: this orders backups made within one */
+        hs__iso8601(job->t_start, at, sizeof(at));
+        cJSON_AddStringToObject(p, "backup_type", job->backup_type);
+        cJSON_AddStringToObject(p, "hotsnap_backup_at", at);
+    }
     cJSON_AddStringToObject(p, "instance_uuid", info->uuid);
     if (info->base_image_ref)
         cJSON_AddStringToObject(p, "base_image_ref", info->base_image_ref);
@@ -971,6 +979,7 @@ static int job_upload_next(struct hs_job *job)
     req->props = job_props(job, d);
     req->on_progress = job_upload_progress;
     req->on_warn = job_upload_warn;
+    req->rotation = job->rotation;
     req->data = job;
     hs__job_progress_reset(job);
     rc = job->up->ops->begin(job->up, req, job_uploaded);
@@ -1304,6 +1313,7 @@ static int job_fail_start(struct hs_job *job, char *errbuf, size_t errlen)
     free(job->scratch_root);
     free(job->target_shown);
     free(job->image_id);
+    free(job->backup_type);
     free(job);
     return rc;
 }
@@ -1369,6 +1379,20 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
                    hs_mode_name(opts->mode));
         return job_fail_start(job, errbuf, errlen);
     }
+    if (opts->rotation < 0 || opts->rotation > 1000 ||
+        (opts->rotation && (!opts->backup_type || (strcmp(opts->backup_type, "daily") &&
+                                                   strcmp(opts->backup_type, "weekly"))))) {
+        hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                   "a rotation keeps 1 to 1000 backups of a backup type, daily or weekly");
+        return job_fail_start(job, errbuf, errlen);
+    }
+    if (opts->backup_type && !opts->rotation) {
+        hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                   "a backup type goes with a rotation (how many backups of it to keep)");
+        return job_fail_start(job, errbuf, errlen);
+    }
+    job->rotation = opts->rotation;
+    job->backup_type = opts->backup_type ? hs__strdup(opts->backup_type) : NULL;
     if (!opts->target) {
         /* the default store is ours to create; a named one must exist */
         target = hs__asprintf("dir:%s/images", eng->state_dir);
@@ -1406,6 +1430,11 @@ int hs_snapshot_start(struct hs_engine *eng, const struct hs_snapshot_opts *opts
     if (rc == 0 && opts->incremental && !hs__dir_path(job->up)) {
         rc = hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
                         "an incremental snapshot needs a dir: store: Glance keeps whole images");
+    }
+    if (rc == 0 && opts->rotation && hs__dir_path(job->up)) {
+        rc = hs_err_set(&job->err, -EINVAL, HS_ERR_INPUT, 0,
+                        "a rotation deletes old Glance backups; a dir: store is pruned with "
+                        "'hotsnap prune'");
     }
     if (rc < 0)
         return job_fail_start(job, errbuf, errlen);
@@ -1497,6 +1526,7 @@ static void job_kick_closed(uv_handle_t *h)
     free(job->scratch);
     free(job->target_shown);
     free(job->image_id);
+    free(job->backup_type);
     free(job);
 }
 

@@ -72,6 +72,8 @@ struct hs_job {
     int compress;
     int all_disks;
     int incremental;
+    int rotation;       /* Glance backups of the instance, disk and type kept */
+    char *backup_type;  /* "daily" or "weekly" with a rotation */
     struct hs_chain *chain; /* --incremental with a pull backup: the chain it goes on */
     struct hs_uploader *up;
     /* the domain */

@@ -185,6 +185,13 @@ struct hs_snapshot_opts {
        whose chain cannot go on is read in full, with the reason. qcow2,
        uncompressed, mode auto or stream. */
     int incremental;
+    /* glance targets: a backup, as Nova's createBackup makes one (image_type
+       "backup", backup_type @backup_type: "daily" or "weekly"); once it is
+       uploaded and verified, the oldest active backups of the same
+       instance, disk and type beyond @rotation (this one counted) are
+       deleted. 0: a snapshot, nothing rotated. */
+    int rotation;
+    const char *backup_type;
 };
 
 typedef void (*hs_job_cb)(struct hs_job *job, int status, void *data);

@@ -81,12 +81,14 @@ enum glance_step {
     G_VERIFY,
     G_DELETE, /* the doomed records, one request each */
     G_RECLAIM, /* a dead run's record: is it there, and ours? */
+    G_ROTATE,  /* published backup: the instance's backups of its type listed */
+    G_ROTDEL,  /* ... and those beyond the rotation deleted, one request each */
     G_DONE,
 };
 
 static const char *const step_names[] = {
     "authentication for the upload", "creation", "creation", "upload", "check", "import discovery",
-    "staging", "import", "check", "deletion", "lookup", "upload",
+    "staging", "import", "check", "deletion", "lookup", "rotation", "rotation", "upload",
 };
 
 struct glance_up {
@@ -121,10 +123,14 @@ struct glance_up {
     uv_timer_t backoff;
     int fail_code;
     char *body_json; /* create body */
+    char (*rot)[64]; /* G_ROTDEL: the backups to delete, oldest last */
+    int nrot, rot_i, rotated;
 };
 
 static void gu_step(struct glance_up *u);
 static void gu_free(uv_handle_t *h);
+static void gu_go(struct glance_up *u, enum glance_step step);
+static void gu_canceled(struct glance_up *u);
 
 /* ---- messages ---- */
 
@@ -374,6 +380,119 @@ static char *create_body(struct glance_up *u)
 
 /* A record with our id that hotsnap made for this very image: same name and
  * the same hotsnap_* properties (job id and disk). */
+/* ---- rotation (Nova's createBackup): the oldest backups beyond N go ---- */
+
+/* listed (200, in HS_HTTP_BODY_MAX) and deleted (64) per upload: a longer
+ * backlog goes with the next uploads */
+#define ROTATE_MAX 64
+
+static const char *prop(const cJSON *o, const char *key)
+{
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, key));
+}
+
+/* The instance's backups of this type and disk, newest first (Glance v2
+ * filters by any property). */
+static char *rotate_url(struct glance_up *u)
+{
+    const cJSON *p = u->req->props;
+    char *a = curl_easy_escape(NULL, prop(p, "instance_uuid"), 0);
+    char *b = curl_easy_escape(NULL, prop(p, "backup_type"), 0);
+    char *c = curl_easy_escape(NULL, prop(p, "hotsnap_disk"), 0);
+    char *url = hs__asprintf("%s/v2/images?instance_uuid=%s&image_type=backup&backup_type=%s&"
+                             "hotsnap_disk=%s&sort_key=created_at&sort_dir=desc&limit=200",
+                             u->g->url, a, b, c);
+
+    curl_free(a);
+    curl_free(b);
+    curl_free(c);
+    return url;
+}
+
+static int cmp_created_desc(const void *x, const void *y)
+{
+    const cJSON *a = *(const cJSON *const *)x, *b = *(const cJSON *const *)y;
+    const char *ca = prop(a, "created_at"), *cb = prop(b, "created_at");
+    const char *ta = prop(a, "hotsnap_backup_at"), *tb = prop(b, "hotsnap_backup_at");
+    int c = strcmp(ca ? ca : "", cb ? cb : "");
+
+    return -(c ? c : strcmp(ta ? ta : "", tb ? tb : ""));
+}
+
+/* The listing: what goes is chosen here, each record checked (a Glance that
+ * ignored a filter must not make us delete another instance's images). */
+static void gu_rotate_plan(struct glance_up *u, const char *body)
+{
+    static const char *const keys[] = {"instance_uuid", "backup_type", "hotsnap_disk"};
+    const cJSON *p = u->req->props, *it;
+    cJSON *j = cJSON_Parse(body);
+    const cJSON **match = NULL;
+    int n = 0, cap = 0, k, i, ok;
+
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "images")) {
+        const char *id = prop(it, "id"), *st = prop(it, "status"), *type = prop(it, "image_type");
+
+        ok = id && strlen(id) < 64 && strcmp(id, u->id) && st && !strcmp(st, "active") && type &&
+             !strcmp(type, "backup") && prop(it, "created_at");
+        for (k = 0; ok && k < 3; k++)
+            ok = prop(it, keys[k]) && prop(p, keys[k]) && !strcmp(prop(it, keys[k]),
+                                                                   prop(p, keys[k]));
+        if (!ok)
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 32;
+            match = realloc(match, (size_t)cap * sizeof(*match));
+            if (!match)
+                abort();
+        }
+        match[n++] = it;
+    }
+    if (n)
+        qsort(match, (size_t)n, sizeof(*match), cmp_created_desc);
+    /* this backup is one of the N kept */
+    u->nrot = 0;
+    for (i = u->req->rotation - 1; i < n && u->nrot < ROTATE_MAX; i++) {
+        if (!u->rot) {
+            u->rot = calloc(ROTATE_MAX, sizeof(*u->rot));
+            if (!u->rot)
+                abort();
+        }
+        snprintf(u->rot[u->nrot++], sizeof(u->rot[0]), "%s", prop(match[i], "id"));
+    }
+    free(match);
+    cJSON_Delete(j);
+    u->rot_i = 0;
+}
+
+/* A rotation's request answered, or failed: the backup is published either
+ * way, so a failure is a warning and the old backups stay. */
+static void gu_rotate_done(struct glance_up *u, CURLcode rc, long status, const char *why,
+                           const char *body)
+{
+    if (u->step == G_ROTATE) {
+        if (u->canceled) {
+            gu_canceled(u); /* nothing was rotated yet: the cancel still holds */
+            return;
+        }
+        if (rc != CURLE_OK || status != 200) {
+            gu_warn(u, "image %s ('%s') published; its older backups could not be listed for "
+                    "the rotation (%s), and stay", u->id, u->req->name, why);
+            gu_go(u, G_DONE);
+            return;
+        }
+        gu_rotate_plan(u, body);
+    } else if (rc == CURLE_OK && (status < 300 || status == 404)) {
+        hs_log(HS_LOG_INFO, "backup %s rotated out by %s", u->rot[u->rot_i], u->id);
+        u->rotated++;
+        u->rot_i++;
+    } else {
+        gu_warn(u, "backup %s could not be deleted by the rotation (%s); it stays",
+                u->rot[u->rot_i], why);
+        u->rot_i++;
+    }
+    gu_go(u, u->rot_i < u->nrot ? G_ROTDEL : G_DONE);
+}
+
 static int record_is_ours(const struct glance_up *u, const cJSON *rec)
 {
     const cJSON *it;
@@ -454,6 +573,16 @@ static void gu_step(struct glance_up *u)
         break;
     case G_DELETE:
         url = hs__asprintf("%s/v2/images/%s", u->g->url, id);
+        gu_request(u, "DELETE", url);
+        free(url);
+        break;
+    case G_ROTATE:
+        url = rotate_url(u);
+        gu_request(u, "GET", url);
+        free(url);
+        break;
+    case G_ROTDEL:
+        url = hs__asprintf("%s/v2/images/%s", u->g->url, u->rot[u->rot_i]);
         gu_request(u, "DELETE", url);
         free(url);
         break;
@@ -791,9 +920,9 @@ static void gu_verify(struct glance_up *u, long status, const cJSON *j)
         gu_fail(u);
         return;
     }
-    /* published: delete what earlier attempts left, then done */
+    /* published: delete what earlier attempts left, rotate, then done */
     u->fail_code = 0;
-    gu_delete_pass(u, G_DONE);
+    gu_delete_pass(u, req->rotation > 0 ? G_ROTATE : G_DONE);
 }
 
 static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
@@ -812,6 +941,10 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
 
     if (u->step == G_DELETE) {
         gu_delete_done(u, rc, status, why);
+        return;
+    }
+    if (u->step == G_ROTATE || u->step == G_ROTDEL) {
+        gu_rotate_done(u, rc, status, why, hr->body);
         return;
     }
     if (!u->canceled && rc == CURLE_ABORTED_BY_CALLBACK && req->err.code) {
@@ -949,6 +1082,8 @@ static void gu_done(struct hs_http_req *hr, CURLcode rc, long status)
     case G_CHECK:
     case G_DELETE:
     case G_RECLAIM:
+    case G_ROTATE:
+    case G_ROTDEL:
     case G_DONE:
         break;
     }
@@ -960,6 +1095,7 @@ static void gu_free(uv_handle_t *h)
     struct glance_up *u = h->data;
 
     free(u->body_json);
+    free(u->rot);
     free(u);
 }
 
@@ -1028,7 +1164,7 @@ static void glance_cancel(struct hs_upload_req *req)
         gu_canceled(u);
         return;
     }
-    if (u->step != G_DELETE)
+    if (u->step != G_DELETE && u->step != G_ROTDEL)
         hs__http_cancel(&u->http); /* deletes finish: they are the way out */
 }
 

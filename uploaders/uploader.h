@@ -33,6 +33,8 @@ struct hs_upload_req {
     const cJSON *props;                /* image properties */
     hs_upload_progress_cb on_progress; /* optional */
     hs_upload_warn_cb on_warn;         /* optional */
+    int rotation; /* Glance: once published, the backups of props' instance_uuid,
+                     hotsnap_disk and backup_type kept (this one counted); 0: none */
     void *data;                        /* the caller's */
     /* in and out: the image's id, chosen by the caller before begin (the
      * job journals it first, so that a dead run's files and records can be

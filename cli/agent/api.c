@@ -286,6 +286,23 @@ static int want_field(const cJSON *f, struct ag_want *w, char *err, size_t errle
                                     : &w->opts.incremental) = cJSON_IsTrue(f);
         return 0;
     }
+    if (!strcmp(k, "rotation")) {
+        if (!cJSON_IsNumber(f) || !(f->valuedouble >= 1 && f->valuedouble <= 1000) ||
+            f->valuedouble != (double)(int)f->valuedouble) {
+            snprintf(err, errlen, "field 'rotation' must be a whole number from 1 to 1000");
+            return -1;
+        }
+        w->opts.rotation = (int)f->valuedouble;
+        return 0;
+    }
+    if (!strcmp(k, "backup_type")) {
+        if (!s || (strcmp(s, "daily") && strcmp(s, "weekly"))) {
+            snprintf(err, errlen, "field 'backup_type' must be \"daily\" or \"weekly\"");
+            return -1;
+        }
+        w->opts.backup_type = s;
+        return 0;
+    }
     if (!strcmp(k, "priority")) {
         /* the range first: (int) of a double out of int's range is undefined */
         if (!cJSON_IsNumber(f) || !(f->valuedouble >= -1000 && f->valuedouble <= 1000) ||

@@ -487,6 +487,10 @@ static cJSON *job_request_json(const struct ag_want *w, const struct ops_target 
     cJSON_AddBoolToObject(r, "compress", w->opts.compress);
     cJSON_AddBoolToObject(r, "all_disks", w->opts.all_disks);
     cJSON_AddBoolToObject(r, "incremental", w->opts.incremental);
+    if (w->opts.rotation) {
+        cJSON_AddNumberToObject(r, "rotation", w->opts.rotation);
+        cJSON_AddStringToObject(r, "backup_type", w->opts.backup_type);
+    }
     cJSON_AddStringToObject(r, "quiesce", quiesce[w->opts.quiesce]);
     if (w->opts.name)
         cJSON_AddStringToObject(r, "name", w->opts.name);

@@ -59,6 +59,52 @@ class GlanceTest(GlanceGuestTestCase):
         self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
         self.assert_nothing_left()
 
+    def test_rotation_keeps_exactly_n_backups_of_the_instance_and_type(self):
+        g, other = self.guest("gl-rot").start(), self.guest("gl-rot2").start()
+
+        def backup(guest, n, kind):
+            run = self.to_glance("--rotation", str(n), "--backup-type", kind, guest.name)
+            self.assertEqual(run.rc, 0, run.stderr)
+            return run.summary()["results"][0]["images"][0]["id"]
+
+        def backups(guest, kind):
+            return sorted(i["id"] for i in self.glance.images()
+                          if i.get("instance_uuid") == guest.dom.UUIDString() and
+                          i.get("image_type") == "backup" and i.get("backup_type") == kind)
+
+        # what a daily rotation of g must not touch: a weekly backup, a plain
+        # snapshot of g, another instance's daily backup
+        weekly = backup(g, 1, "weekly")
+        snap = self.to_glance(g.name).summary()["results"][0]["images"][0]["id"]
+        theirs = backup(other, 5, "daily")
+        daily = []
+        for i in range(4):
+            daily.append(backup(g, 2, "daily"))
+            self.assertEqual(backups(g, "daily"), sorted(daily[-2:]), i)
+        meta = self.glance.api("GET", "/v2/images/" + daily[-1])
+        self.assertEqual((meta["image_type"], meta["backup_type"]), ("backup", "daily"))
+        self.assertEqual(backups(g, "weekly"), [weekly])
+        self.assertEqual(backups(other, "daily"), [theirs])
+        self.assertEqual(self.glance.api("GET", "/v2/images/" + snap)["image_type"], "snapshot")
+        # a rotation of 1 leaves the new backup alone
+        last = backup(g, 1, "daily")
+        self.assertEqual(backups(g, "daily"), [last])
+        # refused, with one line, and nothing made
+        n = len(self.glance.images())
+        for args, words in ((("--rotation", "2"), "go together"),
+                            (("--backup-type", "daily"), "go together"),
+                            (("--rotation", "0", "--backup-type", "daily"), "--rotation"),
+                            (("--rotation", "2", "--backup-type", "hourly"), "daily or weekly")):
+            run = self.to_glance(*args, g.name)
+            self.assertEqual(run.rc, 2, run.stderr)
+            self.assertIn(words, run.stderr)
+        run = hotsnap(self.state, "snapshot", "--to", "dir:" + self.store, "--rotation", "2",
+                      "--backup-type", "daily", g.name)
+        self.assertNotEqual(run.rc, 0)
+        self.assertIn("hotsnap prune", run.stderr)
+        self.assertEqual(len(self.glance.images()), n)
+        self.assert_nothing_left()
+
     def test_eight_at_once(self):
         guests = [self.guest("gl-many-%d" % i, size_mb=64, data_mb=8) for i in range(8)]
         run = self.to_glance(*[g.name for g in guests])
