@@ -291,5 +291,49 @@ class RefusedAndRecoveredTest(IncrementalTestCase):
         self.assert_nothing_left()
 
 
+class IncrementalLibvirtdTest(IncrementalTestCase):
+    """Apart: libvirtd's restart ends the other classes' connection."""
+
+    def test_libvirtd_killed_as_the_incremental_backup_began(self):
+        # the incremental backup and its checkpoint have begun, and the call
+        # has not returned (the thaw hook holds it), when libvirtd is killed:
+        # on the new connection the backup is found running on, the overlay
+        # is read from it, the chain goes on from the new checkpoint alone
+        g = self.writer("in-began", size_mb=256, data_mb=64, agent=True, thaw_delay=8)
+        g.wait_agent()
+        first = self.images(self.incremental(g, "--quiesce", "off"))[0]
+        run = Run(self.state, "snapshot", "--to", "dir:" + self.store, "--incremental", g.name)
+        deadline = time.time() + 120
+        while not g.console_lines("HS-THAW-WAITS"):
+            self.assertLess(time.time(), deadline, "the thaw never began")
+            time.sleep(0.05)
+        self.assertTrue(job_active(g.dom))  # the backup runs
+        hsfix.restart_libvirtd(signal.SIGKILL, down_s=2)
+        type(self).c = self.c = hsfix.conn()
+        g.c = self.c
+        g.dom = self.c.lookupByName(g.name)
+        run.finish(timeout=400)
+        self.assertEqual(run.rc, 0, "%s %s" % (run.stderr, run.events[-5:]))
+        self.assertIn("down", [e.get("connection") for e in run.events])
+        [top] = self.images(run)
+        self.assertTrue(top.get("incremental"), top)
+        self.assertEqual(top["parent"], first["id"])
+        path = os.path.join(self.store, top["id"] + ".qcow2")
+        subprocess.run(["qemu-img", "check", "-q", "-f", "qcow2", path], check=True)
+        ok, msg = hsfix.check_images(g.BLOCKS, path)
+        self.assertTrue(ok, msg)
+        self.assertEqual(g.state(), libvirt.VIR_DOMAIN_RUNNING)
+        self.assertFalse(job_active(g.dom))
+        g.assert_fs_writable()
+        self.assertEqual(checkpoints(g), [self.chain_file(g)["checkpoint"]])
+        # and the next one is right: held still, the chain is the disk
+        g.dom.suspend()
+        last = self.images(self.incremental(g, "--quiesce", "off"))[0]
+        self.assertEqual(last["parent"], top["id"])
+        g.dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        self.assert_chain_reads_as(last, g.disks[0].path)
+        self.assert_nothing_left()
+
+
 if __name__ == "__main__":
     unittest.main()
