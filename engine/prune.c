@@ -205,9 +205,11 @@ static int swap_done(int dirfd, const char *id, cJSON *meta, const char *tmp, co
     return rc;
 }
 
-/* Worker: what a dead prune left, finished or removed. */
+/* Worker: what a dead prune left, finished or removed. A swap that cannot
+ * be finished keeps the journal, and fails the prune. */
 static void journal_replay(struct hs_prune *p)
 {
+    int stuck = 0;
     const cJSON *it;
     cJSON *j;
     char *text, *f;
@@ -239,8 +241,13 @@ static void journal_replay(struct hs_prune *p)
                 mode = st.st_mode & 0777;
             mt = slurp_at(p->dirfd, name, &err);
             m = mt ? cJSON_Parse(mt) : NULL;
-            if (m && swap_in(p->dirfd, id, tmp, file) == 0)
-                swap_done(p->dirfd, id, m, tmp, file, mode);
+            if (!m || swap_in(p->dirfd, id, tmp, file) < 0 ||
+                swap_done(p->dirfd, id, m, tmp, file, mode) < 0) {
+                pfail(p, -EIO, "image %s: the copy a prune made of it (%s) cannot be put in "
+                      "place (%s); its sidecar names the copy, which is intact", id, tmp,
+                      strerror(errno));
+                stuck = 1;
+            }
             cJSON_Delete(m);
             free(mt);
         } else {
@@ -261,8 +268,36 @@ static void journal_replay(struct hs_prune *p)
             unlinkat(p->dirfd, file, 0);
     }
     cJSON_Delete(j);
-    unlinkat(p->dirfd, PRUNE_JOURNAL, 0);
+    if (!stuck)
+        unlinkat(p->dirfd, PRUNE_JOURNAL, 0);
     fsync(p->dirfd);
+}
+
+/* The backing file a qcow2's header names (what QEMU reads through,
+ * whatever a sidecar says), into @buf; "" for none. 0, or -1 when the file
+ * is not a qcow2 that can be read. */
+static int read_backing(int dirfd, const char *file, char *buf, size_t len)
+{
+    unsigned char h[24];
+    uint64_t off;
+    uint32_t n;
+    int rc = -1, fd = openat(dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+    buf[0] = 0;
+    if (fd < 0)
+        return -1;
+    if (pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) && !memcmp(h, "QFI\xfb", 4)) {
+        off = ((uint64_t)h[8] << 56) | ((uint64_t)h[9] << 48) | ((uint64_t)h[10] << 40) |
+              ((uint64_t)h[11] << 32) | ((uint64_t)h[12] << 24) | ((uint64_t)h[13] << 16) |
+              ((uint64_t)h[14] << 8) | h[15];
+        n = ((uint32_t)h[16] << 24) | ((uint32_t)h[17] << 16) | ((uint32_t)h[18] << 8) | h[19];
+        if (!off || !n)
+            rc = 0;
+        else if (n < len && pread(fd, buf, n, (off_t)off) == (ssize_t)n)
+            buf[n] = 0, rc = 0;
+    }
+    close(fd);
+    return rc;
 }
 
 static int cmp_img(const void *a, const void *b)
@@ -310,6 +345,18 @@ static void plan_series(struct hs_prune *p, size_t lo, size_t hi)
     int nseen, last = 0;
     size_t i, k;
 
+    /* a qcow2 reading a backing file that is no image of its series (hotsnap
+     * names its parents relative to the store): nothing of it is judged */
+    for (i = lo; i < hi; i++)
+        if (p->imgs[i].parent && !strcmp(p->imgs[i].parent, "-"))
+            break;
+    if (i < hi) {
+        snprintf(why, sizeof(why), "%s reads a backing file that is no image of the store",
+                 p->imgs[i].id);
+        for (i = lo; i < hi; i++)
+            keep(&p->imgs[i], why);
+        return;
+    }
     /* newest first */
     for (i = hi; i-- > lo;) {
         if (last < p->opts.keep_last) {
@@ -341,6 +388,7 @@ static void plan_series(struct hs_prune *p, size_t lo, size_t hi)
      * (oldest first: an ancestor's decision is made before its children's) */
     for (i = lo; i < hi; i++) {
         struct prune_img *im = &p->imgs[i], *a;
+        size_t steps = 0;
         int broken = 0;
 
         if (im->action == REMOVE || !im->parent)
@@ -350,7 +398,8 @@ static void plan_series(struct hs_prune *p, size_t lo, size_t hi)
             continue; /* its parent stays (or was never here: nothing to keep) */
         while (a->action == REMOVE && a->parent) {
             a = find_img(p, im->series, a->parent);
-            if (!a) {
+            /* missing, or a loop of parents (sidecars no hotsnap wrote) */
+            if (!a || ++steps > hi - lo) {
                 broken = 1;
                 break;
             }
@@ -358,7 +407,8 @@ static void plan_series(struct hs_prune *p, size_t lo, size_t hi)
         if (broken) {
             /* a chain already broken further up: nothing it reads goes */
             snprintf(why, sizeof(why), "needed by %s, whose chain misses an image", im->id);
-            for (a = find_img(p, im->series, im->parent); a;
+            steps = 0;
+            for (a = find_img(p, im->series, im->parent); a && steps++ <= hi - lo;
                  a = find_img(p, im->series, a->parent))
                 keep(a, why);
             continue;
@@ -429,6 +479,8 @@ static void plan_work(uv_work_t *w)
     }
     if (!p->opts.dry_run)
         journal_replay(p);
+    if (p->rc < 0)
+        return;
     fd = dup(p->dirfd);
     d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) {
@@ -440,7 +492,7 @@ static void plan_work(uv_work_t *w)
     while ((de = readdir(d))) {
         struct prune_img im = {0};
         const char *uuid, *disk, *file, *fmt, *created;
-        char *text, buf[8], id[64];
+        char *text, buf[8], id[64], backing[1024] = "";
         int e;
 
         len = strlen(de->d_name);
@@ -469,8 +521,6 @@ static void plan_work(uv_work_t *w)
         im.fmt = hs__strdup(fmt ? fmt : "");
         im.created = hs__strdup(created ? created : "");
         im.t = parse_time(created);
-        if (hs__jstr(im.meta, "hotsnap_parent"))
-            im.parent = hs__strdup(hs__jstr(im.meta, "hotsnap_parent"));
         if (!im.meta) {
             snprintf(im.why, sizeof(im.why), "its sidecar is unreadable or not this user's");
         } else if (!uuid || !disk || !im.t || !name_ok(file) ||
@@ -479,11 +529,16 @@ static void plan_work(uv_work_t *w)
             snprintf(im.why, sizeof(im.why), "not a hotsnap snapshot of a domain's disk");
         } else if (!own_file_at(p->dirfd, file)) {
             snprintf(im.why, sizeof(im.why), "its image is not a file of this user's");
-        } else if (im.parent && strcmp(im.fmt, "qcow2")) {
-            snprintf(im.why, sizeof(im.why), "an overlay that is not qcow2");
+        } else if (!strcmp(im.fmt, "qcow2") &&
+                   read_backing(p->dirfd, file, backing, sizeof(backing)) < 0) {
+            snprintf(im.why, sizeof(im.why), "its image is not a qcow2 that can be read");
+        } else if (strstr(file, ".prune.")) {
+            snprintf(im.why, sizeof(im.why), "its sidecar names a prune's copy");
         } else {
             im.series = hs__asprintf("%s/%s", uuid, disk);
             im.action = REMOVE; /* unless a rule keeps it */
+            if (backing[0])
+                im.parent = hs__strdup(backing); /* a file name, made an id below */
         }
         if (p->n == cap) {
             cap = cap ? 2 * cap : 64;
@@ -496,6 +551,21 @@ static void plan_work(uv_work_t *w)
     closedir(d);
     if (p->n)
         qsort(p->imgs, p->n, sizeof(*p->imgs), cmp_img);
+    /* a parent is the image of the series whose file the qcow2 header names
+     * (what QEMU reads through); one outside the store is no parent we have */
+    for (i = 0; i < p->n; i++) {
+        struct prune_img *im = &p->imgs[i];
+        size_t k;
+
+        if (!im->parent)
+            continue;
+        for (k = 0; k < p->n; k++)
+            if (p->imgs[k].series && !strcmp(p->imgs[k].series, im->series) &&
+                !strcmp(p->imgs[k].file, im->parent))
+                break;
+        free(im->parent);
+        im->parent = hs__strdup(k < p->n ? p->imgs[k].id : "-");
+    }
     for (i = 0; i < nchains; i++) {
         chain_keeps(p, chains[i]);
         free(chains[i]);
@@ -715,19 +785,26 @@ static void remove_work(uv_work_t *w)
         unlinkat(p->dirfd, PRUNE_JOURNAL, 0);
 }
 
-/* Worker: a failed rewrite's copy removed; nothing else happens. */
+/* Worker: a failed rewrite's copy removed; nothing else happens. A copy
+ * its sidecar names already stays, and the journal with it (the next prune
+ * puts it in place). */
 static void abort_work(uv_work_t *w)
 {
     struct hs_prune *p = hs_container_of(w, struct hs_prune, work);
+    int keep = 0;
 
+    if (p->dirfd < 0)
+        return;
     if (p->cur < p->nrewrites) {
         char *f = sidecar_file(p->dirfd, cur_img(p)->id);
 
-        if (!f || strcmp(f, cur_img(p)->tmp))
+        keep = f && !strcmp(f, cur_img(p)->tmp);
+        if (!keep)
             unlinkat(p->dirfd, cur_img(p)->tmp, 0);
         free(f);
     }
-    unlinkat(p->dirfd, PRUNE_JOURNAL, 0);
+    if (!keep)
+        unlinkat(p->dirfd, PRUNE_JOURNAL, 0);
 }
 
 static void prune_free(struct hs_prune *p)

@@ -246,6 +246,33 @@ class RetentionTest(PruneCase):
         self.assertTrue(os.path.exists(os.path.join(self.store.path, foreign + ".qcow2")))
         self.assertTrue(os.path.exists(chain))
 
+    def test_the_qcow2_headers_say_what_reads_through_what_not_the_sidecars(self):
+        # a sidecar that lies about its parent (a loop) is not believed:
+        # the backing files QEMU reads are
+        ids = chain_of(self.store, 4)
+        refs = self.refs()
+        m = self.store.sidecar(ids[1])
+        m["hotsnap_parent"] = ids[2]
+        self.store.write_sidecar(ids[1], m)
+        r, ev = self.prune("--keep-last", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual([ev[i]["action"] for i in ids], ["remove"] * 3 + ["flatten"])
+        self.assert_store_true(refs)
+        # an overlay reading a file outside the store: its series is left alone
+        ids = chain_of(self.store, 3, disk="vdb")[-3:]
+        outside = os.path.join(self.tmp, "outside.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", outside, "64M"], check=True)
+        top = os.path.join(self.store.path, ids[-1] + ".qcow2")
+        subprocess.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", outside, top],
+                       check=True)
+        m = self.store.sidecar(ids[-1])
+        m.update({"size": os.path.getsize(top), "os_hash_value": sha512(top)})
+        self.store.write_sidecar(ids[-1], m)
+        r, ev = self.prune("--keep-last", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual([ev[i]["action"] for i in ids], ["keep"] * 3, ev)
+        self.assertIn("no image of the store", ev[ids[0]]["reason"])
+
     def test_bad_requests_are_refused_with_one_line(self):
         chain_of(self.store, 2)
         for args, want in [((), "prune needs --keep-last"),
