@@ -8,7 +8,10 @@ from its events), with its own CPU seconds and peak RSS (qemu-img excluded);
 curl -T is the PUT alone on a record made beforehand; `openstack image
 create --file` is the whole command.
 
-usage: bench/upload.py [RUNS]     (as root; prints a Markdown table)
+With BUFFERS (e.g. 64K,256K,1M), hotsnap runs once per size of curl's
+upload buffer (HOTSNAP_UPLOAD_BUFFER), next to curl -T; openstack is left out.
+
+usage: bench/upload.py [RUNS] [BUFFERS]     (as root; prints a Markdown table)
 """
 import contextlib
 import json
@@ -34,10 +37,11 @@ def wait4(p):
     return ru.ru_utime + ru.ru_stime, ru.ru_maxrss
 
 
-def run_hotsnap(glance, state, names):
+def run_hotsnap(glance, state, names, buffer=None):
+    env = dict(os.environ, HOTSNAP_UPLOAD_BUFFER=buffer) if buffer else None
     p = subprocess.Popen([os.environ["HOTSNAP"], "--json", "--state-dir", state, "snapshot",
                           "--format", "raw", "--to", "glance:" + glance.url] + names,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out, err = p.communicate()
     if p.returncode:
         raise RuntimeError("hotsnap failed: %s" % err)
@@ -122,17 +126,24 @@ def glance_and_guests(name, n, size_mb):
 
 def main():
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    buffers = sys.argv[2].split(",") if len(sys.argv) > 2 else []
     with glance_and_guests("up", 8, 1024) as (glance, state, guests):
         path = os.path.join(state, "one.raw")
         subprocess.run(["qemu-img", "convert", "-O", "raw", guests[0].disks[0].path, path],
                        check=True)
         res = {}
         for n in (1, 8):
-            for name, fn in (("hotsnap", lambda: run_hotsnap(glance, state,
-                                                              [g.name for g in guests[:n]])),
-                             ("curl -T", lambda: run_curl(glance, path, n)),
-                             ("openstack image create", lambda: run_osc(glance, path, n))):
-                for _ in range(runs):
+            names = [g.name for g in guests[:n]]
+            if buffers:
+                clients = [("hotsnap, %s buffer" % b,
+                            lambda b=b: run_hotsnap(glance, state, names, b)) for b in buffers]
+                clients.append(("curl -T", lambda: run_curl(glance, path, n)))
+            else:
+                clients = [("hotsnap", lambda: run_hotsnap(glance, state, names)),
+                           ("curl -T", lambda: run_curl(glance, path, n)),
+                           ("openstack image create", lambda: run_osc(glance, path, n))]
+            for _ in range(runs):  # interleaved: each round runs every client once
+                for name, fn in clients:
                     clear(glance)
                     res.setdefault((name, n), []).append(fn())
         clear(glance)

@@ -124,7 +124,7 @@ struct glance_up {
     int fail_code;
     char *body_json; /* create body */
     char (*rot)[64]; /* G_ROTDEL: the backups to delete, oldest last */
-    int nrot, rot_i, rotated;
+    int nrot, rot_i;
 };
 
 static void gu_step(struct glance_up *u);
@@ -286,6 +286,24 @@ static void gu_request(struct glance_up *u, const char *method, const char *url)
         curl_easy_setopt(u->http.easy, CURLOPT_SSLKEY, key);
 }
 
+/* curl's upload buffer: GLANCE_CHUNK, or the benchmark's HOTSNAP_UPLOAD_BUFFER
+ * (bench/upload.py BUFFERS: 16 KiB to 2 MiB, curl's range) */
+static long upload_buffer(void)
+{
+    const char *v = secure_getenv("HOTSNAP_UPLOAD_BUFFER");
+    char *end;
+    unsigned long x;
+
+    if (!v || !*v)
+        return GLANCE_CHUNK;
+    x = strtoul(v, &end, 0);
+    if (*end == 'K' || *end == 'k')
+        x <<= 10, end++;
+    else if (*end == 'M' || *end == 'm')
+        x <<= 20, end++;
+    return *end || x < (16u << 10) || x > (2u << 20) ? GLANCE_CHUNK : (long)x;
+}
+
 static size_t gu_read_cb(char *buf, size_t size, size_t n, void *data)
 {
     struct glance_up *u = data;
@@ -335,7 +353,7 @@ static int gu_start_upload(struct glance_up *u)
     curl_easy_setopt(u->http.easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->size);
     curl_easy_setopt(u->http.easy, CURLOPT_READFUNCTION, gu_read_cb);
     curl_easy_setopt(u->http.easy, CURLOPT_READDATA, u);
-    curl_easy_setopt(u->http.easy, CURLOPT_UPLOAD_BUFFERSIZE, (long)GLANCE_CHUNK);
+    curl_easy_setopt(u->http.easy, CURLOPT_UPLOAD_BUFFERSIZE, (long)upload_buffer());
     if (u->g->max_rate)
         curl_easy_setopt(u->http.easy, CURLOPT_MAX_SEND_SPEED_LARGE, (curl_off_t)u->g->max_rate);
     return 0;
@@ -378,8 +396,6 @@ static char *create_body(struct glance_up *u)
     return s;
 }
 
-/* A record with our id that hotsnap made for this very image: same name and
- * the same hotsnap_* properties (job id and disk). */
 /* ---- rotation (Nova's createBackup): the oldest backups beyond N go ---- */
 
 /* listed (200, in HS_HTTP_BODY_MAX) and deleted (64) per upload: a longer
@@ -483,7 +499,6 @@ static void gu_rotate_done(struct glance_up *u, CURLcode rc, long status, const 
         gu_rotate_plan(u, body);
     } else if (rc == CURLE_OK && (status < 300 || status == 404)) {
         hs_log(HS_LOG_INFO, "backup %s rotated out by %s", u->rot[u->rot_i], u->id);
-        u->rotated++;
         u->rot_i++;
     } else {
         gu_warn(u, "backup %s could not be deleted by the rotation (%s); it stays",
@@ -493,6 +508,8 @@ static void gu_rotate_done(struct glance_up *u, CURLcode rc, long status, const 
     gu_go(u, u->rot_i < u->nrot ? G_ROTDEL : G_DONE);
 }
 
+/* A record with our id that hotsnap made for this very image: same name and
+ * the same hotsnap_* properties (job id and disk). */
 static int record_is_ours(const struct glance_up *u, const cJSON *rec)
 {
     const cJSON *it;
@@ -632,7 +649,11 @@ static void gu_step(struct glance_up *u)
 /* Every request goes through here: a token near its end is renewed first. */
 static void gu_go(struct glance_up *u, enum glance_step step)
 {
-    if (step != G_DONE && step != G_AUTH && token_stale(u->g)) {
+    /* not before a rotation's requests: a failed renewal would fail (and
+     * delete) the backup just published; a stale token there is a 401,
+     * a warning */
+    if (step != G_DONE && step != G_AUTH && step != G_ROTATE && step != G_ROTDEL &&
+        token_stale(u->g)) {
         u->resume = step;
         step = G_AUTH;
     }
