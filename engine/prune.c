@@ -26,7 +26,10 @@
  *
  * What a prune may leave behind when it is killed (copies, images whose
  * sidecar went) is listed in PATH/.prune-journal before it is made; the
- * next prune finishes or removes it before it plans. Everything runs on
+ * next prune finishes or removes it before it plans, with the temporary
+ * files of the journal's and the sidecars' atomic writes. A prune that
+ * changes the store holds an flock on the store's directory: one at a
+ * time, so a live prune's files are never a dead one's. Everything runs on
  * the worker pool and in qemu-img children; the loop only sequences.
  * Files are opened at the store's fd, never through a symlink, and only
  * the store user's own are touched.
@@ -38,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -182,10 +186,11 @@ static int swap_in(int dirfd, const char *id, const char *tmp, const char *file)
     unlinkat(dirfd, link, 0);
     if (linkat(dirfd, tmp, dirfd, link, 0) < 0)
         return -errno;
-    if (renameat(dirfd, link, dirfd, file) < 0) {
+    if (renameat(dirfd, link, dirfd, file) < 0)
         rc = -errno;
-        unlinkat(dirfd, link, 0);
-    }
+    /* a dead run's swap may have put the copy in place already: a rename of
+     * two links of one file does nothing, and leaves @link */
+    unlinkat(dirfd, link, 0);
     return rc;
 }
 
@@ -205,6 +210,46 @@ static int swap_done(int dirfd, const char *id, cJSON *meta, const char *tmp, co
     return rc;
 }
 
+/* What an atomic write of a dead prune left (hs__write_atomic_at's
+ * .NAME.RANDOM.tmp): its journal's, and the sidecars' of the images the
+ * journal rewrites (no other writer rewrites a published sidecar). Run
+ * under the store's lock. */
+static void sweep_tmp(int dirfd, const cJSON *journal)
+{
+    char prefix[256];
+    struct dirent *de;
+    const cJSON *it;
+    int fd = dup(dirfd), hit;
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    rewinddir(d);
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+
+        if (de->d_name[0] != '.' || n < 5 || strcmp(de->d_name + n - 4, ".tmp"))
+            continue;
+        hit = !strncmp(de->d_name, "." PRUNE_JOURNAL ".", sizeof(PRUNE_JOURNAL) + 1);
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(journal, "rewrite")) {
+            const char *id = hs__jstr(it, "id");
+            char buf[8];
+
+            if (hit || !id || hs_image_id_check(id, buf, sizeof(buf)) < 0)
+                continue;
+            snprintf(prefix, sizeof(prefix), ".%s.json.", id);
+            hit = !strncmp(de->d_name, prefix, strlen(prefix));
+        }
+        if (hit && own_file_at(dirfd, de->d_name))
+            unlinkat(dirfd, de->d_name, 0);
+    }
+    rewinddir(d); /* the offset is @dirfd's too: the plan lists from the start */
+    closedir(d);
+}
+
 /* Worker: what a dead prune left, finished or removed. A swap that cannot
  * be finished keeps the journal, and fails the prune. */
 static void journal_replay(struct hs_prune *p)
@@ -216,10 +261,11 @@ static void journal_replay(struct hs_prune *p)
     int err;
 
     text = slurp_at(p->dirfd, PRUNE_JOURNAL, &err);
-    if (!text)
-        return;
-    j = cJSON_Parse(text);
+    j = text ? cJSON_Parse(text) : NULL;
     free(text);
+    sweep_tmp(p->dirfd, j);
+    if (!j)
+        return;
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "rewrite")) {
         const char *id = hs__jstr(it, "id"), *tmp = hs__jstr(it, "tmp"),
                    *file = hs__jstr(it, "file");
@@ -477,8 +523,16 @@ static void plan_work(uv_work_t *w)
         pfail(p, err.code, "%s", err.msg);
         return;
     }
-    if (!p->opts.dry_run)
+    if (!p->opts.dry_run) {
+        if (flock(p->dirfd, LOCK_EX | LOCK_NB) < 0) {
+            if (errno == EWOULDBLOCK)
+                pfail(p, -EBUSY, "image store '%s': another prune of it is running", p->dir);
+            else
+                pfail(p, -errno, "cannot lock image store '%s': %s", p->dir, strerror(errno));
+            return;
+        }
         journal_replay(p);
+    }
     if (p->rc < 0)
         return;
     fd = dup(p->dirfd);
@@ -909,10 +963,19 @@ static void tool_exit(struct hs_proc *proc, int status)
     prune_step(p);
 }
 
+/* qemu-img, SIGKILLed when hotsnap dies (setpriv --pdeathsig, as
+ * qemu-nbd in offline.c): a killed prune's rewrite stops with it, and the
+ * next prune's copy has no second writer. */
 static void spawn(struct hs_prune *p, char **argv)
 {
+    char *av[16] = {"setpriv", "--pdeathsig", "KILL"};
     struct hs_proc *proc;
-    int rc = hs__proc_spawn(p->loop, argv, 4096, NULL, tool_exit, p, &proc);
+    size_t i;
+    int rc;
+
+    for (i = 0; argv[i] && i + 4 < sizeof(av) / sizeof(av[0]); i++)
+        av[i + 3] = argv[i];
+    rc = hs__proc_spawn(p->loop, av, 4096, NULL, tool_exit, p, &proc);
 
     if (rc < 0) {
         pfail(p, rc, "cannot run qemu-img: %s", uv_strerror(rc));

@@ -3,6 +3,7 @@ files and sidecars an --incremental snapshot writes; a real guest's chain
 is pruned in test_incremental): the retention rules, the rewrite of a kept
 overlay whose parent goes, and a prune killed at random points, after which
 every sidecar is true and every kept image reads as it did."""
+import fcntl
 import hashlib
 import json
 import os
@@ -298,6 +299,52 @@ class RetentionTest(PruneCase):
 class KilledTest(PruneCase):
     """A prune SIGKILLed at random moments: every sidecar true and every
     kept image readable, then the next prune finishes the job."""
+
+    def test_a_dead_prunes_temporary_files_go_and_a_live_prune_is_alone(self):
+        ids = chain_of(self.store, 3)
+        refs = self.refs()
+        before = sorted(os.listdir(self.store.path))
+        # a prune killed inside an atomic write: its journal's temporary file,
+        # and one of a sidecar its journal rewrites
+        with open(os.path.join(self.store.path, "..prune-journal.0123456789abcdef.tmp"),
+                  "w") as f:
+            f.write("{")
+        with open(os.path.join(self.store.path, ".prune-journal"), "w") as f:
+            json.dump({"rewrite": [{"id": ids[1], "tmp": ids[1] + ".prune.qcow2",
+                                    "file": ids[1] + ".qcow2"}], "remove": []}, f)
+        # ... killed after its swap's rename, before the sidecar named the image
+        # again: the copy is the image (two links of one file), the sidecar names it
+        os.link(os.path.join(self.store.path, ids[1] + ".qcow2"),
+                os.path.join(self.store.path, ids[1] + ".prune.qcow2"))
+        m = self.store.sidecar(ids[1])
+        m["file"] = ids[1] + ".prune.qcow2"
+        self.store.write_sidecar(ids[1], m)
+        side_tmp = ".%s.json.fedcba9876543210.tmp" % ids[1]
+        with open(os.path.join(self.store.path, side_tmp), "w") as f:
+            f.write("{")
+        # a snapshot's sidecar being written now, of an image no journal names
+        live_tmp = ".%s.json.0011223344556677.tmp" % image_id(9)
+        with open(os.path.join(self.store.path, live_tmp), "w") as f:
+            f.write("{")
+        # another prune holds the store: this one is refused, and touches nothing
+        fd = os.open(self.store.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            r, _ = self.prune("--keep-last", "3")
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("another prune of it is running", r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+            self.assertIn(side_tmp, os.listdir(self.store.path))
+            # a dry run only reads: it goes on beside a running prune
+            r, _ = self.prune("--keep-last", "3", "--dry-run")
+            self.assertEqual(r.returncode, 0, r.stderr)
+        finally:
+            os.close(fd)
+        r, _ = self.prune("--keep-last", "3")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(os.listdir(self.store.path)), sorted(before + [live_tmp]))
+        self.assertEqual(self.store.sidecar(ids[1])["file"], ids[1] + ".qcow2")
+        self.assert_store_true(refs)
 
     def test_killed_at_random_points(self):
         ids = chain_of(self.store, 6, size_mb=256, write_mb=24, per_day=2)
