@@ -963,19 +963,13 @@ static void tool_exit(struct hs_proc *proc, int status)
     prune_step(p);
 }
 
-/* qemu-img, SIGKILLed when hotsnap dies (setpriv --pdeathsig, as
- * qemu-nbd in offline.c): a killed prune's rewrite stops with it, and the
- * next prune's copy has no second writer. */
+/* qemu-img, SIGKILLed when hotsnap dies (the proc adapter's setpriv): a
+ * killed prune's rewrite stops with it, and the next prune's copy has no
+ * second writer. */
 static void spawn(struct hs_prune *p, char **argv)
 {
-    char *av[16] = {"setpriv", "--pdeathsig", "KILL"};
     struct hs_proc *proc;
-    size_t i;
-    int rc;
-
-    for (i = 0; argv[i] && i + 4 < sizeof(av) / sizeof(av[0]); i++)
-        av[i + 3] = argv[i];
-    rc = hs__proc_spawn(p->loop, av, 4096, NULL, tool_exit, p, &proc);
+    int rc = hs__proc_spawn(p->loop, argv, 4096, NULL, tool_exit, p, &proc);
 
     if (rc < 0) {
         pfail(p, rc, "cannot run qemu-img: %s", uv_strerror(rc));

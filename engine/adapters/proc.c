@@ -1,8 +1,10 @@
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "proc.h"
 #include "util.h"
@@ -149,15 +151,58 @@ static void proc_err_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     p->errtail[p->errlen] = '\0';
 }
 
+/* @file as execvp would find it, into @buf: -ENOENT when no directory of
+ * PATH has it (setpriv would only say so on its stderr, after the fork). */
+static int proc_which(const char *file, char *buf, size_t len)
+{
+    const char *path = getenv("PATH"), *p, *end;
+
+    if (strchr(file, '/')) {
+        if (snprintf(buf, len, "%s", file) >= (int)len)
+            return -ENAMETOOLONG;
+        return access(buf, X_OK) == 0 ? 0 : -errno;
+    }
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (p = path; *p; p = *end ? end + 1 : end) {
+        end = strchrnul(p, ':');
+        if (snprintf(buf, len, "%.*s/%s", end == p ? 1 : (int)(end - p), end == p ? "." : p,
+                     file) >= (int)len)
+            continue;
+        if (access(buf, X_OK) == 0)
+            return 0;
+    }
+    return -ENOENT;
+}
+
 int hs__proc_spawn(uv_loop_t *loop, char *const argv[], size_t capture_max,
                    hs_proc_progress_cb on_progress, hs_proc_exit_cb on_exit, void *data,
                    struct hs_proc **out)
 {
-    struct hs_proc *p = hs__calloc(1, sizeof(*p));
+    struct hs_proc *p;
     uv_process_options_t opts;
     uv_stdio_container_t stdio[3];
     const char *base = strrchr(argv[0], '/');
+    char file[PATH_MAX], **av;
+    size_t n;
     int rc;
+
+    rc = proc_which(argv[0], file, sizeof(file));
+    if (rc < 0)
+        return rc;
+    /* setpriv (util-linux) execs the child with PR_SET_PDEATHSIG: it is
+     * SIGKILLed when hotsnap dies, so a killed run leaves no qemu-img
+     * writing beside the next run's recovery */
+    for (n = 0; argv[n]; n++)
+        ;
+    av = hs__calloc(n + 5, sizeof(*av));
+    av[0] = "setpriv";
+    av[1] = "--pdeathsig";
+    av[2] = "KILL";
+    av[3] = "--";
+    av[4] = file;
+    memcpy(av + 5, argv + 1, n * sizeof(*av)); /* with its NULL */
+    p = hs__calloc(1, sizeof(*p));
 
     p->name = hs__strdup(base ? base + 1 : argv[0]);
     p->on_progress = on_progress;
@@ -177,8 +222,8 @@ int hs__proc_spawn(uv_loop_t *loop, char *const argv[], size_t capture_max,
     stdio[1].data.stream = (uv_stream_t *)&p->out;
     stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
     stdio[2].data.stream = (uv_stream_t *)&p->err;
-    opts.file = argv[0];
-    opts.args = (char **)argv;
+    opts.file = av[0];
+    opts.args = av;
     opts.stdio = stdio;
     opts.stdio_count = 3;
     opts.exit_cb = proc_exit_cb;
@@ -187,6 +232,7 @@ int hs__proc_spawn(uv_loop_t *loop, char *const argv[], size_t capture_max,
     opts.flags = UV_PROCESS_DETACHED;
 
     rc = uv_spawn(loop, &p->process, &opts);
+    free(av);
     if (rc < 0) {
         /* a failed uv_spawn still needs uv_close */
         proc_close_all(p);

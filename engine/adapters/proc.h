@@ -1,7 +1,8 @@
 /*
  * Child processes (qemu-img) on the loop: uv_spawn, stdout and stderr read
  * through pipes, progress parsed from `qemu-img -p`, cancellable with SIGTERM
- * then SIGKILL after a grace period. Never waitpid, system or popen.
+ * then SIGKILL after a grace period, SIGKILLed by the kernel when hotsnap
+ * dies. Never waitpid, system or popen.
  */
 #ifndef HS_PROC_H
 #define HS_PROC_H
@@ -45,9 +46,11 @@ struct hs_proc {
 };
 
 /*
- * Spawn argv[0] (searched in PATH). With @capture_max > 0 stdout is kept (up to
- * that many bytes), otherwise it is parsed for progress. On success *out is
- * the running child; on failure a negative errno and nothing to free.
+ * Spawn argv[0] (searched in PATH; -ENOENT when it is not there) under
+ * `setpriv --pdeathsig KILL`: the child dies with hotsnap's loop thread.
+ * With @capture_max > 0 stdout is kept (up to that many bytes), otherwise it
+ * is parsed for progress. On success *out is the running child; on failure a
+ * negative errno and nothing to free.
  */
 int hs__proc_spawn(uv_loop_t *loop, char *const argv[], size_t capture_max,
                    hs_proc_progress_cb on_progress, hs_proc_exit_cb on_exit, void *data,

@@ -7,6 +7,7 @@ import fcntl
 import os
 import shutil
 import signal
+import subprocess
 import time
 import unittest
 import uuid
@@ -15,7 +16,7 @@ import libvirt
 
 import hsfix
 from hsfix import (GuestTestCase, Run, WriterGuest, check_images, hotsnap, images_identical,
-                   job_active, state_event)
+                   job_active, proc_alive, state_event)
 
 
 class FaultTestCase(GuestTestCase):
@@ -403,6 +404,34 @@ class KilledMidUploadTest(FaultTestCase):
                 self.assertIn(f[:-len(".qcow2")] + ".json", left)
         for g in gs:
             self.assert_promise(g)
+
+    def test_a_killed_runs_qemu_img_dies_with_it(self):
+        # hotsnap SIGKILLed while its qemu-img converts from the export: the
+        # kernel kills the child too (held stopped here, so that only that
+        # can end it), and nothing writes beside the next run's recovery
+        g = self.guest("ku-conv", size_mb=512, data_mb=400).start()
+        run = Run(self.state, "snapshot", "--compress", "--to", "dir:" + self.store, g.name)
+        run.until(lambda e: e.get("event") == "progress" and e.get("phase") == "extract")
+        deadline = time.time() + 60
+        pid = None
+        while pid is None:
+            r = subprocess.run(["pgrep", "-P", str(run.p.pid), "-x", "qemu-img"],
+                               capture_output=True, text=True)
+            pid = int(r.stdout.split()[0]) if r.stdout.split() else None
+            self.assertIsNone(run.p.poll(), "the run ended before its qemu-img was seen")
+            self.assertLess(time.time(), deadline, "no qemu-img child of the run")
+        os.kill(pid, signal.SIGSTOP)
+        run.p.send_signal(signal.SIGKILL)
+        run.finish()
+        deadline = time.time() + 30
+        while proc_alive(pid):
+            self.assertLess(time.time(), deadline, "qemu-img %d outlived hotsnap" % pid)
+            time.sleep(0.02)
+        rec = hotsnap(self.state, "recover")
+        self.assertEqual(rec.rc, 0, rec.stderr)
+        self.assertEqual([f for f in os.listdir(self.store) if f.startswith(".")], [])
+        self.assert_promise(g)
+
 
 if __name__ == "__main__":
     unittest.main()

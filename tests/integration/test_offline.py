@@ -9,16 +9,7 @@ import unittest
 import libvirt
 
 from hsfix import (HOTSNAP, IMAGES, GuestTestCase, assert_sidecar_digest, hotsnap, images_identical,
-                   job_active, sh)
-
-
-def alive(pid):
-    """Running, not a zombie nobody reaped."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+                   job_active, proc_alive, sh)
 
 
 class OfflineTest(GuestTestCase):
@@ -67,7 +58,7 @@ class OfflineTest(GuestTestCase):
         p.kill()
         p.wait()
         deadline = time.time() + 30
-        while alive(pid):
+        while proc_alive(pid):
             if time.time() > deadline:
                 os.kill(pid, 9)
                 self.fail("the export server outlived hotsnap")

@@ -116,6 +116,16 @@ static void test_spawn_failure(void)
     uv_run(&loop, UV_RUN_DEFAULT); /* its handles still close */
 }
 
+/* a name no directory of PATH has: -ENOENT before any fork, as execvp's */
+static void test_not_in_path(void)
+{
+    char *argv[] = {"hs-no-such-tool", NULL};
+    struct hs_proc *p = NULL;
+
+    CHECK(hs__proc_spawn(&loop, argv, 0, NULL, on_exit_cb, NULL, &p) == -ENOENT);
+    CHECK(p == NULL);
+}
+
 int main(void)
 {
     CHECK(uv_loop_init(&loop) == 0);
@@ -125,6 +135,7 @@ int main(void)
     RUN(test_capture);
     RUN(test_cancel);
     RUN(test_spawn_failure);
+    RUN(test_not_in_path);
     CHECK(uv_loop_close(&loop) == 0);
     return 0;
 }
