@@ -210,13 +210,12 @@ static int swap_done(int dirfd, const char *id, cJSON *meta, const char *tmp, co
     return rc;
 }
 
-/* What an atomic write of a dead prune left (hs__write_atomic_at's
- * .NAME.RANDOM.tmp): its journal's, and the sidecars' of the images the
- * journal rewrites (no other writer rewrites a published sidecar). Run
- * under the store's lock. */
+/* What an atomic write of a dead prune left (hs__atomic_tmp_name): its
+ * journal's, and the sidecars' of the images the journal rewrites (no other
+ * writer rewrites a published sidecar). Run under the store's lock. */
 static void sweep_tmp(int dirfd, const cJSON *journal)
 {
-    char prefix[256];
+    char name[256], side[256];
     struct dirent *de;
     const cJSON *it;
     int fd = dup(dirfd), hit;
@@ -229,19 +228,17 @@ static void sweep_tmp(int dirfd, const cJSON *journal)
     }
     rewinddir(d);
     while ((de = readdir(d))) {
-        size_t n = strlen(de->d_name);
-
-        if (de->d_name[0] != '.' || n < 5 || strcmp(de->d_name + n - 4, ".tmp"))
+        if (!hs__atomic_tmp_name(de->d_name, name, sizeof(name)))
             continue;
-        hit = !strncmp(de->d_name, "." PRUNE_JOURNAL ".", sizeof(PRUNE_JOURNAL) + 1);
+        hit = !strcmp(name, PRUNE_JOURNAL);
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(journal, "rewrite")) {
             const char *id = hs__jstr(it, "id");
             char buf[8];
 
             if (hit || !id || hs_image_id_check(id, buf, sizeof(buf)) < 0)
                 continue;
-            snprintf(prefix, sizeof(prefix), ".%s.json.", id);
-            hit = !strncmp(de->d_name, prefix, strlen(prefix));
+            snprintf(side, sizeof(side), "%s.json", id);
+            hit = !strcmp(name, side);
         }
         if (hit && own_file_at(dirfd, de->d_name))
             unlinkat(dirfd, de->d_name, 0);

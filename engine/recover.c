@@ -98,7 +98,7 @@ static void recover_store(const cJSON *doc, cJSON *entry)
         return;
     cJSON_ArrayForEach(img, cJSON_GetObjectItemCaseSensitive(doc, "images")) {
         const char *id = hs__jstr(img, "id"), *fmt = hs__jstr(img, "format");
-        char name[256], meta[256], tmp_prefix[256];
+        char name[256], meta[256], written[256];
         struct dirent *de;
         DIR *d;
         int dfd;
@@ -106,7 +106,6 @@ static void recover_store(const cJSON *doc, cJSON *entry)
         if (!id || !fmt || strchr(id, '/') || strchr(fmt, '/'))
             continue;
         snprintf(meta, sizeof(meta), "%s.json", id);
-        snprintf(tmp_prefix, sizeof(tmp_prefix), ".%s.json.", id);
         snprintf(name, sizeof(name), ".%s.%s.part", id, fmt);
         if (unlinkat(fd, name, 0) == 0) {
             if (!removed)
@@ -125,10 +124,9 @@ static void recover_store(const cJSON *doc, cJSON *entry)
         if (!d && dfd >= 0)
             close(dfd);
         while (d && (de = readdir(d)) != NULL) {
-            size_t n = strlen(de->d_name);
-
-            if (!strncmp(de->d_name, tmp_prefix, strlen(tmp_prefix)) && n > 4 &&
-                !strcmp(de->d_name + n - 4, ".tmp") && unlinkat(fd, de->d_name, 0) == 0) {
+            /* the sidecar's atomic write, killed before its rename */
+            if (hs__atomic_tmp_name(de->d_name, written, sizeof(written)) &&
+                !strcmp(written, meta) && unlinkat(fd, de->d_name, 0) == 0) {
                 if (!removed)
                     removed = cJSON_AddArrayToObject(entry, "store_removed");
                 cJSON_AddItemToArray(removed, cJSON_CreateString(de->d_name));
@@ -264,20 +262,17 @@ static void recover_sweep_tmp(const char *dir)
     DIR *d = opendir(dir);
     struct dirent *de;
     char base[256], name[300];
-    const char *dot;
+    size_t len;
     int dfd, lfd;
 
     if (!d)
         return;
     dfd = dirfd(d);
     while ((de = readdir(d)) != NULL) {
-        size_t len = strlen(de->d_name);
-
-        if (de->d_name[0] != '.' || len < 5 || strcmp(de->d_name + len - 4, ".tmp") ||
-            !(dot = strstr(de->d_name + 1, ".json.")) ||
-            (size_t)(dot - de->d_name - 1) >= sizeof(base))
+        if (!hs__atomic_tmp_name(de->d_name, base, sizeof(base)) ||
+            (len = strlen(base)) < 6 || strcmp(base + len - 5, ".json"))
             continue;
-        snprintf(base, sizeof(base), "%.*s", (int)(dot - de->d_name - 1), de->d_name + 1);
+        base[len - 5] = '\0';
         snprintf(name, sizeof(name), "%s.lock", base);
         lfd = openat(dfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
         if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) < 0) {

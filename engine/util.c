@@ -248,11 +248,32 @@ int hs__rename_noreplace_at(int dirfd, const char *from, const char *to)
     return 0;
 }
 
+#define ATOMIC_RAND 8 /* bytes, 16 hex digits in the name */
+
+int hs__atomic_tmp_name(const char *entry, char *name, size_t len)
+{
+    size_t n = strlen(entry), base, i;
+
+    /* "." NAME "." 16 hex digits ".tmp" */
+    if (entry[0] != '.' || n < 2 * ATOMIC_RAND + 7 || strcmp(entry + n - 4, ".tmp") ||
+        entry[n - 2 * ATOMIC_RAND - 5] != '.')
+        return 0;
+    for (i = n - 2 * ATOMIC_RAND - 4; i < n - 4; i++)
+        if (!strchr("0123456789abcdef", entry[i]))
+            return 0;
+    base = n - 2 * ATOMIC_RAND - 6;
+    if (base >= len)
+        return 0;
+    memcpy(name, entry + 1, base);
+    name[base] = '\0';
+    return 1;
+}
+
 int hs__write_atomic_at(int dirfd, const char *name, const void *data, size_t len, unsigned mode,
                         int noreplace)
 {
     char tmp[300];
-    unsigned char r[8];
+    unsigned char r[ATOMIC_RAND];
     const char *p = data;
     ssize_t n;
     int fd = -EEXIST, rc = 0, i;

@@ -48,6 +48,10 @@ int hs__path_traversable(const char *dir, struct hs_err *err, const char *what);
  * symlink there is replaced, never followed). */
 int hs__write_atomic_at(int dirfd, const char *name, const void *data, size_t len, unsigned mode,
                         int noreplace);
+/* Whether directory entry @entry is the temporary file of an atomic write
+ * (.NAME.RANDOM.tmp, left by a writer killed before its rename): 1 with NAME
+ * in @name (@len bytes), else 0. */
+int hs__atomic_tmp_name(const char *entry, char *name, size_t len);
 /* The same for @path (its directory opened for it). */
 int hs__write_atomic(const char *path, const void *data, size_t len, unsigned mode);
 /* Read a whole small file; caller frees. NULL with errno set on failure. */

@@ -160,6 +160,29 @@ static void test_noreplace(void)
     CHECK(system(cmd) == 0);
 }
 
+/* The temporary files of an atomic write are told by their whole shape:
+ * .NAME.<16 hex digits>.tmp, nothing looser. */
+static void test_atomic_tmp_name(void)
+{
+    char name[32];
+
+    CHECK(hs__atomic_tmp_name(".abc.json.0123456789abcdef.tmp", name, sizeof(name)) == 1);
+    CHECK(strcmp(name, "abc.json") == 0);
+    CHECK(hs__atomic_tmp_name("..prune-journal.fedcba9876543210.tmp", name, sizeof(name)) == 1);
+    CHECK(strcmp(name, ".prune-journal") == 0);
+    CHECK(hs__atomic_tmp_name(".a.0123456789abcdef.tmp", name, sizeof(name)) == 1);
+    CHECK(strcmp(name, "a") == 0);
+    CHECK(hs__atomic_tmp_name("..0123456789abcdef.tmp", name, sizeof(name)) == 0); /* no name */
+    CHECK(hs__atomic_tmp_name("abc.json.0123456789abcdef.tmp", name, sizeof(name)) == 0);
+    CHECK(hs__atomic_tmp_name(".abc.json.0123456789ABCDEF.tmp", name, sizeof(name)) == 0);
+    CHECK(hs__atomic_tmp_name(".abc.json.0123456789abcde.tmp", name, sizeof(name)) == 0);
+    CHECK(hs__atomic_tmp_name(".abc.json-0123456789abcdef.tmp", name, sizeof(name)) == 0);
+    CHECK(hs__atomic_tmp_name(".abc.json.0123456789abcdef.tmp~", name, sizeof(name)) == 0);
+    CHECK(hs__atomic_tmp_name(".abc.json.tmp", name, sizeof(name)) == 0);
+    CHECK(hs__atomic_tmp_name(".a-name-longer-than-the-buffer-given.0123456789abcdef.tmp", name,
+                              sizeof(name)) == 0);
+}
+
 /* Scratch that QEMU's user could write in: rm -rf never follows its links. */
 static void test_rm_rf_keeps_what_links_point_to(void)
 {
@@ -211,6 +234,7 @@ int main(void)
     RUN(test_uuid_next);
     RUN(test_write_atomic_follows_no_symlink);
     RUN(test_noreplace);
+    RUN(test_atomic_tmp_name);
     RUN(test_rm_rf_keeps_what_links_point_to);
     RUN(test_dir_safe);
     RUN(test_dir_writable_from_many_threads);
