@@ -60,11 +60,16 @@ def stop_at_exit(pidfile):
     """Stop a daemon this process started, by its PID, when the tests end, and
     wait until it is gone: a next test program must not find it exiting."""
     import atexit
-    with open(pidfile) as f:
-        pid = int(f.read().strip())
 
     def stop():
-        os.kill(pid, signal.SIGTERM)
+        # the pidfile's daemon now: a fault test may have killed the first
+        # and started another in its place
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            return
         for i in range(300):
             try:
                 os.kill(pid, signal.SIGKILL if i == 200 else 0)
@@ -97,6 +102,15 @@ def ensure_libvirtd():
 
 def conn():
     return libvirt.open(URI)
+
+
+def proc_alive(pid):
+    """Running, not a zombie nobody reaped."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def sweep(c):
