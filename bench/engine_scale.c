@@ -42,7 +42,8 @@ struct fake {
 static uv_loop_t loop;
 static struct hs_engine *eng;
 static struct fake *fakes;
-static int nfakes, ncaptures_live, njobs, ndone, nfailed;
+static int nfakes, ncaptures_live, ncaptures_max, njobs, ndone, nfailed;
+static double t_first_capture, t_last_capture;
 static char tmpdir[] = "/tmp/hs-bench-engine-XXXXXX";
 static char template_path[256];
 static long rss_all_in_flight;
@@ -100,7 +101,12 @@ static int fake_capture(struct hs_capture *cap, hs_capture_cb cb)
     f->cap = cap;
     f->cap_cb = cb;
     cap->priv = f;
-    if (++ncaptures_live == njobs)
+    if (!t_first_capture)
+        t_first_capture = hs__now();
+    t_last_capture = hs__now();
+    if (++ncaptures_live > ncaptures_max)
+        ncaptures_max = ncaptures_live;
+    if (ncaptures_live == njobs)
         rss_all_in_flight = status_kib("VmRSS:");
     uv_timer_start(&f->timer, capture_fired, CAPTURE_MS, 0);
     return 0;
@@ -333,11 +339,13 @@ int main(int argc, char **argv)
            "\"rss_before_kib\": %ld, \"rss_all_in_flight_kib\": %ld, \"rss_peak_kib\": %ld, "
            "\"kib_per_job_in_flight\": %.1f, \"kib_per_job_peak\": %.1f, "
            "\"loop_late_ms\": {\"p50\": %.3f, \"p99\": %.3f, \"max\": %.3f, \"samples\": %zu}, "
-           "\"worst_stall_ms\": %.1f}\n",
+           "\"worst_stall_ms\": %.1f, \"captures_live_max\": %d, "
+           "\"captures_begun_s\": [%.2f, %.2f]}\n",
            argv[1], njobs, nfailed, hs__now() - t0, cpu, rss0, rss_all_in_flight,
            status_kib("VmHWM:"), (double)(rss_all_in_flight - rss0) / njobs,
            (double)(status_kib("VmHWM:") - rss0) / njobs, pct(50), pct(99), pct(100), nlat,
-           hs_engine_max_stall_ms(eng));
+           hs_engine_max_stall_ms(eng), ncaptures_max, t_first_capture - t0,
+           t_last_capture - t0);
     uv_close((uv_handle_t *)&tick, NULL);
     for (i = 0; i < 2 * njobs; i++)
         uv_close((uv_handle_t *)&fakes[i].timer, NULL);
