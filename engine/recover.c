@@ -81,6 +81,31 @@ static int recover_kill_children(const char *scratch)
     return n;
 }
 
+static void store_removed(cJSON *entry, cJSON **removed, const char *name)
+{
+    if (!*removed)
+        *removed = cJSON_AddArrayToObject(entry, "store_removed");
+    cJSON_AddItemToArray(*removed, cJSON_CreateString(name));
+}
+
+/* Whether @meta is the sidecar of one of the journal's images. */
+static int journal_names_sidecar(const cJSON *doc, const char *meta)
+{
+    const cJSON *img;
+    char want[256];
+
+    cJSON_ArrayForEach(img, cJSON_GetObjectItemCaseSensitive(doc, "images")) {
+        const char *id = hs__jstr(img, "id");
+
+        if (!id || strchr(id, '/'))
+            continue;
+        snprintf(want, sizeof(want), "%s.json", id);
+        if (!strcmp(meta, want))
+            return 1;
+    }
+    return 0;
+}
+
 /* What a dead run left in a dir: store of its journaled images: the parts
  * being written, the sidecars' temporary files, and an image renamed into
  * place whose sidecar (what says it is published) was never written. */
@@ -89,7 +114,10 @@ static void recover_store(const cJSON *doc, cJSON *entry)
     const char *target = hs__jstr(doc, "target");
     const cJSON *img;
     cJSON *removed = NULL;
-    int fd;
+    struct dirent *de;
+    char written[256];
+    DIR *d;
+    int fd, dfd;
 
     if (!target || strncmp(target, "dir:", 4))
         return;
@@ -98,43 +126,32 @@ static void recover_store(const cJSON *doc, cJSON *entry)
         return;
     cJSON_ArrayForEach(img, cJSON_GetObjectItemCaseSensitive(doc, "images")) {
         const char *id = hs__jstr(img, "id"), *fmt = hs__jstr(img, "format");
-        char name[256], meta[256], written[256];
-        struct dirent *de;
-        DIR *d;
-        int dfd;
+        char name[256], meta[256];
 
         if (!id || !fmt || strchr(id, '/') || strchr(fmt, '/'))
             continue;
         snprintf(meta, sizeof(meta), "%s.json", id);
         snprintf(name, sizeof(name), ".%s.%s.part", id, fmt);
-        if (unlinkat(fd, name, 0) == 0) {
-            if (!removed)
-                removed = cJSON_AddArrayToObject(entry, "store_removed");
-            cJSON_AddItemToArray(removed, cJSON_CreateString(name));
-        }
+        if (unlinkat(fd, name, 0) == 0)
+            store_removed(entry, &removed, name);
         snprintf(name, sizeof(name), "%s.%s", id, fmt);
-        if (faccessat(fd, meta, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
-            unlinkat(fd, name, 0) == 0) {
-            if (!removed)
-                removed = cJSON_AddArrayToObject(entry, "store_removed");
-            cJSON_AddItemToArray(removed, cJSON_CreateString(name));
-        }
-        dfd = dup(fd);
-        d = dfd >= 0 ? fdopendir(dfd) : NULL;
-        if (!d && dfd >= 0)
-            close(dfd);
-        while (d && (de = readdir(d)) != NULL) {
-            /* the sidecar's atomic write, killed before its rename */
-            if (hs__atomic_tmp_name(de->d_name, written, sizeof(written)) &&
-                !strcmp(written, meta) && unlinkat(fd, de->d_name, 0) == 0) {
-                if (!removed)
-                    removed = cJSON_AddArrayToObject(entry, "store_removed");
-                cJSON_AddItemToArray(removed, cJSON_CreateString(de->d_name));
-            }
-        }
-        if (d)
-            closedir(d);
+        if (faccessat(fd, meta, F_OK, AT_SYMLINK_NOFOLLOW) < 0 && unlinkat(fd, name, 0) == 0)
+            store_removed(entry, &removed, name);
     }
+    /* the sidecars' atomic writes, killed before their rename: one pass
+     * for all the images (a dup shares @fd's offset, so a listing per
+     * image would find the second one at the end) */
+    dfd = dup(fd);
+    d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d && dfd >= 0)
+        close(dfd);
+    while (d && (de = readdir(d)) != NULL) {
+        if (hs__atomic_tmp_name(de->d_name, written, sizeof(written)) &&
+            journal_names_sidecar(doc, written) && unlinkat(fd, de->d_name, 0) == 0)
+            store_removed(entry, &removed, de->d_name);
+    }
+    if (d)
+        closedir(d);
     close(fd);
 }
 

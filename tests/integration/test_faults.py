@@ -4,6 +4,7 @@ thawed, with no job of hotsnap's left in libvirt, no scratch file and no
 journal. libvirtd is killed for real (SIGKILL) and started again; hotsnap
 itself is interrupted by real signals."""
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -275,6 +276,30 @@ class RecoveryTest(FaultTestCase):
             held.close()
         for name in os.listdir(jdir):
             os.unlink(os.path.join(jdir, name))
+
+    def test_a_dead_runs_sidecar_temporaries_go_for_every_disk(self):
+        # a run of two disks killed while writing both sidecars into a
+        # store: recovery removes each disk's temporary file, and touches
+        # nothing else there
+        jdir = os.path.join(self.state, "journal")
+        os.makedirs(jdir, mode=0o700)
+        os.makedirs(self.store, exist_ok=True)
+        job, ids = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(2)]
+        with open(os.path.join(jdir, job + ".json"), "w") as f:
+            json.dump({"job": job, "target": "dir:" + self.store,
+                       "images": [{"id": i, "format": "qcow2"} for i in ids]}, f)
+        tmps = [".%s.json.%016x.tmp" % (i, k) for k, i in enumerate(ids)]
+        other = ".%s.json.0123456789abcdef.tmp" % uuid.uuid4()  # no journal's
+        for name in tmps + [other]:
+            with open(os.path.join(self.store, name), "w") as f:
+                f.write("{")
+        rec = hotsnap(self.state, "recover")
+        self.assertEqual(rec.rc, 0, rec.stderr)
+        removed = [f for e in rec.events if isinstance(e, dict) and e.get("event") == "recovered"
+                   for f in e.get("store_removed", [])]
+        self.assertEqual(sorted(removed), sorted(tmps), rec.events)
+        self.assertEqual(os.listdir(self.store), [other])
+        self.assertEqual(os.listdir(jdir), [])
 
     def test_recovery_leaves_another_save_image(self):
         # a killed run left the guest saved; the operator starts it, and
